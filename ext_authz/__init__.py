@@ -1,0 +1,1 @@
+"""Envoy ext_authz service: JWT verification against JWKS, RBAC, identity for the upstream."""

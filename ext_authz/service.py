@@ -1,0 +1,108 @@
+"""gRPC adapter: Envoy CheckRequest → Authorizer decision → CheckResponse. Errors map to deny here, once."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+
+import grpc
+from envoy.config.core.v3 import base_pb2
+from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
+from envoy.type.v3 import http_status_pb2
+from google.protobuf import struct_pb2
+from google.rpc import code_pb2, status_pb2
+
+from ext_authz.decision import Authorizer, CheckInput, Decision
+from ext_authz.metrics import CHECK_SECONDS, ERRORS, DecisionCounter
+from outrider.logs import DecisionLog
+
+log = logging.getLogger("ext_authz.service")
+
+IDENTITY_HEADERS = ("x-user-id", "x-user-email", "x-user-roles", "x-user-tier")
+_OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+_JSON = base_pb2.HeaderValueOption(
+    header=base_pb2.HeaderValue(key="content-type", value="application/json"), append_action=_OVERWRITE)
+_CLIENT_ERRORS = {
+    401: ("unauthorized", http_status_pb2.Unauthorized, code_pb2.UNAUTHENTICATED),
+    403: ("forbidden", http_status_pb2.Forbidden, code_pb2.PERMISSION_DENIED),
+}
+
+
+def _header(key: str, value: str) -> base_pb2.HeaderValueOption:
+    return base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=key, value=value), append_action=_OVERWRITE)
+
+
+def build_ok(decision: Decision) -> external_auth_pb2.CheckResponse:
+    response = external_auth_pb2.CheckResponse(status=status_pb2.Status(code=code_pb2.OK))
+    ok = response.ok_response
+    identity = decision.identity
+    if identity is None:
+        ok.headers_to_remove.extend(IDENTITY_HEADERS)
+        return response
+    roles = ",".join(identity.roles)
+    # Overwrite, never append: whatever the client sent under these names is discarded.
+    ok.headers.extend((_header("x-user-id", identity.user_id), _header("x-user-roles", roles),
+                       _header("x-user-tier", identity.tier)))
+    if identity.email is not None:
+        ok.headers.append(_header("x-user-email", identity.email))
+    else:
+        ok.headers_to_remove.append("x-user-email")
+    # Envoy files this under the ext_authz filter's namespace; the rate limit filter reads it from there.
+    response.dynamic_metadata.update(
+        {"user_id": identity.user_id, "tier": identity.tier, "roles": roles, "provider": identity.provider})
+    return response
+
+
+def build_denied(decision: Decision, request_id: str) -> external_auth_pb2.CheckResponse:
+    error, http_code, rpc_code = _CLIENT_ERRORS.get(decision.status, _CLIENT_ERRORS[403])
+    response = external_auth_pb2.CheckResponse(status=status_pb2.Status(code=rpc_code))
+    denied = response.denied_response
+    denied.status.code = http_code
+    denied.headers.append(_JSON)
+    if decision.status == 401:
+        challenge = 'Bearer error="invalid_token"' if decision.token_sent else "Bearer"
+        denied.headers.append(_header("www-authenticate", challenge))
+    # The body names the class of failure only; the precise reason stays in our logs.
+    denied.body = json.dumps({"error": error, "request_id": request_id}, separators=(",", ":"))
+    return response
+
+
+class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):
+    """envoy.service.auth.v3.Authorization/Check."""
+
+    def __init__(self, authorizer: Authorizer, decision_log: DecisionLog,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._authorizer = authorizer
+        self._log = decision_log
+        self._clock = clock
+        self._counter = DecisionCounter()
+
+    async def Check(  # noqa: N802 - gRPC method name
+        self, request: external_auth_pb2.CheckRequest, context: grpc.aio.ServicerContext
+    ) -> external_auth_pb2.CheckResponse:
+        started = time.perf_counter()
+        http = request.attributes.request.http
+        request_id = http.id or http.headers.get("x-request-id", "")
+        try:
+            check = CheckInput(method=http.method, path=http.path, headers=http.headers,
+                               context=request.attributes.context_extensions, request_id=request_id)
+            decision = self._authorizer.decide(check, self._clock())
+            response = build_ok(decision) if decision.allowed else build_denied(decision, request_id)
+        except Exception:
+            # A bug must not open the gateway nor surface as a 500: deny, and say so in the log.
+            log.exception("check failed", extra={"request_id": request_id})
+            ERRORS.inc()
+            decision = Decision(False, 403, "internal_error")
+            response = build_denied(decision, request_id)
+        self._counter.inc("allow" if decision.allowed else "deny", decision.reason)
+        CHECK_SECONDS.observe(time.perf_counter() - started)
+        self._log.write({
+            "event": "authz_decision", "request_id": request_id,
+            "decision": "allow" if decision.allowed else "deny", "status": decision.status,
+            "reason": decision.reason, "resource": decision.resource,
+            "user_id": decision.identity.user_id if decision.identity else None,
+            "method": http.method, "path": http.path.split("?", 1)[0],
+        })
+        return response

@@ -1,0 +1,1 @@
+"""ext_proc: not built yet (see its issue); nothing here pretends to work."""

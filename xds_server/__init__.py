@@ -1,0 +1,1 @@
+"""xds_server: not built yet (see its issue); nothing here pretends to work."""
