@@ -1,16 +1,38 @@
-"""Compile the gateway config into Envoy v3 resources (plain dicts in Envoy's JSON form) and a bootstrap."""
+"""Compile the gateway config into Envoy v3 resources (plain dicts in Envoy's JSON form) and a bootstrap.
+
+Each outrider service adds its HTTP filter, per-route settings and cluster through a FilterContribution
+(outrider/envoy_authz.py is the first); this module owns listeners, routes, upstream clusters and order.
+"""
 
 from __future__ import annotations
 
 import ipaddress
-from typing import Any
+from typing import Any, Protocol
 
 from outrider.config.model import GatewayConfig, RouteConfig, UpstreamConfig
 
 IDENTITY_HEADERS = ("x-user-id", "x-user-email", "x-user-roles", "x-user-tier")
-EXT_AUTHZ_CLUSTER = "outrider_ext_authz"
-EXT_AUTHZ_FILTER = "envoy.filters.http.ext_authz"
 READY_PATH = "/health/ready"
+
+
+class FilterContribution(Protocol):
+    """What one outrider service adds to the Envoy config."""
+
+    filter_name: str
+
+    def http_filter(self, config: GatewayConfig) -> dict[str, Any] | None: ...
+    def per_route(self, route: RouteConfig | None, config: GatewayConfig) -> dict[str, Any] | None:
+        """typed_per_filter_config for a route (None = the catch-all 404 route)."""
+    def route_fields(self, route: RouteConfig, config: GatewayConfig) -> dict[str, Any]:
+        """Extra fields merged into the route's `route` action (e.g. rate_limits)."""
+    def clusters(self, config: GatewayConfig) -> list[dict[str, Any]]: ...
+
+
+def contributions() -> list[FilterContribution]:
+    """In HTTP filter order: authorization first, then rate limiting, then processing."""
+    from outrider.envoy_authz import ExtAuthzContribution
+
+    return [ExtAuthzContribution()]
 
 _LB_POLICY = {
     "round_robin": "ROUND_ROBIN",
@@ -19,7 +41,7 @@ _LB_POLICY = {
     "ring_hash": "RING_HASH",
     "maglev": "MAGLEV",
 }
-_HTTP2_OPTIONS = {
+HTTP2_OPTIONS = {
     "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
         "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
         "explicit_http_config": {"http2_protocol_options": {}},
@@ -69,15 +91,14 @@ def compile_upstream_cluster(upstream: UpstreamConfig) -> dict[str, Any]:
     }
 
 
-def compile_service_clusters(config: GatewayConfig) -> list[dict[str, Any]]:
-    """Clusters for outrider's own gRPC services, health checked so /health/ready means something."""
-    authz = config.services.ext_authz
-    return [{
-        "name": EXT_AUTHZ_CLUSTER,
+def grpc_service_cluster(name: str, address: str, port: int) -> dict[str, Any]:
+    """A cluster for one of outrider's gRPC services, health checked so /health/ready means something."""
+    return {
+        "name": name,
         "type": "STATIC",
         "connect_timeout": "0.25s",
-        "typed_extension_protocol_options": _HTTP2_OPTIONS,
-        "load_assignment": _load_assignment(EXT_AUTHZ_CLUSTER, [(authz.address, authz.port, 1)]),
+        "typed_extension_protocol_options": HTTP2_OPTIONS,
+        "load_assignment": _load_assignment(name, [(address, port, 1)]),
         "health_checks": [{
             "timeout": "0.5s",
             "interval": "1s",
@@ -86,7 +107,11 @@ def compile_service_clusters(config: GatewayConfig) -> list[dict[str, Any]]:
             "healthy_threshold": 1,
             "grpc_health_check": {},
         }],
-    }]
+    }
+
+
+def compile_service_clusters(config: GatewayConfig) -> list[dict[str, Any]]:
+    return [cluster for c in contributions() for cluster in c.clusters(config)]
 
 
 def _match(route: RouteConfig) -> dict[str, Any]:
@@ -97,17 +122,7 @@ def _match(route: RouteConfig) -> dict[str, Any]:
     return {"safe_regex": {"regex": route.match.regex}}
 
 
-def _authz_per_route(route: RouteConfig) -> dict[str, Any]:
-    per_route: dict[str, Any] = {"@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute"}
-    if route.resource is None:
-        per_route["disabled"] = True
-    else:
-        # The route carries its policy: ext_authz needs no copy of the route table.
-        per_route["check_settings"] = {"context_extensions": {"resource": route.resource, "route": route.name}}
-    return per_route
-
-
-def compile_route(route: RouteConfig) -> dict[str, Any]:
+def compile_route(route: RouteConfig, config: GatewayConfig) -> dict[str, Any]:
     """One gateway route → one Envoy route."""
     out: dict[str, Any] = {"name": route.name, "match": _match(route)}
     if route.direct_response is not None:
@@ -124,11 +139,20 @@ def compile_route(route: RouteConfig) -> dict[str, Any]:
     if route.resource is None:
         # No check runs here, so nobody sets identity: a client must not be able to claim one.
         out["request_headers_to_remove"] = list(IDENTITY_HEADERS)
-    out["typed_per_filter_config"] = {EXT_AUTHZ_FILTER: _authz_per_route(route)}
+    per_filter: dict[str, Any] = {}
+    for contribution in contributions():
+        settings = contribution.per_route(route, config)
+        if settings is not None:
+            per_filter[contribution.filter_name] = settings
+        if "route" in out:
+            out["route"].update(contribution.route_fields(route, config))
+    if per_filter:
+        out["typed_per_filter_config"] = per_filter
     return out
 
 
-def _not_found_route() -> dict[str, Any]:
+def _not_found_route(config: GatewayConfig) -> dict[str, Any]:
+    per_filter = {c.filter_name: s for c in contributions() if (s := c.per_route(None, config)) is not None}
     return {
         "name": "outrider-not-found",
         "match": {"prefix": "/"},
@@ -137,10 +161,7 @@ def _not_found_route() -> dict[str, Any]:
             "header": {"key": "content-type", "value": "application/json"},
             "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
         }],
-        "typed_per_filter_config": {EXT_AUTHZ_FILTER: {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute",
-            "disabled": True,
-        }},
+        "typed_per_filter_config": per_filter,
     }
 
 
@@ -151,42 +172,29 @@ def compile_route_configuration(config: GatewayConfig, name: str = "outrider_rou
         "virtual_hosts": [{
             "name": "gateway",
             "domains": ["*"],
-            "routes": [compile_route(r) for r in config.routes] + [_not_found_route()],
+            "routes": [compile_route(r, config) for r in config.routes] + [_not_found_route(config)],
         }],
     }
 
 
 def compile_http_filters(config: GatewayConfig) -> list[dict[str, Any]]:
-    authz = config.services.ext_authz
-    return [
-        {
-            # /health/ready is 200 only while every outrider service cluster is healthy.
-            "name": "envoy.filters.http.health_check",
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.http.health_check.v3.HealthCheck",
-                "pass_through_mode": False,
-                "headers": [{"name": ":path", "string_match": {"exact": READY_PATH}}],
-                "cluster_min_healthy_percentages": {EXT_AUTHZ_CLUSTER: {"value": 100}},
-            },
+    service_clusters = [cluster["name"] for cluster in compile_service_clusters(config)]
+    health = {
+        # /health/ready is 200 only while every outrider service cluster is healthy.
+        "name": "envoy.filters.http.health_check",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.health_check.v3.HealthCheck",
+            "pass_through_mode": False,
+            "headers": [{"name": ":path", "string_match": {"exact": READY_PATH}}],
+            "cluster_min_healthy_percentages": {name: {"value": 100} for name in service_clusters},
         },
-        {
-            "name": EXT_AUTHZ_FILTER,
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
-                "transport_api_version": "V3",
-                "grpc_service": {
-                    "envoy_grpc": {"cluster_name": EXT_AUTHZ_CLUSTER},
-                    "timeout": _duration_ms(authz.timeout_ms),
-                },
-                "failure_mode_allow": authz.failure_mode_allow,
-                "status_on_error": {"code": "Forbidden"},
-            },
-        },
-        {
-            "name": "envoy.filters.http.router",
-            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
-        },
-    ]
+    }
+    router = {
+        "name": "envoy.filters.http.router",
+        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+    }
+    middle = [f for c in contributions() if (f := c.http_filter(config)) is not None]
+    return [health, *middle, router]
 
 
 def compile_listeners(config: GatewayConfig, route_config: dict[str, Any] | None = None) -> list[dict[str, Any]]:

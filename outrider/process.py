@@ -61,7 +61,10 @@ class ManagedProcess:
         self._log: IO[bytes] | None = None
 
     def start(self) -> ManagedProcess:
-        if self.log_path is not None:
+        """Start (or start again after a stop or a kill)."""
+        if self.running:
+            raise ProcessFailed(f"{self.name} is already running")
+        if self.log_path is not None and self._log is None:
             self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         env = {**os.environ, **(self.env or {})}
         self.proc = subprocess.Popen(

@@ -32,8 +32,12 @@ def envoy_argv(bootstrap_path: Path, log_level: str = "warning") -> list[str]:
             "--concurrency", "2"]
 
 
-def plan_processes(config: GatewayConfig, config_path: Path, run_dir: Path) -> list[ManagedProcess]:
-    """The processes of the stack, in start order (Envoy last, once what it calls is up)."""
+def plan_processes(config: GatewayConfig, config_path: Path, run_dir: Path,
+                   log_dir: Path | None = None) -> list[ManagedProcess]:
+    """The processes of the stack, in start order (Envoy last, once what it calls is up).
+
+    Each service adds itself here; logs go to log_dir/<name>.log when given (tests), else the terminal.
+    """
     run_dir.mkdir(parents=True, exist_ok=True)
     python = sys.executable
     procs: list[ManagedProcess] = []
@@ -52,6 +56,9 @@ def plan_processes(config: GatewayConfig, config_path: Path, run_dir: Path) -> l
     admin = config.admin
     procs.append(ManagedProcess("envoy", envoy_argv(bootstrap),
                                 ready=http_ready(f"http://{admin.address}:{admin.port}/ready")))
+    if log_dir is not None:
+        for proc in procs:
+            proc.log_path = log_dir / f"{proc.name}.log"
     return procs
 
 

@@ -35,3 +35,13 @@ def own_stack(tmp_path: Path) -> Iterator[Stack]:
     running = start_stack(tmp_path)
     yield running
     running.stop()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[str]:
+    """A fresh redis-server of the test's own; yields its URL."""
+    from tests.redis_harness import redis_process, redis_url
+
+    proc = redis_process(tmp_path / "redis").start().wait_ready(10)
+    yield redis_url(proc)
+    proc.stop()

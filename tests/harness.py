@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,9 +14,8 @@ import yaml
 
 from outrider.config import load_config
 from outrider.devtoken import mint_dev_token
-from outrider.envoy_config import compile_bootstrap
-from outrider.process import ManagedProcess, free_port, http_ready, tcp_ready
-from outrider.supervisor import envoy_argv
+from outrider.process import ManagedProcess, free_port
+from outrider.supervisor import plan_processes
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_CONFIG = ROOT / "examples" / "gateway.yaml"
@@ -80,26 +78,11 @@ class Stack:
         return mint_dev_token(KEYS_DIR, provider["issuer"], provider["audiences"][0],
                               subject=sub, roles=list(roles), tier=tier, ttl_s=ttl_s, email=email)
 
-    def authz_process(self) -> ManagedProcess:
-        svc = self.data["services"]["ext_authz"]
-        return ManagedProcess(
-            "ext_authz", [sys.executable, "-m", "ext_authz", "--config", str(self.config_path)],
-            ready=http_ready(f"http://127.0.0.1:{svc['metrics_port']}/metrics"),
-            log_path=self.workdir / "ext_authz.log", cwd=ROOT)
-
     def start(self) -> Stack:
         config = load_config(self.config_path)
-        demo = self.data["services"]["demo_upstream"]["port"]
-        self.procs["demo"] = ManagedProcess(
-            "demo-upstream", [sys.executable, "-m", "outrider.demo_upstream", "--port", str(demo)],
-            ready=tcp_ready("127.0.0.1", demo), log_path=self.workdir / "demo.log", cwd=ROOT).start()
-        self.procs["ext_authz"] = self.authz_process().start()
-        bootstrap = self.workdir / "envoy.yaml"
-        bootstrap.write_text(yaml.safe_dump(compile_bootstrap(config), sort_keys=False))
-        self.procs["envoy"] = ManagedProcess(
-            "envoy", envoy_argv(bootstrap, log_level="warning"),
-            ready=http_ready(f"{self.admin_url}/ready"), log_path=self.workdir / "envoy.log").start()
-        for proc in self.procs.values():
+        for proc in plan_processes(config, self.config_path, self.workdir, log_dir=self.workdir):
+            proc.cwd = ROOT
+            self.procs[proc.name] = proc.start()
             proc.wait_ready(30)
         self.wait_until(lambda: self.get("/health/ready").status_code == 200, what="/health/ready")
         return self

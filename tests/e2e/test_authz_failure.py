@@ -17,7 +17,7 @@ def test_fail_closed_and_recover(own_stack: Stack) -> None:
     assert own_stack.get("/api/v1/public/x").status_code == 200
     own_stack.wait_until(lambda: own_stack.get("/health/ready").status_code == 503, what="not ready")
 
-    own_stack.procs["ext_authz"] = own_stack.authz_process().start().wait_ready(30)
+    own_stack.procs["ext_authz"].start().wait_ready(30)
     own_stack.wait_until(lambda: own_stack.get(PROFILE, headers=headers).status_code == 200,
                          what="traffic to flow again")
     assert own_stack.procs["envoy"].running

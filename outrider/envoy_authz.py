@@ -1,0 +1,45 @@
+"""What ext_authz adds to the Envoy config: the filter, per-route context_extensions, its cluster."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from outrider.config.model import GatewayConfig, RouteConfig
+from outrider.envoy_config import grpc_service_cluster
+
+EXT_AUTHZ_CLUSTER = "outrider_ext_authz"
+PER_ROUTE_TYPE = "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute"
+
+
+class ExtAuthzContribution:
+    filter_name = "envoy.filters.http.ext_authz"
+
+    def http_filter(self, config: GatewayConfig) -> dict[str, Any]:
+        authz = config.services.ext_authz
+        return {
+            "name": self.filter_name,
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+                "transport_api_version": "V3",
+                "grpc_service": {
+                    "envoy_grpc": {"cluster_name": EXT_AUTHZ_CLUSTER},
+                    "timeout": f"{authz.timeout_ms / 1000:.3f}s",
+                },
+                "failure_mode_allow": authz.failure_mode_allow,
+                "status_on_error": {"code": "Forbidden"},
+            },
+        }
+
+    def per_route(self, route: RouteConfig | None, config: GatewayConfig) -> dict[str, Any]:
+        if route is None or route.resource is None:
+            return {"@type": PER_ROUTE_TYPE, "disabled": True}
+        # The route carries its policy: ext_authz needs no copy of the route table.
+        return {"@type": PER_ROUTE_TYPE,
+                "check_settings": {"context_extensions": {"resource": route.resource, "route": route.name}}}
+
+    def route_fields(self, route: RouteConfig, config: GatewayConfig) -> dict[str, Any]:
+        return {}
+
+    def clusters(self, config: GatewayConfig) -> list[dict[str, Any]]:
+        authz = config.services.ext_authz
+        return [grpc_service_cluster(EXT_AUTHZ_CLUSTER, authz.address, authz.port)]
