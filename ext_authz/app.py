@@ -104,8 +104,10 @@ async def run_service(config: GatewayConfig) -> None:
     await keys.load_all()
     authorizer = Authorizer(verifier, cache, rbac_policy(config), fallback_rules(config),
                             on_unknown_key=keys.request_refresh)
-    service = AuthorizationService(authorizer, DecisionLog("ext_authz", enabled=config.logging.decisions))
+    decision_log = DecisionLog("ext_authz", enabled=config.logging.decisions)
+    service = AuthorizationService(authorizer, decision_log)
     tasks = [asyncio.create_task(source.run()) for source in keys.sources.values()]
+    tasks.append(asyncio.create_task(decision_log.run_flusher()))
 
     def register(server: grpc.aio.Server) -> None:
         external_auth_pb2_grpc.add_AuthorizationServicer_to_server(service, server)

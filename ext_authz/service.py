@@ -15,11 +15,13 @@ from google.protobuf import struct_pb2
 from google.rpc import code_pb2, status_pb2
 
 from ext_authz.decision import Authorizer, CheckInput, Decision
+from ext_authz.jwt_verifier import Identity
 from ext_authz.metrics import CHECK_SECONDS, ERRORS, DecisionCounter
 from outrider.logs import DecisionLog
 
 log = logging.getLogger("ext_authz.service")
 
+OK_CACHE_ENTRIES = 10_000
 IDENTITY_HEADERS = ("x-user-id", "x-user-email", "x-user-roles", "x-user-tier")
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 _JSON = base_pb2.HeaderValueOption(
@@ -35,6 +37,7 @@ def _header(key: str, value: str) -> base_pb2.HeaderValueOption:
 
 
 def build_ok(decision: Decision) -> external_auth_pb2.CheckResponse:
+    """The allow response: identity headers (overwriting the client's) and dynamic metadata."""
     response = external_auth_pb2.CheckResponse(status=status_pb2.Status(code=code_pb2.OK))
     ok = response.ok_response
     identity = decision.identity
@@ -78,6 +81,20 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):
         self._log = decision_log
         self._clock = clock
         self._counter = DecisionCounter()
+        # An identity's allow response never changes, so build it once (bounded like the token cache).
+        self._ok_cache: dict[Identity, external_auth_pb2.CheckResponse] = {}
+        self._public_ok = build_ok(Decision(True, 200, "public", public=True))
+
+    def _ok_response(self, decision: Decision) -> external_auth_pb2.CheckResponse:
+        identity = decision.identity
+        if identity is None:
+            return self._public_ok
+        response = self._ok_cache.get(identity)
+        if response is None:
+            if len(self._ok_cache) >= OK_CACHE_ENTRIES:
+                self._ok_cache.clear()
+            response = self._ok_cache[identity] = build_ok(decision)
+        return response
 
     async def Check(  # noqa: N802 - gRPC method name
         self, request: external_auth_pb2.CheckRequest, context: grpc.aio.ServicerContext
@@ -89,7 +106,7 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):
             check = CheckInput(method=http.method, path=http.path, headers=http.headers,
                                context=request.attributes.context_extensions, request_id=request_id)
             decision = self._authorizer.decide(check, self._clock())
-            response = build_ok(decision) if decision.allowed else build_denied(decision, request_id)
+            response = self._ok_response(decision) if decision.allowed else build_denied(decision, request_id)
         except Exception:
             # A bug must not open the gateway nor surface as a 500: deny, and say so in the log.
             log.exception("check failed", extra={"request_id": request_id})

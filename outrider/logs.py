@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
 import logging
 import sys
 import time
 from typing import Any
 
+# The C string encoder of the json module: escapes everything a client could send, and is fast.
+_quote = encode_basestring_ascii
 _RESERVED = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
 
 
@@ -43,17 +47,58 @@ def setup_logging(service: str, level: str = "info") -> None:
     root.setLevel(level.upper())
 
 
-class DecisionLog:
-    """One JSON line per decision, written without the logging machinery (it is on the hot path)."""
+def encode_fields(fields: dict[str, Any]) -> str:
+    """JSON members for flat fields, about 5× cheaper than json.dumps for a small dict of scalars."""
+    parts = []
+    for key, value in fields.items():
+        if isinstance(value, str):
+            encoded = _quote(value)
+        elif value is None:
+            encoded = "null"
+        elif value is True or value is False:
+            encoded = "true" if value else "false"
+        elif isinstance(value, int | float):
+            encoded = json.dumps(value)
+        else:
+            encoded = json.dumps(value, default=str, separators=(",", ":"))
+        parts.append(f"{_quote(key)}:{encoded}")
+    return ",".join(parts)
 
-    def __init__(self, service: str, enabled: bool = True, stream: Any = None) -> None:
+
+class DecisionLog:
+    """One JSON line per decision, without the logging machinery (it is on the hot path).
+
+    Lines are buffered and written in batches (at most every `flush_interval_s`, or when the buffer
+    fills) so that a decision costs no write system call of its own.
+    """
+
+    def __init__(self, service: str, enabled: bool = True, stream: Any = None,
+                 flush_interval_s: float = 0.2, max_buffered: int = 512) -> None:
         self._service = service
         self._enabled = enabled
         self._stream = stream if stream is not None else sys.stderr
+        self._buffer: list[str] = []
+        self._flush_interval_s = flush_interval_s
+        self._max_buffered = max_buffered
 
     def write(self, fields: dict[str, Any]) -> None:
         if not self._enabled:
             return
-        fields["ts"] = round(time.time(), 6)
-        fields["service"] = self._service
-        self._stream.write(json.dumps(fields, separators=(",", ":")) + "\n")
+        self._buffer.append(f'{{"ts":{time.time():.6f},"service":"{self._service}",{encode_fields(fields)}}}')
+        if len(self._buffer) >= self._max_buffered:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._buffer:
+            lines, self._buffer = self._buffer, []
+            self._stream.write("\n".join(lines) + "\n")
+            self._stream.flush()
+
+    async def run_flusher(self) -> None:
+        """Flush periodically until cancelled; flushes once more on the way out."""
+        try:
+            while True:
+                await asyncio.sleep(self._flush_interval_s)
+                self.flush()
+        finally:
+            self.flush()

@@ -1,0 +1,129 @@
+"""JWKS rotation through a real Envoy: new keys work without a restart, removed keys stop working."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from outrider.devtoken import mint_token
+from tests.conftest import start_stack
+from tests.harness import KEYS_DIR, Stack, example_config_dict
+
+PROFILE = "/api/v1/users/profile"
+
+
+def new_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def jwk_of(key: rsa.RSAPrivateKey, kid: str) -> dict[str, Any]:
+    jwk: dict[str, Any] = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
+    jwk.update({"kid": kid, "use": "sig", "alg": "RS256"})
+    return jwk
+
+
+def pem_of(key: rsa.RSAPrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def token_for(stack: Stack, key: rsa.RSAPrivateKey, kid: str) -> str:
+    provider = stack.data["auth"]["providers"][0]
+    return mint_token(pem_of(key), subject="alice", roles=["user"], tier="free", issuer=provider["issuer"],
+                      audience=provider["audiences"][0], kid=kid, ttl_s=600)
+
+
+def status(stack: Stack, token: str) -> int:
+    return stack.get(PROFILE, headers={"authorization": f"Bearer {token}"}).status_code
+
+
+def test_jwks_file_rotation(tmp_path: Path) -> None:
+    old, new = new_key(), new_key()
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(json.dumps({"keys": [jwk_of(old, "old")]}))
+    data = example_config_dict()
+    data["auth"]["providers"][0]["jwks_file"] = str(jwks)
+    stack = start_stack(tmp_path, data)
+    try:
+        old_token, new_token = token_for(stack, old, "old"), token_for(stack, new, "new")
+        assert status(stack, old_token) == 200
+        assert status(stack, new_token) == 401
+
+        jwks.write_text(json.dumps({"keys": [jwk_of(new, "new")]}))  # rotate: new key in, old key out
+        stack.wait_until(lambda: status(stack, new_token) == 200, what="the new key to be accepted")
+        # The old token was cached as valid; removing its key must end that.
+        assert status(stack, old_token) == 401
+    finally:
+        stack.stop()
+
+
+class _JwksServer:
+    """A JWKS endpoint whose document the test changes; counts fetches."""
+
+    def __init__(self, document: dict[str, Any]) -> None:
+        self.document = document
+        self.fetches = 0
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server API
+                outer.fetches += 1
+                body = json.dumps(outer.document).encode()
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/jwks.json"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def jwks_server() -> Iterator[_JwksServer]:
+    dev = json.loads((KEYS_DIR / "jwks.json").read_text())
+    server = _JwksServer({"keys": dev["keys"]})
+    yield server
+    server.close()
+
+
+def test_jwks_url_unknown_kid_triggers_refresh(tmp_path: Path, jwks_server: _JwksServer) -> None:
+    data = example_config_dict()
+    provider = data["auth"]["providers"][0]
+    provider.pop("jwks_file")
+    provider.update({"jwks_url": jwks_server.url, "jwks_refresh_s": 3600, "jwks_cooldown_s": 1})
+    stack = start_stack(tmp_path, data)
+    try:
+        assert status(stack, stack.token()) == 200
+        fetches_at_start = jwks_server.fetches
+        key = new_key()
+        jwks_server.document = {"keys": [*jwks_server.document["keys"], jwk_of(key, "added")]}
+        new_token = token_for(stack, key, "added")
+        # The first sight of an unknown kid refreshes in the background (not on the request path).
+        stack.wait_until(lambda: status(stack, new_token) == 200, what="the added key to be fetched")
+        assert jwks_server.fetches > fetches_at_start
+        # A flood of unknown kids does not become a flood of fetches: at most one per cooldown.
+        before = jwks_server.fetches
+        bogus = token_for(stack, new_key(), "bogus")
+        for _ in range(30):
+            assert status(stack, bogus) == 401
+        assert jwks_server.fetches - before <= 3
+    finally:
+        stack.stop()

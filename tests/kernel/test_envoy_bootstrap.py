@@ -1,0 +1,44 @@
+"""The committed envoy/bootstrap.yaml is what the compiler makes of examples/gateway.yaml, and Envoy accepts it."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import yaml
+
+from outrider.config import load_config
+from outrider.envoy_config import compile_bootstrap
+from outrider.supervisor import envoy_binary
+
+ROOT = Path(__file__).parents[2]
+
+
+def test_committed_bootstrap_matches_example_config() -> None:
+    committed = yaml.safe_load((ROOT / "envoy" / "bootstrap.yaml").read_text())
+    compiled = compile_bootstrap(load_config(ROOT / "examples" / "gateway.yaml"))
+    assert committed == compiled, "run: outrider envoy-bootstrap examples/gateway.yaml -o envoy/bootstrap.yaml"
+
+
+def test_envoy_accepts_the_bootstrap() -> None:
+    result = subprocess.run([envoy_binary(), "--mode", "validate", "-c", str(ROOT / "envoy" / "bootstrap.yaml"),
+                             "--disable-hot-restart"], capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+
+
+def test_routes_carry_their_policy() -> None:
+    config = load_config(ROOT / "examples" / "gateway.yaml")
+    listener = compile_bootstrap(config)["static_resources"]["listeners"][0]
+    hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    assert hcm["normalize_path"] is True
+    assert hcm["merge_slashes"] is True
+    assert hcm["path_with_escaped_slashes_action"] == "REJECT_REQUEST"
+    routes = {r["name"]: r for r in hcm["route_config"]["virtual_hosts"][0]["routes"]}
+    users = routes["users"]["typed_per_filter_config"]["envoy.filters.http.ext_authz"]
+    assert users["check_settings"]["context_extensions"]["resource"] == "profile"
+    public = routes["public"]
+    assert public["typed_per_filter_config"]["envoy.filters.http.ext_authz"]["disabled"] is True
+    assert "x-user-id" in public["request_headers_to_remove"]
+    authz = next(f for f in hcm["http_filters"] if f["name"] == "envoy.filters.http.ext_authz")
+    assert authz["typed_config"]["failure_mode_allow"] is False
+    assert authz["typed_config"]["grpc_service"]["timeout"] == "0.250s"
