@@ -1,0 +1,64 @@
+"""`outrider run` starts the whole stack on a config and stops every child on SIGTERM / Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.harness import ROOT, example_config_dict, with_free_ports, write_config
+
+
+def _children(pid: int) -> set[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True, check=False)
+    return {int(p) for p in out.stdout.split()}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_run_serves_then_stops_everything(tmp_path: Path, sig: signal.Signals) -> None:
+    data = with_free_ports(example_config_dict())
+    config = write_config(data, tmp_path / "gateway.yaml")
+    proc = subprocess.Popen([sys.executable, "-m", "outrider", "run", str(config), "--run-dir", str(tmp_path / "run")],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{data['listeners'][0]['port']}"
+    try:
+        deadline = time.monotonic() + 60
+        ready = False
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                if httpx.get(f"{url}/health/ready", timeout=1).status_code == 200:
+                    ready = True
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        assert ready, proc.stdout.read() if proc.stdout and proc.poll() is not None else "not ready"
+        assert httpx.get(f"{url}/api/v1/public/hello", timeout=5).status_code == 200
+        assert httpx.get(f"{url}/api/v1/users/me", timeout=5).status_code == 401
+        children = _children(proc.pid)
+        assert len(children) >= 3  # demo upstream, ext_authz, envoy (and later services)
+        proc.send_signal(sig)
+        assert proc.wait(30) == 0
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(_alive(c) for c in children):
+            time.sleep(0.1)
+        assert not [c for c in children if _alive(c)]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
