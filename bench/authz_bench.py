@@ -9,17 +9,24 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import re
+import statistics
+import struct
+import subprocess
 import sys
 import tempfile
+import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import yaml
+from envoy.service.auth.v3 import external_auth_pb2
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import (  # noqa: E402
+from bench.common import (
     cpu_seconds,
     h2load_fixed_rate,
     machine_summary,
@@ -27,11 +34,11 @@ from bench.common import (  # noqa: E402
     rss_mib,
     wrk,
 )
-from outrider.config import load_config  # noqa: E402
-from outrider.devtoken import mint_dev_token  # noqa: E402
-from outrider.envoy_config import compile_bootstrap  # noqa: E402
-from outrider.process import ManagedProcess, free_port, http_ready  # noqa: E402
-from outrider.supervisor import envoy_argv  # noqa: E402
+from outrider.config import load_config
+from outrider.devtoken import mint_dev_token
+from outrider.envoy_config import compile_bootstrap
+from outrider.process import ManagedProcess, free_port, http_ready
+from outrider.supervisor import envoy_argv, envoy_binary
 
 
 def bench_config(workdir: Path, authz_port: int) -> tuple[Path, dict[str, Any]]:
@@ -60,7 +67,45 @@ def bench_config(workdir: Path, authz_port: int) -> tuple[Path, dict[str, Any]]:
     return path, data
 
 
-def run(seconds: int, rate: int) -> None:
+def check_request_frame(token: str) -> bytes:
+    """A realistic CheckRequest (the headers Envoy sends for a wrk request) as one gRPC frame."""
+    request = external_auth_pb2.CheckRequest()
+    http = request.attributes.request.http
+    http.method, http.path, http.id, http.host, http.protocol = "GET", "/bench/checked", "4f1c", "127.0.0.1", "HTTP/1.1"
+    for key, value in {":authority": "127.0.0.1", ":path": "/bench/checked", ":method": "GET",
+                       ":scheme": "http", "authorization": f"Bearer {token}", "x-request-id": "4f1c",
+                       "x-forwarded-proto": "http", "user-agent": "wrk"}.items():
+        http.headers[key] = value
+    request.attributes.context_extensions["resource"] = "profile"
+    request.attributes.context_extensions["route"] = "checked"
+    payload = request.SerializeToString()
+    return b"\x00" + struct.pack(">I", len(payload)) + payload
+
+
+def grpc_direct(port: int, frame_path: Path, calls: int, pid: int) -> tuple[float, float]:
+    """h2load straight at the gRPC server (no Envoy): calls/s and CPU µs per call of the server."""
+    cpu0, t0 = cpu_seconds(pid), time.perf_counter()
+    subprocess.run(["h2load", "-n", str(calls), "-c", "4", "-m", "8", f"--data={frame_path}",
+                    "-H", "content-type: application/grpc", "-H", "te: trailers",
+                    f"http://127.0.0.1:{port}/envoy.service.auth.v3.Authorization/Check"],
+                   capture_output=True, check=True, timeout=120)
+    elapsed = time.perf_counter() - t0
+    return calls / elapsed, (cpu_seconds(pid) - cpu0) / calls * 1e6
+
+
+def wait_checked(url: str, headers: dict[str, str]) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=1) as r:
+                if r.status == 200:
+                    return
+        except Exception:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} never answered 200")
+
+
+def run(seconds: int, rate: int, rounds: int) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="authz-bench-"))
     authz_port = free_port()
     config_path, data = bench_config(workdir, authz_port)
@@ -74,70 +119,77 @@ def run(seconds: int, rate: int) -> None:
     token = mint_dev_token(ROOT / "examples" / "keys", provider["issuer"], provider["audiences"][0],
                            subject="bench", roles=["user"], tier="free", ttl_s=3600)
     auth = {"authorization": f"Bearer {token}"}
+    frame = workdir / "check.bin"
+    frame.write_bytes(check_request_frame(token))
     servers = {
         "always-allow floor": [sys.executable, str(ROOT / "bench" / "trivial_authz.py"), "--port", str(authz_port)],
         "outrider ext_authz": [sys.executable, "-m", "ext_authz", "--config", str(config_path)],
     }
-    rows: list[list[str]] = []
+    samples: dict[str, list[dict[str, float]]] = {name: [] for name in servers}
     envoy.start().wait_ready(30)
     try:
         sat = wrk(f"{base}/bench/open", {}, seconds)
         fixed = h2load_fixed_rate(f"{base}/bench/open", {}, rate, seconds)
-        baseline_p99 = fixed.p99_ms
-        rows.append(["Envoy alone (no check)", f"{sat.rps:,.0f}", f"{fixed.p50_ms:.2f}", f"{fixed.p90_ms:.2f}",
-                     f"{fixed.p99_ms:.2f}", "—", "—", "—", "—"])
-        floor_cpu_us = None
-        for name, argv in servers.items():
-            proc = ManagedProcess(name, argv, log_path=workdir / f"{name.replace(' ', '_')}.log",
-                                  cwd=ROOT, ready=http_ready(f"{base}/bench/checked", 200)
-                                  if False else None)
-            proc.start()
-            probe = http_ready(f"{base}/bench/checked")
-            import time
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                import urllib.request
-                try:
-                    req = urllib.request.Request(f"{base}/bench/checked", headers=auth)
-                    with urllib.request.urlopen(req, timeout=1) as r:  # noqa: S310
-                        if r.status == 200:
-                            break
-                except Exception:
-                    time.sleep(0.1)
-            del probe
-            assert proc.proc is not None
-            pid = proc.proc.pid
-            wrk(f"{base}/bench/checked", auth, 1)  # warm up: token cached, connections open
-            cpu0 = cpu_seconds(pid)
-            sat = wrk(f"{base}/bench/checked", auth, seconds)
-            sat_cpu_us = (cpu_seconds(pid) - cpu0) / max(sat.requests, 1) * 1e6
-            cpu0 = cpu_seconds(pid)
-            fixed = h2load_fixed_rate(f"{base}/bench/checked", auth, rate, seconds)
-            fixed_cpu_us = (cpu_seconds(pid) - cpu0) / max(fixed.requests, 1) * 1e6
-            if floor_cpu_us is None:
-                floor_cpu_us = fixed_cpu_us
-            ratio = fixed_cpu_us / floor_cpu_us
-            rows.append([f"+ {name}", f"{sat.rps:,.0f}" + (f" ({sat.non_2xx} non-2xx)" if sat.non_2xx else ""),
-                         f"{fixed.p50_ms:.2f}", f"{fixed.p90_ms:.2f}", f"{fixed.p99_ms:.2f}",
-                         f"{fixed.p99_ms - baseline_p99:+.2f}", f"{sat_cpu_us:.0f} / {fixed_cpu_us:.0f}",
-                         f"{ratio:.2f}×", f"{rss_mib(pid):.0f}"])
-            proc.stop()
+        baseline = {"rps": sat.rps, "p50": fixed.p50_ms, "p90": fixed.p90_ms, "p99": fixed.p99_ms}
+        # Interleave the servers round by round so drift in the machine's load hits both alike.
+        for _ in range(rounds):
+            for name, argv in servers.items():
+                proc = ManagedProcess(name, argv, log_path=workdir / f"{name.replace(' ', '_')}.log", cwd=ROOT)
+                proc.start()
+                wait_checked(f"{base}/bench/checked", auth)
+                assert proc.proc is not None
+                pid = proc.proc.pid
+                wrk(f"{base}/bench/checked", auth, 1)  # warm up: token cached, connections open
+                sat = wrk(f"{base}/bench/checked", auth, seconds)
+                cpu0 = cpu_seconds(pid)
+                fixed = h2load_fixed_rate(f"{base}/bench/checked", auth, rate, seconds)
+                fixed_cpu = (cpu_seconds(pid) - cpu0) / max(fixed.requests, 1) * 1e6
+                direct_rps, direct_cpu = grpc_direct(authz_port, frame, 20_000, pid)
+                samples[name].append({"rps": sat.rps, "non2xx": sat.non_2xx + fixed.non_2xx,
+                                      "p50": fixed.p50_ms, "p90": fixed.p90_ms, "p99": fixed.p99_ms,
+                                      "cpu_1k": fixed_cpu, "direct_rps": direct_rps, "direct_cpu": direct_cpu,
+                                      "rss": rss_mib(pid)})
+                proc.stop()
     finally:
         envoy.stop()
-    print(f"\nmachine: {machine_summary()}; date: {datetime.date.today()}; "
-          f"load: wrk -t1 -c32 {seconds}s (saturation), h2load --h1 -c10 at {rate} req/s for {seconds}s "
-          f"(latency); Envoy --concurrency 2; all on this box\n")
+
+    def med(name: str, key: str) -> float:
+        return statistics.median(s[key] for s in samples[name])
+
+    floor = "always-allow floor"
+    rows = [["Envoy alone (no check)", f"{baseline['rps']:,.0f}", f"{baseline['p50']:.2f}",
+             f"{baseline['p90']:.2f}", f"{baseline['p99']:.2f}", "—", "—", "—", "—", "—", "—"]]
+    for name in servers:
+        rows.append([
+            f"+ {name}", f"{med(name, 'rps'):,.0f}", f"{med(name, 'p50'):.2f}", f"{med(name, 'p90'):.2f}",
+            f"{med(name, 'p99'):.2f}", f"{med(name, 'p99') - baseline['p99']:+.2f}",
+            f"{med(name, 'cpu_1k'):.0f} ({med(name, 'cpu_1k') / med(floor, 'cpu_1k'):.2f}×)",
+            f"{med(name, 'direct_rps'):,.0f}",
+            f"{med(name, 'direct_cpu'):.0f} ({med(name, 'direct_cpu') / med(floor, 'direct_cpu'):.2f}×)",
+            f"{max(s['rss'] for s in samples[name]):.0f}", f"{sum(s['non2xx'] for s in samples[name]):.0f}"])
+    print(f"\nmachine: {machine_summary()}; date: {datetime.date.today()}; Envoy {envoy_version()}, "
+          f"--concurrency 2. Load on the same box: wrk -t1 -c32 {seconds}s (saturation); h2load --h1 -c10 "
+          f"open loop at {rate} req/s for {seconds}s (latency, CPU); h2load gRPC -c4 -m8 20k calls straight "
+          f"at the service (direct). Medians of {rounds} interleaved rounds.\n")
     print_table("ext_authz through Envoy (cached RS256 token)",
-                ["scenario", "req/s (sat.)", "p50 ms", "p90 ms", "p99 ms", "added p99 ms",
-                 "CPU µs/check sat./1k", "CPU ratio to floor", "peak RSS MiB"], rows)
+                ["scenario", "req/s sat.", "p50 ms", "p90 ms", "p99 ms", "added p99 ms",
+                 f"CPU µs/check @{rate}/s (vs floor)", "direct calls/s", "direct CPU µs/call (vs floor)",
+                 "peak RSS MiB", "non-2xx"], rows)
+
+
+def envoy_version() -> str:
+    out = subprocess.run([envoy_binary(), "--version"], capture_output=True, text=True, check=False).stdout
+    found = re.search(r"/(\d+\.\d+\.\d+)/", out)
+    return found.group(1) if found else "?"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--rate", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    run(args.seconds, args.rate)
+    run(args.seconds, args.rate, args.rounds)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from outrider.grpc_runtime import serve
 
 
 class AlwaysAllow(external_auth_pb2_grpc.AuthorizationServicer):
-    async def Check(self, request: external_auth_pb2.CheckRequest,  # noqa: N802
+    async def Check(self, request: external_auth_pb2.CheckRequest,
                     context: grpc.aio.ServicerContext) -> external_auth_pb2.CheckResponse:
         return external_auth_pb2.CheckResponse(status=status_pb2.Status(code=code_pb2.OK))
 

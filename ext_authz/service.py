@@ -11,7 +11,6 @@ import grpc
 from envoy.config.core.v3 import base_pb2
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from envoy.type.v3 import http_status_pb2
-from google.protobuf import struct_pb2
 from google.rpc import code_pb2, status_pb2
 
 from ext_authz.decision import Authorizer, CheckInput, Decision
@@ -96,7 +95,7 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):
             response = self._ok_cache[identity] = build_ok(decision)
         return response
 
-    async def Check(  # noqa: N802 - gRPC method name
+    async def Check(
         self, request: external_auth_pb2.CheckRequest, context: grpc.aio.ServicerContext
     ) -> external_auth_pb2.CheckResponse:
         started = time.perf_counter()

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
 import logging
 import sys
 import time
+from json.encoder import encode_basestring_ascii
 from typing import Any
 
 # The C string encoder of the json module: escapes everything a client could send, and is fast.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 from pydantic import ValidationError
@@ -35,9 +35,9 @@ class _LineIndex:
         if isinstance(node, yaml.MappingNode):
             for key, value in node.value:
                 if isinstance(key, yaml.ScalarNode) and key.value == part:
-                    return value
+                    return cast(yaml.Node, value)
         if isinstance(node, yaml.SequenceNode) and isinstance(part, int) and 0 <= part < len(node.value):
-            return node.value[part]
+            return cast(yaml.Node, node.value[part])
         return None
 
 
@@ -116,4 +116,8 @@ def _resolve_paths(config: GatewayConfig, base_dir: Path) -> GatewayConfig:
         else p
         for p in config.auth.providers
     ]
-    return config.model_copy(update={"auth": config.auth.model_copy(update={"providers": providers})})
+    config = config.model_copy(update={"auth": config.auth.model_copy(update={"providers": providers})})
+    if config.rate_limits is not None and config.rate_limits.files:
+        files = [f if f.is_absolute() else base_dir / f for f in config.rate_limits.files]
+        config = config.model_copy(update={"rate_limits": config.rate_limits.model_copy(update={"files": files})})
+    return config

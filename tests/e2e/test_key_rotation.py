@@ -75,7 +75,7 @@ class _JwksServer:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server API
+            def do_GET(self) -> None:
                 outer.fetches += 1
                 body = json.dumps(outer.document).encode()
                 self.send_response(200)

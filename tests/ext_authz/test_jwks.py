@@ -95,7 +95,7 @@ class SkipCase:
 
 
 def _small_rsa() -> dict[str, Any]:
-    weak = rsa.generate_private_key(public_exponent=65537, key_size=1024)  # noqa: S505 - must be refused
+    weak = rsa.generate_private_key(public_exponent=65537, key_size=1024)
     return public_jwk(weak, "small")
 
 

@@ -437,7 +437,7 @@ def test_token_at_exact_limit_is_not_too_large(verifier: TokenVerifier, keys: Ke
 
 
 def test_mutated_tokens_raise_only_auth_error(verifier: TokenVerifier, keys: KeyRing, sign: Signer) -> None:
-    rng = random.Random(1234)  # noqa: S311 - reproducible mutations, not cryptography
+    rng = random.Random(1234)
     valid = sign(claims(), keys.rsa, "RS256", kid="rsa-1")
     alphabet = "ABCxyz019-_.=+/ \x00é"
     outcomes: set[str] = set()
