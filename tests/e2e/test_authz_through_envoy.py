@@ -120,3 +120,30 @@ def test_escaped_slashes_are_rejected(stack: Stack) -> None:
 
 def test_merged_slashes(stack: Stack) -> None:
     assert stack.get("/api//v1//users/profile").status_code == 401
+
+
+def test_metrics_and_decision_log_never_hold_the_token(stack: Stack) -> None:
+    import json
+    import time
+
+    import httpx
+
+    token = stack.token("logcheck")
+    assert stack.get(PROFILE, headers=bearer(token)).status_code == 200
+    assert stack.get(PROFILE).status_code == 401
+    port = stack.data["services"]["ext_authz"]["metrics_port"]
+    metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    assert 'authz_checks_total{decision="allow",reason="allowed"}' in metrics
+    assert 'authz_checks_total{decision="deny",reason="token_missing"}' in metrics
+    assert "authz_check_duration_seconds_bucket" in metrics
+
+    log_path = stack.workdir / "ext_authz.log"
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and '"user_id":"logcheck"' not in log_path.read_text():
+        time.sleep(0.05)  # decision lines are flushed in batches
+    text = log_path.read_text()
+    assert token not in text and token.split(".")[2] not in text
+    decisions = [json.loads(line) for line in text.splitlines() if '"authz_decision"' in line]
+    mine = [d for d in decisions if d.get("user_id") == "logcheck"]
+    assert mine and mine[0]["decision"] == "allow" and mine[0]["request_id"]
+    assert {"request_id", "decision", "reason", "user_id", "ts"} <= set(mine[0])
