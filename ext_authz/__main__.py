@@ -1,5 +1,5 @@
-"""`python -m ext_authz --config FILE` runs the ext_authz gRPC service."""
+"""`python -m ext_authz --config FILE` runs the ext_authz gRPC service (services.ext_authz.workers processes)."""
 
-from ext_authz.app import main
+from outrider.workers import launch
 
-main()
+launch("ext_authz", "ext_authz.app:main")

@@ -12,6 +12,8 @@ import grpc
 import uvloop
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from outrider.workers import reuse_port_enabled
+
 log = logging.getLogger("outrider.grpc")
 
 # Envoy keeps long-lived HTTP/2 connections to us; keepalive pings find dead peers.
@@ -19,7 +21,6 @@ SERVER_OPTIONS = [
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
-    ("grpc.so_reuseport", 0),
 ]
 
 
@@ -32,7 +33,8 @@ async def serve(
     on_stop: Callable[[], None] | None = None,
 ) -> None:
     """Run a grpc.aio server until SIGTERM/SIGINT, then report NOT_SERVING and drain in-flight calls."""
-    server = grpc.aio.server(options=SERVER_OPTIONS)
+    options = [*SERVER_OPTIONS, ("grpc.so_reuseport", 1 if reuse_port_enabled() else 0)]
+    server = grpc.aio.server(options=options)
     register(server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
