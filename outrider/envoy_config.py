@@ -10,6 +10,7 @@ import ipaddress
 from typing import Any, Protocol
 
 from outrider.config.model import GatewayConfig, RouteConfig, UpstreamConfig
+from outrider.envoy_traffic import cluster_fields, header_matcher, route_action_fields, upstream_of
 
 IDENTITY_HEADERS = ("x-user-id", "x-user-email", "x-user-roles", "x-user-tier")
 READY_PATH = "/health/ready"
@@ -31,8 +32,12 @@ class FilterContribution(Protocol):
 def contributions() -> list[FilterContribution]:
     """In HTTP filter order: authorization first, then rate limiting, then processing."""
     from outrider.envoy_authz import ExtAuthzContribution
+    from outrider.envoy_ext_proc import ExtProcContribution
+    from outrider.envoy_ratelimit import RateLimitContribution
+    from outrider.envoy_traffic import CorsContribution
 
-    return [ExtAuthzContribution()]
+    # CORS first: a preflight is answered by Envoy before any check runs.
+    return [CorsContribution(), ExtAuthzContribution(), RateLimitContribution(), ExtProcContribution()]
 
 _LB_POLICY = {
     "round_robin": "ROUND_ROBIN",
@@ -88,6 +93,7 @@ def compile_upstream_cluster(upstream: UpstreamConfig) -> dict[str, Any]:
         "load_assignment": _load_assignment(
             upstream.name, [(e.address, e.port, e.weight) for e in upstream.endpoints]
         ),
+        **cluster_fields(upstream),
     }
 
 
@@ -125,6 +131,8 @@ def _match(route: RouteConfig) -> dict[str, Any]:
 def compile_route(route: RouteConfig, config: GatewayConfig) -> dict[str, Any]:
     """One gateway route → one Envoy route."""
     out: dict[str, Any] = {"name": route.name, "match": _match(route)}
+    if route.match.headers:
+        out["match"]["headers"] = [header_matcher(h) for h in route.match.headers]
     if route.direct_response is not None:
         out["direct_response"] = {
             "status": route.direct_response.status,
@@ -135,7 +143,8 @@ def compile_route(route: RouteConfig, config: GatewayConfig) -> dict[str, Any]:
             "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
         }]
     else:
-        out["route"] = {"cluster": route.upstream, "timeout": _duration_ms(route.timeout_ms)}
+        out["route"] = {"cluster": route.upstream, "timeout": _duration_ms(route.timeout_ms),
+                        **route_action_fields(route, upstream_of(route, config))}
     if route.resource is None:
         # No check runs here, so nobody sets identity: a client must not be able to claim one.
         out["request_headers_to_remove"] = list(IDENTITY_HEADERS)
@@ -146,6 +155,10 @@ def compile_route(route: RouteConfig, config: GatewayConfig) -> dict[str, Any]:
             per_filter[contribution.filter_name] = settings
         if "route" in out:
             out["route"].update(contribution.route_fields(route, config))
+            # Optional hook: header edits on the Route itself (request_headers_to_add, ...), merged.
+            route_headers = getattr(contribution, "route_headers", None)
+            for key, items in (route_headers(route, config) if route_headers else {}).items():
+                out.setdefault(key, []).extend(items)
     if per_filter:
         out["typed_per_filter_config"] = per_filter
     return out
@@ -165,14 +178,19 @@ def _not_found_route(config: GatewayConfig) -> dict[str, Any]:
     }
 
 
-def compile_route_configuration(config: GatewayConfig, name: str = "outrider_routes") -> dict[str, Any]:
-    """All routes in config order, then a JSON 404 for anything unmatched."""
+def compile_route_configuration(config: GatewayConfig, name: str = "outrider_routes",
+                                with_routes: bool = True) -> dict[str, Any]:
+    """All routes in config order, then a JSON 404 for anything unmatched.
+
+    with_routes=False leaves the config's routes out (xds_server splices in its cached compiled routes).
+    """
+    routes = [compile_route(r, config) for r in config.routes] if with_routes else []
     return {
         "name": name,
         "virtual_hosts": [{
             "name": "gateway",
             "domains": ["*"],
-            "routes": [compile_route(r, config) for r in config.routes] + [_not_found_route(config)],
+            "routes": [*routes, _not_found_route(config)],
         }],
     }
 
@@ -207,6 +225,8 @@ def compile_listeners(config: GatewayConfig, route_config: dict[str, Any] | None
             "stat_prefix": listener.name,
             "codec_type": "AUTO",
             "use_remote_address": True,
+            # The seed keeps a client's X-Request-ID and makes one only when none was sent.
+            "preserve_external_request_id": True,
             # Paths are normalised before any route or policy decision sees them.
             "normalize_path": True,
             "merge_slashes": True,

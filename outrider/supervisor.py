@@ -11,7 +11,9 @@ from pathlib import Path
 import yaml
 
 from outrider.config.model import GatewayConfig
+from outrider.envoy_ads import compile_ads_bootstrap
 from outrider.envoy_config import compile_bootstrap
+from outrider.envoy_ext_proc import ext_proc_enabled
 from outrider.process import ManagedProcess, http_ready, tcp_ready
 
 
@@ -51,8 +53,27 @@ def plan_processes(config: GatewayConfig, config_path: Path, run_dir: Path,
     procs.append(ManagedProcess(
         "ext_authz", [python, "-m", "ext_authz", "--config", str(config_path)],
         ready=http_ready(f"http://{authz.address}:{authz.metrics_port}/metrics")))
-    bootstrap = run_dir / "envoy-bootstrap.yaml"
-    bootstrap.write_text(yaml.safe_dump(compile_bootstrap(config), sort_keys=False))
+    if config.rate_limits is not None:
+        rls = config.services.ratelimit
+        procs.append(ManagedProcess(
+            "ratelimit", [python, "-m", "ratelimit_service", "--config", str(config_path)],
+            ready=http_ready(f"http://{rls.address}:{rls.metrics_port}/metrics")))
+    if ext_proc_enabled(config):
+        proc_settings = config.services.ext_proc
+        procs.append(ManagedProcess(
+            "ext_proc", [python, "-m", "ext_proc", "--config", str(config_path)],
+            ready=http_ready(f"http://{proc_settings.address}:{proc_settings.metrics_port}/metrics")))
+    xds = config.services.xds
+    if xds.enabled:
+        # Envoy starts from the small ADS bootstrap; everything else comes from xds_server.
+        procs.append(ManagedProcess(
+            "xds_server", [python, "-m", "xds_server", "--config", str(config_path)],
+            ready=http_ready(f"http://{xds.admin_address}:{xds.admin_port}/v1/status")))
+        bootstrap = run_dir / "envoy-bootstrap-xds.yaml"
+        bootstrap.write_text(yaml.safe_dump(compile_ads_bootstrap(config), sort_keys=False))
+    else:
+        bootstrap = run_dir / "envoy-bootstrap.yaml"
+        bootstrap.write_text(yaml.safe_dump(compile_bootstrap(config), sort_keys=False))
     admin = config.admin
     procs.append(ManagedProcess("envoy", envoy_argv(bootstrap),
                                 ready=http_ready(f"http://{admin.address}:{admin.port}/ready")))

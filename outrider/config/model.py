@@ -7,10 +7,31 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from outrider.config.ext_proc import (
+    CacheConfig,
+    ExtProcService,
+    RouteCacheConfig,
+    TransformationsConfig,
+    ValidationConfig,
+)
+from outrider.config.ratelimit import RateLimitsConfig
+from outrider.config.traffic import (
+    CircuitBreaker,
+    CorsPolicy,
+    HashPolicy,
+    HeaderMatch,
+    HealthCheck,
+    OutlierDetection,
+    RetryPolicy,
+    Rewrite,
+)
+from outrider.config.xds import XdsService
+
 Port = Annotated[int, Field(ge=1, le=65535)]
 Name = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
 Algorithm = Literal["RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA", "HS256"]
 Action = Literal["read", "write", "delete", "*"]
+DEFAULT_ALGORITHMS: tuple[Algorithm, ...] = ("RS256",)
 
 
 class StrictModel(BaseModel):
@@ -43,6 +64,16 @@ class UpstreamConfig(StrictModel):
     endpoints: Annotated[list[Endpoint], Field(min_length=1)]
     lb_policy: Literal["round_robin", "least_request", "random", "ring_hash", "maglev"] = "round_robin"
     connect_timeout_ms: Annotated[int, Field(ge=1, le=60_000)] = 1000
+    hash_policy: list[HashPolicy] = Field(default_factory=list)  # ring_hash / maglev only
+    circuit_breaker: CircuitBreaker | None = None
+    outlier_detection: OutlierDetection | None = None
+    health_check: HealthCheck | None = None
+
+    @model_validator(mode="after")
+    def _hashing(self) -> UpstreamConfig:
+        if self.hash_policy and self.lb_policy not in ("ring_hash", "maglev"):
+            raise ValueError("hash_policy needs lb_policy ring_hash or maglev")
+        return self
 
 
 class RouteMatch(StrictModel):
@@ -51,6 +82,7 @@ class RouteMatch(StrictModel):
     prefix: str | None = None
     path: str | None = None
     regex: str | None = None
+    headers: list[HeaderMatch] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _exactly_one(self) -> RouteMatch:
@@ -82,6 +114,14 @@ class RouteConfig(StrictModel):
     public: bool = False
     resource: Name | None = None
     timeout_ms: Annotated[int, Field(ge=1, le=600_000)] = 15_000
+    idle_timeout_ms: Annotated[int, Field(ge=1, le=3_600_000)] | None = None
+    rewrite: Rewrite | None = None
+    retry: RetryPolicy | None = None
+    cors: CorsPolicy | None = None
+    # ext_proc: a section here overrides the fields it sets of the global section (see config/ext_proc.py).
+    transformations: TransformationsConfig | None = None
+    cache: RouteCacheConfig | None = None
+    validation: ValidationConfig | None = None
 
     @model_validator(mode="after")
     def _target(self) -> RouteConfig:
@@ -100,7 +140,8 @@ class JwtProviderConfig(StrictModel):
     name: Name
     issuer: Annotated[str, Field(min_length=1)]
     audiences: list[str] = Field(default_factory=list)
-    algorithms: Annotated[list[Algorithm], Field(min_length=1)] = Field(default_factory=lambda: ["RS256"])
+    algorithms: Annotated[list[Algorithm], Field(min_length=1)] = Field(
+        default_factory=lambda: list(DEFAULT_ALGORITHMS))
     jwks_file: Path | None = None
     jwks_url: str | None = None
     jwks_refresh_s: Annotated[float, Field(gt=0)] = 300.0
@@ -149,6 +190,8 @@ class ServiceEndpoint(StrictModel):
     address: str = "127.0.0.1"
     port: Port
     metrics_port: Port
+    # Processes sharing the port (SO_REUSEPORT); the first one serves everyone's /metrics.
+    workers: Annotated[int, Field(ge=1, le=32)] = 1
 
 
 class ExtAuthzService(ServiceEndpoint):
@@ -157,6 +200,13 @@ class ExtAuthzService(ServiceEndpoint):
     timeout_ms: Annotated[int, Field(ge=10, le=10_000)] = 250
     # Fail closed by default: an unreachable authorizer must never open the gateway.
     failure_mode_allow: bool = False
+
+
+class RateLimitService(ServiceEndpoint):
+    port: Port = 18082
+    metrics_port: Port = 19082
+    # Envoy's deadline for one ShouldRateLimit call (the service answers within rate_limits.budget_ms).
+    timeout_ms: Annotated[int, Field(ge=5, le=10_000)] = 100
 
 
 class DemoUpstreamService(StrictModel):
@@ -169,7 +219,10 @@ class DemoUpstreamService(StrictModel):
 
 class ServicesConfig(StrictModel):
     ext_authz: ExtAuthzService = Field(default_factory=ExtAuthzService)
+    ratelimit: RateLimitService = Field(default_factory=RateLimitService)
     demo_upstream: DemoUpstreamService = Field(default_factory=DemoUpstreamService)
+    xds: XdsService = Field(default_factory=XdsService)
+    ext_proc: ExtProcService = Field(default_factory=ExtProcService)
 
 
 class LoggingConfig(StrictModel):
@@ -189,3 +242,7 @@ class GatewayConfig(StrictModel):
     auth: AuthConfig
     rbac: RbacConfig
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    rate_limits: RateLimitsConfig | None = None
+    transformations: TransformationsConfig | None = None
+    cache: CacheConfig | None = None
+    validation: ValidationConfig | None = None

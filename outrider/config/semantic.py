@@ -5,15 +5,19 @@ from __future__ import annotations
 import os
 import re
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from typing import Any
 
-from outrider.config.errors import Loc
+from outrider.config.errors import Loc, format_loc
+from outrider.config.ext_proc import check_ext_proc
 from outrider.config.model import GatewayConfig
+from outrider.config.ratelimit import check_rate_limits
+from outrider.config.traffic_semantic import traffic_problems
 
 
 def check_references(config: GatewayConfig) -> list[tuple[Loc, str]]:
     """Return (field path, reason) for every rule the parsed config breaks."""
-    return list(_problems(config))
+    return [*_problems(config), *check_rate_limits(config), *traffic_problems(config), *check_ext_proc(config)]
 
 
 def _duplicates(names: list[str]) -> set[str]:
@@ -21,8 +25,9 @@ def _duplicates(names: list[str]) -> set[str]:
 
 
 def _problems(config: GatewayConfig) -> Iterator[tuple[Loc, str]]:
-    for section, items in (("listeners", config.listeners), ("upstreams", config.upstreams),
-                           ("routes", config.routes), ("auth.providers", config.auth.providers)):
+    named: list[tuple[str, Sequence[Any]]] = [("listeners", config.listeners), ("upstreams", config.upstreams),
+                                              ("routes", config.routes), ("auth.providers", config.auth.providers)]
+    for section, items in named:
         dupes = _duplicates([item.name for item in items])
         for index, item in enumerate(items):
             if item.name in dupes:
@@ -51,9 +56,13 @@ def _problems(config: GatewayConfig) -> Iterator[tuple[Loc, str]]:
         if provider.hs256_secret_env and not os.environ.get(provider.hs256_secret_env):
             yield (("auth", "providers", index, "hs256_secret_env"),
                    f"environment variable {provider.hs256_secret_env} is not set or empty")
+        elif provider.hs256_secret_env and len(os.environ[provider.hs256_secret_env].encode()) < 32:
+            # RFC 7518 §3.2: an HS256 key must be at least as long as the hash output.
+            yield (("auth", "providers", index, "hs256_secret_env"),
+                   f"the secret in {provider.hs256_secret_env} is shorter than 32 bytes")
 
-    ports: list[tuple[Loc, str, int]] = [(("listeners", i, "port"), l.address, l.port)
-                                         for i, l in enumerate(config.listeners)]
+    ports: list[tuple[Loc, str, int]] = [(("listeners", i, "port"), lis.address, lis.port)
+                                         for i, lis in enumerate(config.listeners)]
     ports.append((("admin", "port"), config.admin.address, config.admin.port))
     for service_name in type(config.services).model_fields:
         service = getattr(config.services, service_name)
@@ -65,5 +74,5 @@ def _problems(config: GatewayConfig) -> Iterator[tuple[Loc, str]]:
     seen: dict[int, Loc] = {}
     for loc, _address, port in ports:
         if port in seen:
-            yield loc, f"port {port} is already used by {'.'.join(map(str, seen[port]))}"
+            yield loc, f"port {port} is already used by {format_loc(seen[port])}"
         seen.setdefault(port, loc)

@@ -38,6 +38,22 @@ CASES: dict[str, tuple[int, str, str]] = {
     "bad_action": (19, "rbac.roles.user[0].actions[1]", "'read', 'write', 'delete'"),
     "jwks_url_scheme": (13, "auth.providers[0]", "jwks_url must be an http(s) URL"),
     "leeway_negative": (12, "auth.leeway_s", "greater than or equal to 0"),
+    # ext_proc (outrider/config/ext_proc.py)
+    "ext_proc_identity_header": (23, "transformations.request.add_headers", "identity headers are set by ext_authz"),
+    "ext_proc_set_authorization": (22, "routes[0].transformations.request.add_headers",
+                                   "may not set 'Authorization'"),
+    "ext_proc_rename_envoy_header": (22, "transformations.request.rename_headers", "x-envoy-* headers belong"),
+    "ext_proc_unknown_template": (22, "transformations.request.add_headers", "unknown template variable ${whoami}"),
+    "ext_proc_response_var_in_request": (22, "transformations.request.add_headers",
+                                         "unknown template variable ${response_time_ms}"),
+    "ext_proc_bad_jsonpath": (22, "transformations.request.json_body", "unsupported JSONPath syntax"),
+    "ext_proc_x_cache_status": (22, "transformations.response.add_headers", "the response cache sets it"),
+    "ext_proc_redis_without_url": (21, "cache", "backend redis needs redis_url"),
+    "ext_proc_cache_path_no_slash": (21, "cache.rules[0].path", "a cache path starts with '/'"),
+    "ext_proc_cache_rule_unserved": (23, "cache.rules[1].path", "no route with an upstream serves '/orders/**'"),
+    "ext_proc_route_cache_rule_unmatched": (21, "routes[0].cache.rules[0].path", "never matches '/orders/*'"),
+    "ext_proc_direct_response_section": (23, "routes[1].validation", "direct_response route has no upstream"),
+    "ext_proc_bad_content_type": (21, "validation.allowed_content_types", "a media type like application/json"),
 }
 
 

@@ -1,0 +1,171 @@
+"""JSON bodies: a strict parse that turns hostile input into a named error, and the JSONPath subset."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from outrider.config.ext_proc import WILDCARD, PathStep
+
+MISSING = object()
+
+
+class BadJson(ValueError):
+    """A body that is not acceptable JSON; `reason` is a short name for logs and counters."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        # Parsers disagree on which duplicate wins: a smuggling vector, so refuse it.
+        raise BadJson("duplicate_key")
+    return out
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise BadJson("number_out_of_range")
+    return value
+
+
+def _no_constants(name: str) -> Any:
+    raise BadJson("non_standard_constant")  # NaN / Infinity are not JSON
+
+
+def is_json(content_type: str) -> bool:
+    base = content_type.split(";", 1)[0].strip().lower()
+    return base == "application/json" or (base.startswith("application/") and base.endswith("+json"))
+
+
+def parse(body: bytes, max_depth: int) -> Any:
+    """Strict JSON: UTF-8, no duplicate keys, finite numbers, nesting at most max_depth. Raises BadJson."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadJson("invalid_utf8") from None
+    try:
+        doc = json.loads(text, object_pairs_hook=_no_duplicates, parse_float=_finite,
+                         parse_constant=_no_constants)
+    except BadJson:
+        raise
+    except RecursionError:
+        raise BadJson("too_deep") from None
+    except ValueError as exc:  # JSONDecodeError, and int() refusing a 5000-digit number
+        raise BadJson("number_out_of_range" if "digits" in str(exc) else "invalid_json") from None
+    if depth_exceeds(doc, max_depth):
+        raise BadJson("too_deep")
+    return doc
+
+
+def dump(doc: Any) -> bytes:
+    return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def depth_exceeds(doc: Any, limit: int) -> bool:
+    stack = [(doc, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            if depth > limit:
+                return True
+            stack.extend((v, depth + 1) for v in node.values() if isinstance(v, dict | list))
+        elif isinstance(node, list):
+            if depth > limit:
+                return True
+            stack.extend((v, depth + 1) for v in node if isinstance(v, dict | list))
+    return False
+
+
+def strings(doc: Any) -> list[str]:
+    """Every string in the document, keys included (attack patterns hide in either)."""
+    out: list[str] = []
+    stack = [doc]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, str):
+            out.append(node)
+        elif isinstance(node, dict):
+            out.extend(node.keys())
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return out
+
+
+def _children(node: Any, step: PathStep) -> list[Any]:
+    if step is WILDCARD:
+        if isinstance(node, dict):
+            return list(node.values())
+        return list(node) if isinstance(node, list) else []
+    if isinstance(step, int):
+        if isinstance(node, list) and -len(node) <= step < len(node):
+            return [node[step]]
+        return []
+    if isinstance(node, dict) and step in node:
+        return [node[step]]
+    return []
+
+
+def select(doc: Any, steps: tuple[PathStep, ...]) -> Any:
+    """The value at a path; a list of matches if the path has a wildcard; MISSING if nothing matches."""
+    nodes = [doc]
+    for step in steps:
+        nodes = [child for node in nodes for child in _children(node, step)]
+    if any(step is WILDCARD for step in steps):
+        return nodes
+    return nodes[0] if nodes else MISSING
+
+
+def remove_path(doc: Any, steps: tuple[PathStep, ...]) -> int:
+    """Delete what a path points at; returns how many values were removed."""
+    if not steps:
+        return 0
+    parents = [doc]
+    for step in steps[:-1]:
+        parents = [child for node in parents for child in _children(node, step)]
+    last, removed = steps[-1], 0
+    for parent in parents:
+        if last is WILDCARD:
+            if isinstance(parent, dict | list):
+                removed += len(parent)
+                parent.clear()
+            continue
+        if _children(parent, last):  # the member or element exists
+            del parent[last]
+            removed += 1
+    return removed
+
+
+def remove_names(doc: Any, names: frozenset[str]) -> int:
+    """Delete every member with one of these names, at any depth, inside arrays too."""
+    removed = 0
+    stack = [doc]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            for name in names & node.keys():
+                del node[name]
+                removed += 1
+            stack.extend(v for v in node.values() if isinstance(v, dict | list))
+        elif isinstance(node, list):
+            stack.extend(v for v in node if isinstance(v, dict | list))
+    return removed
+
+
+def set_field(doc: Any, path: tuple[str, ...], value: Any) -> bool:
+    """Set a dotted field on an object, creating objects on the way; False if something else is in the way."""
+    node = doc
+    for name in path[:-1]:
+        if not isinstance(node, dict):
+            return False
+        node = node.setdefault(name, {})
+    if not isinstance(node, dict):
+        return False
+    node[path[-1]] = value
+    return True

@@ -1,0 +1,231 @@
+"""gRPC adapter: the ExternalProcessor/Process stream ↔ Session events and actions. Errors map here, once."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any
+
+import grpc
+from envoy.config.core.v3 import base_pb2
+from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc
+
+from ext_proc.cache_backends import CacheBackend, CacheUnavailable
+from ext_proc.events import (
+    Action,
+    CacheResult,
+    Event,
+    Immediate,
+    InvalidateCache,
+    LookupCache,
+    Note,
+    Reply,
+    RequestBody,
+    RequestHeaders,
+    ResponseBody,
+    ResponseHeaders,
+    StoreCache,
+    Trailers,
+)
+from ext_proc.metrics import CACHE_ERRORS, ERRORS, EVENTS, MESSAGE_SECONDS, STREAMS, LabelCache
+from ext_proc.plan import DEFAULT_ROUTE, RoutePlan
+from ext_proc.session import Session, error_response
+from outrider.logs import DecisionLog
+
+log = logging.getLogger("ext_proc.service")
+
+ROUTE_METADATA = "x-outrider-route"
+_OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+_IF_ABSENT = base_pb2.HeaderValueOption.ADD_IF_ABSENT
+_PM = processing_mode_pb2.ProcessingMode
+_BODY_RESPONSES = {"request_body", "response_body"}
+_TRAILER_RESPONSES = {"request_trailers", "response_trailers"}
+
+
+def headers_of(header_map: Any) -> dict[str, str]:
+    """Envoy's HeaderMap → {lower-case name: value}; a repeated header's values are joined with ','."""
+    out: dict[str, str] = {}
+    for header in header_map.headers:
+        key = header.key
+        raw = header.raw_value
+        value = raw.decode("utf-8", "surrogateescape") if raw else header.value
+        if key in out:
+            value = out[key] + "," + value
+        out[key] = value
+    return out
+
+
+def to_event(message: pb.ProcessingRequest, which: str) -> Event:
+    if which == "request_headers":
+        return RequestHeaders(headers_of(message.request_headers.headers), message.request_headers.end_of_stream)
+    if which == "response_headers":
+        return ResponseHeaders(headers_of(message.response_headers.headers), message.response_headers.end_of_stream)
+    if which == "request_body":
+        return RequestBody(message.request_body.body, message.request_body.end_of_stream)
+    if which == "response_body":
+        return ResponseBody(message.response_body.body, message.response_body.end_of_stream)
+    return Trailers(which)  # type: ignore[arg-type]
+
+
+def _header_option(name: str, value: str, if_absent: bool) -> base_pb2.HeaderValueOption:
+    return base_pb2.HeaderValueOption(
+        header=base_pb2.HeaderValue(key=name, raw_value=value.encode("utf-8", "surrogateescape")),
+        append_action=_IF_ABSENT if if_absent else _OVERWRITE)
+
+
+def build_reply(reply: Reply) -> pb.ProcessingResponse:
+    common = pb.CommonResponse()
+    if reply.set_headers or reply.remove_headers:
+        common.header_mutation.set_headers.extend(_header_option(*h) for h in reply.set_headers)
+        common.header_mutation.remove_headers.extend(reply.remove_headers)
+    if reply.body is not None:
+        common.body_mutation.body = reply.body
+    if reply.phase in _BODY_RESPONSES:
+        response = pb.ProcessingResponse(**{reply.phase: pb.BodyResponse(response=common)})
+    elif reply.phase in _TRAILER_RESPONSES:
+        response = pb.ProcessingResponse(**{reply.phase: pb.TrailersResponse()})
+    else:
+        response = pb.ProcessingResponse(**{reply.phase: pb.HeadersResponse(response=common)})
+    if reply.mode is not None:
+        mode = response.mode_override
+        mode.request_body_mode = _PM.BUFFERED if reply.mode.request_body else _PM.NONE
+        mode.response_header_mode = _PM.SEND if reply.mode.response_headers else _PM.SKIP
+        mode.response_body_mode = _PM.BUFFERED if reply.mode.response_body else _PM.NONE
+        mode.request_trailer_mode = _PM.SKIP
+        mode.response_trailer_mode = _PM.SKIP
+    return response
+
+
+def build_immediate(immediate: Immediate) -> pb.ProcessingResponse:
+    response = pb.ProcessingResponse()
+    out = response.immediate_response
+    out.status.code = immediate.status
+    out.headers.set_headers.extend(_header_option(k, v, False) for k, v in immediate.headers)
+    out.body = immediate.body
+    out.details = immediate.reason
+    return response
+
+
+def _phase_of(which: str) -> str:
+    return which if which in ("request_headers", "response_headers", *_BODY_RESPONSES, *_TRAILER_RESPONSES) \
+        else "request_headers"
+
+
+class ExternalProcessorService(external_processor_pb2_grpc.ExternalProcessorServicer):
+    """envoy.service.ext_proc.v3.ExternalProcessor/Process: one Session per stream."""
+
+    def __init__(self, plans: Mapping[str, RoutePlan], cache: CacheBackend | None, decision_log: DecisionLog,
+                 failure_mode_allow: bool = False, clock: Callable[[], float] = time.time) -> None:
+        self._plans = plans
+        self._default = plans[DEFAULT_ROUTE]
+        self._cache = cache
+        self._log = decision_log
+        self._allow_on_error = failure_mode_allow
+        self._clock = clock
+        self._streams = LabelCache(STREAMS)
+        self._events = LabelCache(EVENTS)
+        self._background: set[asyncio.Task[None]] = set()
+
+    def _plan_for(self, context: grpc.aio.ServicerContext) -> RoutePlan:
+        for key, value in context.invocation_metadata() or ():
+            if key == ROUTE_METADATA:
+                return self._plans.get(value, self._default)
+        return self._default
+
+    async def Process(
+        self, request_iterator: AsyncIterator[pb.ProcessingRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ProcessingResponse]:
+        plan = self._plan_for(context)
+        self._streams.inc(plan.name)
+        session = Session(plan)
+        async for message in request_iterator:
+            started = time.perf_counter()
+            which = message.WhichOneof("request") or "request_headers"
+            stores: list[StoreCache] = []
+            try:
+                response = await self._answer(session, to_event(message, which), stores)
+            except Exception:
+                # A bug must not kill the stream nor open the gateway: answer per the failure mode.
+                log.exception("message failed", extra={"route": plan.name, "phase": which})
+                ERRORS.inc()
+                response = self._on_error(session, which)
+            # Stores run beside the answer: the client never waits for the cache write, and Envoy
+            # closing the stream after its last answer must not cancel them.
+            for store in stores:
+                task = asyncio.create_task(self._store(store))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+            MESSAGE_SECONDS.observe(time.perf_counter() - started)
+            yield response
+
+    async def _answer(self, session: Session, event: Event, stores: list[StoreCache]) -> pb.ProcessingResponse:
+        """Run the session's actions: invalidations before the answer, stores handed back for after it."""
+        actions: list[Action] = session.handle(event, self._clock())
+        while True:
+            answer: pb.ProcessingResponse | None = None
+            lookup: LookupCache | None = None
+            for action in actions:
+                if isinstance(action, Reply):
+                    answer = build_reply(action)
+                elif isinstance(action, Immediate):
+                    answer = build_immediate(action)
+                elif isinstance(action, Note):
+                    self._note(session, action)
+                elif isinstance(action, StoreCache):
+                    stores.append(action)
+                elif isinstance(action, InvalidateCache):
+                    await self._invalidate(action.resource)
+                elif isinstance(action, LookupCache):
+                    lookup = action
+            if answer is not None:
+                return answer
+            if lookup is None:
+                raise RuntimeError("session produced no answer")
+            actions = session.handle(CacheResult(await self._get(lookup.key)), self._clock())
+
+    def _on_error(self, session: Session, which: str) -> pb.ProcessingResponse:
+        session.state = "done"
+        if self._allow_on_error:
+            return build_reply(Reply(_phase_of(which)))  # type: ignore[arg-type]
+        return build_immediate(error_response(500, "internal_error", session.ctx.request_id, "internal_error"))
+
+    def _note(self, session: Session, note: Note) -> None:
+        self._events.inc(note.kind, note.detail)
+        if note.log:
+            self._log.write({"event": "ext_proc", "kind": note.kind, "rule": note.detail,
+                             "route": session.plan.name, "request_id": session.ctx.request_id,
+                             "method": session.method, "path": session.path.split("?", 1)[0][:256]})
+
+    async def _get(self, key: str) -> bytes | None:
+        if self._cache is None:
+            return None
+        try:
+            return await self._cache.get(key)
+        except CacheUnavailable as exc:
+            CACHE_ERRORS.inc()
+            log.warning("cache get failed", extra={"error": str(exc)})
+            return None
+
+    async def _store(self, store: StoreCache) -> None:
+        if self._cache is None:
+            return
+        try:
+            await self._cache.put(store.key, store.resource, store.value, store.ttl_s)
+            self._events.inc("cache_store", "")
+        except CacheUnavailable as exc:
+            CACHE_ERRORS.inc()
+            log.warning("cache put failed", extra={"error": str(exc)})
+
+    async def _invalidate(self, resource: str) -> None:
+        if self._cache is None:
+            return
+        try:
+            await self._cache.invalidate(resource)
+            self._events.inc("cache_invalidate", "")
+        except CacheUnavailable as exc:
+            CACHE_ERRORS.inc()
+            log.warning("cache invalidate failed", extra={"error": str(exc)})

@@ -1,0 +1,283 @@
+"""Config model of rate limiting: the gateway's `rate_limits` section and envoyproxy/ratelimit YAML files."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from outrider.config.errors import ConfigError, ConfigIssue, Loc
+
+Unit = Literal["second", "minute", "hour", "day", "week", "month", "year"]
+AlgorithmName = Literal["fixed_window", "sliding_window", "token_bucket"]
+# Seconds per unit, as envoyproxy/ratelimit divides time (a month is 30 days, a year 365).
+UNIT_SECONDS: dict[str, int] = {
+    "second": 1, "minute": 60, "hour": 3600, "day": 86_400,
+    "week": 7 * 86_400, "month": 30 * 86_400, "year": 365 * 86_400,
+}
+Count = Annotated[int, Field(ge=0, le=4_294_967_295)]
+Name = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _LimitRules(_Strict):
+    """Rules shared by a gateway plan window and an envoyproxy-format `rate_limit`."""
+
+    requests_per_unit: Count = 0
+    unit: Unit | None = None
+    unlimited: bool = False
+    # outrider extensions: envoyproxy/ratelimit only knows fixed windows.
+    algorithm: AlgorithmName = "fixed_window"
+    burst: Annotated[int, Field(ge=1, le=4_294_967_295)] | None = None
+
+    @field_validator("unit", mode="before")
+    @classmethod
+    def _lower_unit(cls, value: Any) -> Any:
+        # envoyproxy/ratelimit files write units in capitals (SECOND); both spellings are accepted.
+        return value.lower() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> _LimitRules:
+        if self.unlimited:
+            if self.unit is not None:
+                raise ValueError("should not specify rate limit unit when unlimited")
+            return self
+        if self.unit is None:
+            raise ValueError("a rate limit needs `unit` (second, minute, hour, day, week, month, year)")
+        if self.burst is not None and self.algorithm != "token_bucket":
+            raise ValueError("`burst` applies to algorithm token_bucket only")
+        if self.algorithm == "token_bucket" and self.requests_per_unit == 0:
+            raise ValueError("a token bucket needs requests_per_unit > 0 (its refill rate)")
+        return self
+
+
+# ---- envoyproxy/ratelimit file format -----------------------------------------------------------------
+
+
+class YamlReplaces(_Strict):
+    name: str
+
+
+class YamlRateLimit(_LimitRules):
+    name: str = ""
+    replaces: list[YamlReplaces] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _replaces(self) -> YamlRateLimit:
+        for item in self.replaces:
+            if not item.name:
+                raise ValueError("should not have an empty replaces entry")
+            if item.name == self.name:
+                raise ValueError("replaces should not contain name of same descriptor")
+        return self
+
+
+def _duplicate_composite_keys(descriptors: list[YamlDescriptor]) -> None:
+    keys = [d.key + (f"_{d.value}" if d.value else "") for d in descriptors]
+    dupes = sorted(k for k, n in Counter(keys).items() if n > 1)
+    if dupes:
+        raise ValueError(f"duplicate descriptor composite key '{dupes[0]}'")
+
+
+class YamlDescriptor(_Strict):
+    key: Annotated[str, Field(min_length=1)]
+    value: str = ""
+    rate_limit: YamlRateLimit | None = None
+    descriptors: list[YamlDescriptor] = Field(default_factory=list)
+    shadow_mode: bool = False
+    detailed_metric: bool = False
+
+    @field_validator("descriptors")
+    @classmethod
+    def _unique(cls, value: list[YamlDescriptor]) -> list[YamlDescriptor]:
+        _duplicate_composite_keys(value)
+        return value
+
+
+class DescriptorFile(_Strict):
+    """One envoyproxy/ratelimit config file: a domain and its descriptor tree."""
+
+    domain: Annotated[str, Field(min_length=1)]
+    descriptors: list[YamlDescriptor] = Field(default_factory=list)
+
+    @field_validator("descriptors")
+    @classmethod
+    def _unique(cls, value: list[YamlDescriptor]) -> list[YamlDescriptor]:
+        _duplicate_composite_keys(value)
+        return value
+
+
+def parse_descriptor_file(text: str, filename: str) -> DescriptorFile:
+    """Parse envoyproxy/ratelimit YAML; raises ConfigError with the file, field path, line and reason."""
+    # Imported here: the loader imports the gateway model, which imports this module.
+    from outrider.config.loader import _duplicate_keys, _LineIndex, _pydantic_issues
+
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data: Any = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        reason = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(filename, [ConfigIssue((), f"invalid YAML: {reason}",
+                                                 mark.line + 1 if mark is not None else None)]) from None
+    duplicates = _duplicate_keys(root)
+    if duplicates:
+        raise ConfigError(filename, duplicates)
+    if not isinstance(data, dict):
+        raise ConfigError(filename, [ConfigIssue((), "the file must hold a mapping with `domain`", 1)])
+    try:
+        return DescriptorFile.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(filename, _pydantic_issues(exc, _LineIndex(root))) from None
+
+
+def load_descriptor_file(path: Path) -> DescriptorFile:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(str(path), [ConfigIssue((), f"cannot read file: {exc}")]) from None
+    return parse_descriptor_file(text, str(path))
+
+
+# ---- the gateway's `rate_limits` section --------------------------------------------------------------
+
+
+class WindowLimit(_LimitRules):
+    """One window of a plan: e.g. 60 per minute, fixed window."""
+
+    shadow_mode: bool = False
+
+
+class PerIpLimit(WindowLimit):
+    """The per-client-address limit; `public` routes only (anonymous traffic) unless apply_to: all."""
+
+    algorithm: AlgorithmName = "token_bucket"
+    apply_to: Literal["public", "all"] = "public"
+
+
+class EndpointLimit(_Strict):
+    """A limit shared by every caller of one path (exact, query string ignored) or path prefix."""
+
+    path: str | None = None
+    prefix: str | None = None
+    limit: WindowLimit
+
+    @model_validator(mode="after")
+    def _one(self) -> EndpointLimit:
+        given = [v for v in (self.path, self.prefix) if v is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of path, prefix")
+        if not given[0].startswith("/"):
+            raise ValueError("an endpoint path must start with '/'")
+        return self
+
+    @property
+    def value(self) -> str:
+        return self.path if self.path is not None else f"{self.prefix}*"
+
+
+class RedisBackendConfig(_Strict):
+    url: Annotated[str, Field(pattern=r"^(redis|rediss|unix)://")]
+    # true: `url` names one node of a Redis Cluster; the others are discovered.
+    cluster: bool = False
+    key_prefix: str = ""
+    max_connections: Annotated[int, Field(ge=1, le=1024)] = 32
+
+
+class RateLimitsConfig(_Strict):
+    """Rate limits of the gateway; tier plans compile into the same model as envoyproxy/ratelimit files."""
+
+    domain: Name = "outrider"
+    # No redis: counters live in the service's memory (one process; fine for `make run`).
+    redis: RedisBackendConfig | None = None
+    # Answer budget when Redis is slow or down; must stay well under services.ratelimit.timeout_ms.
+    budget_ms: Annotated[int, Field(ge=1, le=5_000)] = 20
+    failure_mode: Literal["allow", "deny"] = "allow"
+    near_limit_ratio: Annotated[float, Field(gt=0, le=1)] = 0.8
+    per_ip: PerIpLimit | None = None
+    tiers: dict[Name, list[WindowLimit]] = Field(default_factory=dict)
+    # Plan for a tier name no plan lists (None: such callers get no tier limit).
+    unknown_tier: Name | None = None
+    endpoints: list[EndpointLimit] = Field(default_factory=list)
+    # envoyproxy/ratelimit YAML files, relative to the gateway config file.
+    files: list[Path] = Field(default_factory=list)
+    reload_interval_s: Annotated[float, Field(gt=0, le=3600)] = 1.0
+
+    @field_validator("tiers")
+    @classmethod
+    def _plans(cls, value: dict[str, list[WindowLimit]]) -> dict[str, list[WindowLimit]]:
+        for tier, windows in value.items():
+            units = [w.unit for w in windows if not w.unlimited]
+            repeated = sorted({u for u in units if units.count(u) > 1 and u is not None})
+            if repeated:
+                raise ValueError(f"tier '{tier}' has two limits per {repeated[0]}")
+        return value
+
+
+def check_rate_limits(config: Any) -> Iterator[tuple[Loc, str]]:
+    """Cross-reference rules of `rate_limits` (called from semantic.py with the GatewayConfig)."""
+    rl: RateLimitsConfig | None = getattr(config, "rate_limits", None)
+    if rl is None:
+        return
+    if rl.unknown_tier is not None and rl.unknown_tier not in rl.tiers:
+        yield ("rate_limits", "unknown_tier"), f"no plan named '{rl.unknown_tier}' in tiers"
+    service = getattr(config.services, "ratelimit", None)
+    if service is not None and rl.budget_ms >= service.timeout_ms:
+        yield (("rate_limits", "budget_ms"), f"budget {rl.budget_ms} ms must be below "
+               f"services.ratelimit.timeout_ms ({service.timeout_ms} ms)")
+    paths = [e.value for e in rl.endpoints]
+    for index, endpoint in enumerate(rl.endpoints):
+        if paths.count(endpoint.value) > 1:
+            yield ("rate_limits", "endpoints", index), f"endpoint '{endpoint.value}' is limited twice"
+        if not any(route_covers(route, endpoint) for route in config.routes if route.upstream is not None):
+            yield (("rate_limits", "endpoints", index),
+                   f"no route with an upstream serves '{endpoint.path or endpoint.prefix}'")
+    for index, path in enumerate(rl.files):
+        try:
+            parsed = load_descriptor_file(path)
+        except ConfigError as exc:
+            yield ("rate_limits", "files", index), str(exc).replace("\n", "; ")
+            continue
+        if parsed.domain == rl.domain and rl_has_generated(rl):
+            given = {d.key + (f"_{d.value}" if d.value else "") for d in parsed.descriptors}
+            clash = _generated_keys(rl) & given
+            if clash:
+                yield (("rate_limits", "files", index),
+                       f"{path}: descriptor '{sorted(clash)[0]}' is also generated from the tier plans")
+
+
+def rl_has_generated(rl: RateLimitsConfig) -> bool:
+    return bool(rl.per_ip or rl.tiers or rl.endpoints)
+
+
+def _generated_keys(rl: RateLimitsConfig) -> set[str]:
+    keys = {f"tier_{t}" for t in rl.tiers} | {f"endpoint_{e.value}" for e in rl.endpoints}
+    if rl.per_ip is not None:
+        keys.add("remote_address")
+    if rl.unknown_tier is not None:
+        keys.add("tier")
+    return keys
+
+
+def route_covers(route: Any, endpoint: EndpointLimit) -> bool:
+    match = route.match
+    target = endpoint.path if endpoint.path is not None else endpoint.prefix
+    assert target is not None
+    if match.prefix is not None:
+        inside = endpoint.prefix is not None and str(match.prefix).startswith(target)
+        return target.startswith(str(match.prefix)) or inside
+    if match.path is not None:
+        path = str(match.path)
+        return target == path if endpoint.path is not None else path.startswith(target)
+    try:
+        return re.fullmatch(str(match.regex), target) is not None
+    except re.error:
+        return False

@@ -1,0 +1,36 @@
+"""Settings of the xDS control plane (services.xds): ports, persistence, node matching, ACK timeout."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class XdsService(BaseModel):
+    """`enabled: true` moves Envoy onto ADS: listeners, routes, clusters, endpoints come from xds_server."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = False
+    address: str = "127.0.0.1"
+    port: Port = 18000
+    # Admin HTTP API (routes and clusters at runtime); keep it on loopback.
+    admin_address: str = "127.0.0.1"
+    admin_port: Port = 18001
+    metrics_port: Port = 19084
+    # Accepted changes are persisted here; relative to the config file's folder.
+    state_dir: Path = Path(".run/xds-state")
+    # "sotw" (state of the world) or "delta" (incremental xDS) for the Envoy that `outrider run` starts.
+    protocol: Literal["sotw", "delta"] = "sotw"
+    # Snapshots are kept per node id or per node cluster (several Envoys of one cluster share one).
+    node_key: Literal["id", "cluster"] = "id"
+    node_id: Annotated[str, Field(min_length=1)] = "outrider-gateway"
+    node_cluster: Annotated[str, Field(min_length=1)] = "outrider"
+    # How long an API change waits for the Envoys' ACK before it is rolled back.
+    ack_timeout_ms: Annotated[int, Field(ge=100, le=60_000)] = 5_000
+    # How often the config file is checked for edits (0 = never).
+    watch_interval_ms: Annotated[int, Field(ge=0, le=60_000)] = 500

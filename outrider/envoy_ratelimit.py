@@ -1,0 +1,89 @@
+"""What rate limiting adds to the Envoy config: the filter, per-route descriptor actions, the RLS cluster.
+
+Descriptors (domain `rate_limits.domain`) that ratelimit_service's compiled table expects:
+  [remote_address=<client ip>]                       per-IP plan (public routes, or all with apply_to: all)
+  [tier=<tier>, user_id=<user>]                      tier plans; both from ext_authz's dynamic metadata
+  [endpoint=<path, or prefix + '*'>]                 endpoint limits, shared by every caller
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from outrider.config.model import GatewayConfig, RouteConfig
+from outrider.config.ratelimit import EndpointLimit, route_covers
+from outrider.envoy_config import grpc_service_cluster
+
+RATELIMIT_CLUSTER = "outrider_ratelimit"
+AUTHZ_NAMESPACE = "envoy.filters.http.ext_authz"
+ANONYMOUS = "anonymous"
+
+
+def _metadata(descriptor_key: str, key: str) -> dict[str, Any]:
+    return {"metadata": {
+        "descriptor_key": descriptor_key,
+        "metadata_key": {"key": AUTHZ_NAMESPACE, "path": [{"key": key}]},
+        "source": "DYNAMIC",
+        "default_value": ANONYMOUS,
+    }}
+
+
+def _path_regex(endpoint: EndpointLimit) -> str:
+    # :path carries the query string; the limit is on the path alone.
+    if endpoint.path is not None:
+        return "^" + re.escape(endpoint.path) + r"(\?.*)?$"
+    return "^" + re.escape(str(endpoint.prefix)) + ".*$"
+
+
+class RateLimitContribution:
+    filter_name = "envoy.filters.http.ratelimit"
+
+    def http_filter(self, config: GatewayConfig) -> dict[str, Any] | None:
+        rl = config.rate_limits
+        if rl is None:
+            return None
+        service = config.services.ratelimit
+        return {
+            "name": self.filter_name,
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimit",
+                "domain": rl.domain,
+                "request_type": "both",
+                "timeout": f"{service.timeout_ms / 1000:.3f}s",
+                "failure_mode_deny": rl.failure_mode == "deny",
+                "rate_limit_service": {
+                    "grpc_service": {"envoy_grpc": {"cluster_name": RATELIMIT_CLUSTER}},
+                    "transport_api_version": "V3",
+                },
+            },
+        }
+
+    def per_route(self, route: RouteConfig | None, config: GatewayConfig) -> dict[str, Any] | None:
+        return None
+
+    def route_fields(self, route: RouteConfig, config: GatewayConfig) -> dict[str, Any]:
+        rl = config.rate_limits
+        if rl is None:
+            return {}
+        limits: list[dict[str, Any]] = []
+        if rl.per_ip is not None and (route.public or rl.per_ip.apply_to == "all"):
+            limits.append({"actions": [{"remote_address": {}}]})
+        if route.resource is not None and (rl.tiers or rl.unknown_tier):
+            # ext_authz ran before us on this route and left the caller's tier and id in its metadata.
+            limits.append({"actions": [_metadata("tier", "tier"), _metadata("user_id", "user_id")]})
+        for endpoint in rl.endpoints:
+            if route_covers(route, endpoint):
+                limits.append({"actions": [{"header_value_match": {
+                    "descriptor_key": "endpoint",
+                    "descriptor_value": endpoint.value,
+                    "headers": [{"name": ":path",
+                                 "string_match": {"safe_regex": {"regex": _path_regex(endpoint)}}}],
+                }}]})
+        return {"rate_limits": limits} if limits else {}
+
+    def clusters(self, config: GatewayConfig) -> list[dict[str, Any]]:
+        if config.rate_limits is None:
+            return []
+        service = config.services.ratelimit
+        return [grpc_service_cluster(RATELIMIT_CLUSTER, service.address, service.port)]

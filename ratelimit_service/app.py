@@ -1,0 +1,88 @@
+"""Composition root of ratelimit_service: config → limit table, backend (memory or Redis) → gRPC server."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+
+import grpc
+from envoy.service.ratelimit.v3 import rls_pb2_grpc
+
+from outrider.config import ConfigError, GatewayConfig, load_config
+from outrider.config.ratelimit import RateLimitsConfig
+from outrider.grpc_runtime import serve
+from outrider.logs import setup_logging
+from outrider.metrics import start_metrics_server
+from ratelimit_service.backends.base import Backend
+from ratelimit_service.backends.memory import MemoryBackend
+from ratelimit_service.backends.redis_backend import RedisBackend, RedisClusterBackend
+from ratelimit_service.guard import GuardedBackend
+from ratelimit_service.limits import LimitTable
+from ratelimit_service.reload import ConfigWatcher, build_table
+from ratelimit_service.service import RateLimitService, Settings
+
+log = logging.getLogger("ratelimit_service")
+SERVICE_NAME = "envoy.service.ratelimit.v3.RateLimitService"
+
+
+def make_backend(rl: RateLimitsConfig) -> Backend:
+    """Memory when no Redis is configured; else Redis or Redis Cluster."""
+    if rl.redis is None:
+        return MemoryBackend()
+    if rl.redis.cluster:
+        return RedisClusterBackend(rl.redis.url, key_prefix=rl.redis.key_prefix,
+                                   max_connections=rl.redis.max_connections, timeout_s=rl.budget_ms / 1000)
+    return RedisBackend(rl.redis.url, key_prefix=rl.redis.key_prefix, timeout_s=rl.budget_ms / 1000)
+
+
+def settings_of(config: GatewayConfig, table: LimitTable) -> Settings:
+    rl = config.rate_limits or RateLimitsConfig()
+    return Settings(table, near_ratio=rl.near_limit_ratio, failure_mode_deny=rl.failure_mode == "deny")
+
+
+async def run_service(config: GatewayConfig, config_path: Path) -> None:
+    rl = config.rate_limits or RateLimitsConfig()
+    table = build_table(config, str(config_path))
+    backend = make_backend(rl)
+    guard = GuardedBackend(backend, rl.budget_ms / 1000)
+    service = RateLimitService(settings_of(config, table), guard)
+
+    def on_change(new: GatewayConfig, new_table: LimitTable) -> None:
+        if (new.rate_limits or RateLimitsConfig()).redis != rl.redis:
+            log.warning("rate_limits.redis changed: restart the service to use the new store")
+        service.swap(settings_of(new, new_table))
+
+    watcher = ConfigWatcher(config_path, config, on_change, rl.reload_interval_s)
+    reload_task = asyncio.create_task(watcher.run())
+
+    def register(server: grpc.aio.Server) -> None:
+        rls_pb2_grpc.add_RateLimitServiceServicer_to_server(service, server)
+
+    settings = config.services.ratelimit
+    start_metrics_server(settings.address, settings.metrics_port)
+    log.info("rate limit store", extra={"backend": type(backend).__name__, "domain": rl.domain})
+    try:
+        await serve(register, settings.address, settings.port, [SERVICE_NAME])
+    finally:
+        reload_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reload_task
+        await backend.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m ratelimit_service",
+                                     description="outrider rate limit service")
+    parser.add_argument("--config", required=True)
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        raise SystemExit(str(exc)) from None
+    setup_logging("ratelimit_service", config.logging.level)
+    import uvloop
+
+    uvloop.run(run_service(config, Path(args.config)))

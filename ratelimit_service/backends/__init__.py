@@ -1,0 +1,1 @@
+"""Counter stores behind one interface: memory, Redis, Redis Cluster."""

@@ -1,0 +1,188 @@
+"""Redis and Redis Cluster backends: one EVALSHA per request covers every descriptor and window."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Sequence
+from typing import Any
+
+from redis.asyncio.cluster import RedisCluster
+from redis.backoff import NoBackoff
+from redis.exceptions import NoScriptError, RedisError
+from redis.retry import Retry
+
+from ratelimit_service.algorithms import Outcome
+from ratelimit_service.backends.base import BackendError, Check
+from ratelimit_service.backends.resp import ConnectionLost, RespClient, RespError
+
+# KEYS: one per fixed-window / token-bucket check, two (current, previous) per sliding-window check.
+# ARGV: now_ms, then 6 per check: algorithm, limit, window_ms, hits, extra, shadow.
+# Mirrors ratelimit_service/algorithms.py. Every key written gets its TTL in the same call, so no key
+# can outlive its window even if the service dies between calls.
+LUA = """
+local now = tonumber(ARGV[1])
+local n = (#ARGV - 1) / 6
+local out = {}
+local commit = {}
+local blocked = false
+local k = 1
+for i = 0, n - 1 do
+  local b = 2 + i * 6
+  local algo = tonumber(ARGV[b])
+  local limit = tonumber(ARGV[b + 1])
+  local window = tonumber(ARGV[b + 2])
+  local hits = tonumber(ARGV[b + 3])
+  local extra = tonumber(ARGV[b + 4])
+  local shadow = ARGV[b + 5] == '1'
+  local over, remaining, reset
+  if algo == 1 then
+    local count = tonumber(redis.call('GET', KEYS[k]) or '0')
+    reset = extra + window - now
+    if count + hits > limit then
+      over = true; remaining = math.max(0, limit - count)
+    else
+      over = false; remaining = limit - count - hits
+    end
+    commit[#commit + 1] = {1, KEYS[k], hits, window}
+    k = k + 1
+  elseif algo == 2 then
+    local cur = tonumber(redis.call('GET', KEYS[k]) or '0')
+    local prev = tonumber(redis.call('GET', KEYS[k + 1]) or '0')
+    local elapsed = now - extra
+    local estimate = prev * (window - elapsed) / window + cur
+    if estimate + hits <= limit then
+      over = false; remaining = math.floor(limit - estimate - hits); reset = window - elapsed
+    else
+      over = true; remaining = math.max(0, math.floor(limit - estimate))
+      if hits > limit then
+        reset = window
+      elseif cur + hits <= limit and prev > 0 then
+        reset = math.max(1, math.ceil(window - elapsed - (limit - hits - cur) * window / prev))
+      else
+        reset = window - elapsed
+        if cur > 0 then reset = reset + math.ceil(window * (1 - (limit - hits) / cur)) end
+        reset = math.max(1, reset)
+      end
+    end
+    commit[#commit + 1] = {1, KEYS[k], hits, 2 * window}
+    k = k + 2
+  else
+    local per_ms = limit / window
+    local state = redis.call('HMGET', KEYS[k], 't', 'u')
+    local tokens = tonumber(state[1])
+    local updated = tonumber(state[2])
+    if tokens == nil or updated == nil then
+      tokens = extra
+    else
+      tokens = math.min(extra, tokens + math.max(0, now - updated) * per_ms)
+    end
+    local left = tokens
+    if tokens < hits then
+      over = true; remaining = math.floor(tokens)
+      if hits > extra then reset = window else reset = math.max(1, math.ceil((hits - tokens) / per_ms)) end
+    else
+      over = false; left = tokens - hits; remaining = math.floor(left)
+      reset = math.ceil((extra - left) / per_ms)
+    end
+    commit[#commit + 1] = {3, KEYS[k], hits, math.ceil(extra * window / limit) + 1000, left}
+    k = k + 1
+  end
+  if over and not shadow then blocked = true end
+  out[#out + 1] = over and 1 or 0
+  out[#out + 1] = remaining
+  out[#out + 1] = reset
+end
+if not blocked then
+  for _, c in ipairs(commit) do
+    if c[3] > 0 then
+      if c[1] == 1 then
+        redis.call('INCRBY', c[2], c[3])
+        redis.call('PEXPIRE', c[2], c[4])
+      else
+        redis.call('HSET', c[2], 't', tostring(c[5]), 'u', tostring(now))
+        redis.call('PEXPIRE', c[2], c[4])
+      end
+    end
+  end
+end
+return out
+"""
+
+def _encode(checks: Sequence[Check], now_ms: int, tag_prefix: str) -> list[Any]:
+    keys: list[str] = []
+    args: list[Any] = [now_ms]
+    for c in checks:
+        for key in c.keys:
+            keys.append(tag_prefix + key)
+        args.extend((c.algorithm, c.limit, c.window_ms, c.hits, c.extra, 1 if c.shadow else 0))
+    return [len(keys), *keys, *args]
+
+
+def _decode(raw: Any) -> list[Outcome]:
+    return [(bool(raw[i]), int(raw[i + 1]), int(raw[i + 2])) for i in range(0, len(raw), 3)]
+
+
+class RedisBackend:
+    """A single Redis node (or a proxy in front of several), over one multiplexed connection."""
+
+    def __init__(self, url: str, key_prefix: str = "", timeout_s: float = 0.02) -> None:
+        self._prefix = key_prefix
+        self._client = RespClient(url, connect_timeout_s=timeout_s)
+        self._sha = hashlib.sha1(LUA.encode()).hexdigest()  # noqa: S324 - Redis names scripts by SHA-1
+
+    async def evaluate(self, tag: str, checks: Sequence[Check], now_ms: int) -> list[Outcome]:
+        args = _encode(checks, now_ms, self._prefix)
+        try:
+            try:
+                raw = await self._client.call("EVALSHA", self._sha, *args)
+            except RespError as exc:
+                if not str(exc).startswith("NOSCRIPT"):
+                    raise
+                # A restarted or flushed Redis forgot the script; EVAL loads it again.
+                raw = await self._client.call("EVAL", LUA, *args)
+        except (RespError, ConnectionLost, OSError) as exc:
+            raise BackendError(f"{type(exc).__name__}: {exc}") from exc
+        return _decode(raw)
+
+    async def close(self) -> None:
+        await self._client.close()
+
+
+class RedisClusterBackend:
+    """Redis Cluster: every key of one request carries the hash tag {prefix+domain}, so one slot holds them.
+
+    That keeps one request to one EVALSHA on one node (atomic), at the price of placing a domain's
+    counters on one shard: scale out across domains, or run several domains.
+    """
+
+    def __init__(self, url: str, key_prefix: str = "", max_connections: int = 128,
+                 timeout_s: float = 0.02) -> None:
+        self._prefix = key_prefix
+        # Per node, and a hard cap (no waiting), so leave room for bursts; errors go to the failure mode.
+        self._client: Any = RedisCluster.from_url(
+            url, max_connections=max_connections, socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 1))
+        self._script = self._client.register_script(LUA)
+        self._ready = False
+        self._init_lock = asyncio.Lock()
+
+    async def evaluate(self, tag: str, checks: Sequence[Check], now_ms: int) -> list[Outcome]:
+        args = _encode(checks, now_ms, "{" + self._prefix + tag + "}")
+        try:
+            if not self._ready:
+                # redis-py's cluster client breaks when many first calls initialise it at once: do it once.
+                async with self._init_lock:
+                    if not self._ready:
+                        await self._client.initialize()
+                        self._ready = True
+            try:
+                raw = await self._client.evalsha(self._script.sha, *args)
+            except NoScriptError:
+                raw = await self._client.eval(LUA, *args)
+        except (RedisError, OSError) as exc:
+            raise BackendError(f"{type(exc).__name__}: {exc}") from exc
+        return _decode(raw)
+
+    async def close(self) -> None:
+        await self._client.aclose()

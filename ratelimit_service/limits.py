@@ -1,0 +1,188 @@
+"""The compiled limit table: descriptor trees per domain and envoyproxy/ratelimit's matching rules."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from outrider.config.ratelimit import (
+    UNIT_SECONDS,
+    DescriptorFile,
+    RateLimitsConfig,
+    WindowLimit,
+    YamlDescriptor,
+)
+
+FIXED, SLIDING, TOKEN = 1, 2, 3
+ALGORITHMS = {"fixed_window": FIXED, "sliding_window": SLIDING, "token_bucket": TOKEN}
+Entry = tuple[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """One limit of one descriptor node (a node may carry several windows)."""
+
+    full_key: str  # metric label, envoyproxy style: domain.key_value.key
+    requests_per_unit: int
+    unit: str
+    algorithm: int = FIXED
+    burst: int = 0  # token bucket capacity
+    name: str = ""
+    replaces: tuple[str, ...] = ()
+    shadow: bool = False
+    unlimited: bool = False
+    detailed: bool = False
+    # "" keeps envoyproxy/ratelimit's key scheme; nodes with several windows tell them apart by unit.
+    key_suffix: str = ""
+    window_s: int = field(init=False, compare=False, default=0)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "window_s", UNIT_SECONDS[self.unit])
+
+    @property
+    def capacity(self) -> int:
+        """What a client can use at most right now: the burst of a bucket, else the window's quota."""
+        return self.burst if self.algorithm == TOKEN else self.requests_per_unit
+
+
+@dataclass(slots=True)
+class Node:
+    children: dict[str, Node] = field(default_factory=dict)
+    # (key_value prefix without '*', node) in config order: the first that matches wins.
+    wildcards: list[tuple[str, Node]] = field(default_factory=list)
+    limits: tuple[Limit, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    limits: tuple[Limit, ...]
+    metric_key: str  # full_key, or with the request's values when detailed_metric is set
+    base: str = ""  # the counter key's prefix for these entries (see decision.cache_key_base)
+    unlimited: bool = False
+    named: bool = False  # some limit has a name, so `replaces` elsewhere may drop it
+
+
+MEMO_ENTRIES = 65_536
+
+
+class LimitTable:
+    """Domain → descriptor tree; `lookup` follows envoyproxy/ratelimit's GetLimit."""
+
+    def __init__(self, domains: dict[str, Node]) -> None:
+        self.domains = domains
+        # Requests repeat their descriptors (same client, same route): remember each lookup.
+        self._memo: dict[tuple[str, tuple[Entry, ...]], Match | None] = {}
+
+    def resolve(self, domain: str, entries: tuple[Entry, ...]) -> Match | None:
+        """`lookup`, memoised, with the counter key prefix and flags the planner needs."""
+        memo_key = (domain, entries)
+        try:
+            return self._memo[memo_key]
+        except KeyError:
+            pass
+        found = self.lookup(domain, entries)
+        if found is not None:
+            base = domain + "_" + "".join(f"{k}_{v}_" for k, v in entries)
+            found = Match(found.limits, found.metric_key, base, any(x.unlimited for x in found.limits),
+                          any(x.name for x in found.limits))
+        if len(self._memo) >= MEMO_ENTRIES:
+            self._memo.clear()  # a flood of distinct values must not grow memory without bound
+        self._memo[memo_key] = found
+        return found
+
+    def lookup(self, domain: str, entries: Sequence[Entry]) -> Match | None:
+        node = self.domains.get(domain)
+        if node is None or not entries:
+            return None
+        found: tuple[Limit, ...] = ()
+        last = len(entries) - 1
+        for i, (key, value) in enumerate(entries):
+            final = f"{key}_{value}"
+            nxt = node.children.get(final)
+            if nxt is None:
+                for prefix, candidate in node.wildcards:
+                    if final.startswith(prefix):
+                        nxt = candidate
+                        break
+            if nxt is None:
+                nxt = node.children.get(key)
+            # A limit applies only where the request's descriptor ends, at the same depth.
+            if nxt is not None and nxt.limits and i == last:
+                found = nxt.limits
+            if nxt is None or (not nxt.children and not nxt.wildcards):
+                break
+            node = nxt
+        if not found:
+            return None
+        head = found[0]
+        if head.detailed:
+            detailed = domain + "." + ".".join(f"{k}_{v}" for k, v in entries)
+            return Match(found, detailed)
+        return Match(found, head.full_key)
+
+
+def _limit(rules: WindowLimit | object, full_key: str, *, name: str = "", replaces: Sequence[str] = (),
+           shadow: bool = False, detailed: bool = False, key_suffix: str = "") -> Limit:
+    unlimited = bool(getattr(rules, "unlimited", False))
+    algorithm = str(getattr(rules, "algorithm", "fixed_window"))
+    rpu = int(getattr(rules, "requests_per_unit", 0))
+    burst = getattr(rules, "burst", None)
+    shadow = shadow or bool(getattr(rules, "shadow_mode", False))
+    return Limit(full_key=full_key, requests_per_unit=rpu, unit=str(getattr(rules, "unit", None) or "second"),
+                 algorithm=ALGORITHMS[algorithm], burst=int(burst) if burst is not None else rpu,
+                 name=name, replaces=tuple(replaces), shadow=shadow,
+                 unlimited=unlimited, detailed=detailed, key_suffix=key_suffix)
+
+
+def _load_descriptors(parent: Node, parent_key: str, descriptors: Iterable[YamlDescriptor]) -> None:
+    for d in descriptors:
+        final = d.key + (f"_{d.value}" if d.value else "")
+        if final in parent.children:
+            raise ValueError(f"duplicate descriptor composite key '{parent_key}{final}'")
+        full_key = parent_key + final
+        limits: tuple[Limit, ...] = ()
+        if d.rate_limit is not None:
+            r = d.rate_limit
+            limits = (_limit(r, full_key, name=r.name, replaces=[x.name for x in r.replaces],
+                             shadow=d.shadow_mode, detailed=d.detailed_metric),)
+        node = Node(limits=limits)
+        _load_descriptors(node, full_key + ".", d.descriptors)
+        parent.children[final] = node
+        if final.endswith("*"):
+            parent.wildcards.append((final[:-1], node))
+
+
+def _plan_limits(windows: Sequence[WindowLimit], full_key: str) -> tuple[Limit, ...]:
+    active = [w for w in windows if not w.unlimited]
+    if not active:
+        # Every window unlimited: the node answers "unlimited", as envoyproxy/ratelimit does.
+        return (_limit(windows[0], full_key),) if windows else ()
+    many = len(active) > 1
+    return tuple(_limit(w, full_key, key_suffix=f"_{w.unit}" if many else "") for w in active)
+
+
+def compile_table(rl: RateLimitsConfig | None, files: Sequence[DescriptorFile] = ()) -> LimitTable:
+    """Tier plans and envoyproxy-format files → one LimitTable. Raises ValueError on a clash."""
+    domains: dict[str, Node] = {}
+    if rl is not None:
+        root = domains.setdefault(rl.domain, Node())
+        prefix = rl.domain + "."
+        if rl.per_ip is not None:
+            per_ip = _plan_limits([rl.per_ip], prefix + "remote_address")
+            root.children["remote_address"] = Node(limits=per_ip)
+        for tier, windows in rl.tiers.items():
+            full = f"{prefix}tier_{tier}.user_id"
+            user = Node(limits=_plan_limits(windows, full))
+            root.children[f"tier_{tier}"] = Node(children={"user_id": user})
+        if rl.unknown_tier is not None:
+            windows = rl.tiers[rl.unknown_tier]
+            full = f"{prefix}tier.user_id"
+            root.children["tier"] = Node(children={"user_id": Node(limits=_plan_limits(windows, full))})
+        for endpoint in rl.endpoints:
+            final = f"endpoint_{endpoint.value}"
+            node = Node(limits=_plan_limits([endpoint.limit], prefix + final))
+            root.children[final] = node
+    for parsed in files:
+        root = domains.setdefault(parsed.domain, Node())
+        _load_descriptors(root, parsed.domain + ".", parsed.descriptors)
+    return LimitTable(domains)

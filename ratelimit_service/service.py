@@ -1,0 +1,180 @@
+"""gRPC adapter: RateLimitRequest → decision core → RateLimitResponse. Errors map to the failure mode here."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from envoy.config.core.v3 import base_pb2
+from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
+
+from ratelimit_service.decision import (
+    OVER_LIMIT,
+    Decision,
+    DescriptorInput,
+    decide,
+    locally_over,
+    plan,
+    remember_over,
+)
+from ratelimit_service.guard import GuardedBackend
+from ratelimit_service.limits import Limit, LimitTable
+from ratelimit_service.metrics import (
+    DECISION_SECONDS,
+    DESCRIPTOR_COUNTS,
+    FAILURE_MODE,
+    INTERNAL_ERRORS,
+    LOCAL_CACHE_HITS,
+    DescriptorCounts,
+)
+
+log = logging.getLogger("ratelimit_service.service")
+
+Response = rls_pb2.RateLimitResponse
+_UNIT_NAMES = {v: k.lower() for k, v in Response.RateLimit.Unit.items() if v}
+_UNIT_VALUES = {name: value for value, name in _UNIT_NAMES.items()}
+_JSON = base_pb2.HeaderValue(key="content-type", value="application/json")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What a reload may change; swapped as one object so a request sees one consistent version."""
+
+    table: LimitTable
+    near_ratio: float = 0.8
+    failure_mode_deny: bool = False
+
+
+def _seconds(ms: int) -> int:
+    return max(0, math.ceil(ms / 1000))
+
+
+def rejection_body(retry_after_s: int) -> bytes:
+    return json.dumps({"error": "rate_limited", "message": "Too many requests; retry later.",
+                       "retry_after": retry_after_s}, separators=(",", ":")).encode()
+
+
+class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
+    """envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit."""
+
+    def __init__(self, settings: Settings, guard: GuardedBackend,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        # Kept apart from settings so that the failure answer needs nothing that could have failed.
+        self._deny = settings.failure_mode_deny
+        self._guard = guard
+        self._clock = clock
+        self._over_until: dict[str, int] = {}
+        self._metrics: DescriptorCounts = DESCRIPTOR_COUNTS
+        self._limit_protos: dict[Limit, Any] = {}
+        self._failure = {m: FAILURE_MODE.labels(mode=m) for m in ("allow", "deny")}
+
+    def swap(self, settings: Settings) -> None:
+        self.settings = settings
+        self._deny = settings.failure_mode_deny
+        self._limit_protos.clear()
+        # Limits may have changed: a counter remembered as over may not be over any more.
+        self._over_until.clear()
+
+    async def ShouldRateLimit(
+        self, request: rls_pb2.RateLimitRequest, context: grpc.aio.ServicerContext
+    ) -> rls_pb2.RateLimitResponse:
+        started = time.perf_counter()
+        try:
+            response = await self.decide(request)
+        except Exception:
+            # A bug must neither fail the RPC nor block traffic unexpectedly: answer in the failure mode.
+            log.exception("ShouldRateLimit failed", extra={"domain": request.domain})
+            INTERNAL_ERRORS.inc()
+            response = self._failure_response(request)
+        DECISION_SECONDS.observe(time.perf_counter() - started)
+        return response
+
+    async def decide(self, request: rls_pb2.RateLimitRequest) -> rls_pb2.RateLimitResponse:
+        settings = self.settings
+        default_hits = request.hits_addend or 1
+        inputs = []
+        for d in request.descriptors:
+            hits = d.hits_addend.value if d.HasField("hits_addend") else default_hits
+            override = None
+            if d.HasField("limit"):
+                override = (d.limit.requests_per_unit, _UNIT_NAMES.get(d.limit.unit, "second"))
+            inputs.append(DescriptorInput(tuple((e.key, e.value) for e in d.entries), hits, override))
+        now_ms = int(self._clock() * 1000)
+        domain = request.domain
+        laid_out = plan(settings.table, domain, inputs, now_ms)
+        if not laid_out.checks:
+            outcomes = []
+        else:
+            cached = locally_over(laid_out, self._over_until, now_ms)
+            if cached is not None:
+                LOCAL_CACHE_HITS.inc()
+                outcomes = cached
+            else:
+                fresh = await self._guard.evaluate(domain, laid_out.checks, now_ms)
+                if fresh is None:
+                    return self._failure_response(request)
+                remember_over(laid_out, fresh, self._over_until, now_ms)
+                outcomes = fresh
+        decision = decide(laid_out, outcomes, settings.near_ratio)
+        self._count(domain, laid_out.descriptors, decision)
+        return self._response(decision)
+
+    def _count(self, domain: str, descriptors: list, decision: Decision) -> None:  # type: ignore[type-arg]
+        for d, status in zip(descriptors, decision.statuses, strict=True):
+            if not d.metric_key:
+                continue
+            row = self._metrics.row(domain, d.metric_key)
+            row[0] += d.hits
+            if status.code == OVER_LIMIT:
+                row[1] += 1
+            elif status.shadow_over:
+                row[3] += 1
+            elif status.near:
+                row[2] += d.hits
+
+    def _limit_proto(self, limit: Limit) -> Any:
+        proto = self._limit_protos.get(limit)
+        if proto is None:
+            proto = self._limit_protos[limit] = Response.RateLimit(
+                name=limit.name, requests_per_unit=limit.requests_per_unit, unit=_UNIT_VALUES[limit.unit])
+        return proto
+
+    def _response(self, decision: Decision) -> rls_pb2.RateLimitResponse:
+        response = Response(overall_code=Response.OVER_LIMIT if decision.over else Response.OK)
+        for st in decision.statuses:
+            status = response.statuses.add(code=st.code, limit_remaining=st.remaining)
+            if st.limit is not None:
+                status.current_limit.CopyFrom(self._limit_proto(st.limit))
+                status.duration_until_reset.seconds = _seconds(st.reset_ms)
+        if decision.headline is not None:
+            limit, remaining, reset_ms = decision.headline
+            headers = response.response_headers_to_add
+            headers.add(key="RateLimit-Limit", value=str(limit))
+            headers.add(key="RateLimit-Remaining", value=str(remaining))
+            headers.add(key="RateLimit-Reset", value=str(_seconds(reset_ms)))
+        if decision.over:
+            retry = max(1, _seconds(decision.retry_after_ms))
+            response.response_headers_to_add.add(key="Retry-After", value=str(retry))
+            response.response_headers_to_add.append(_JSON)
+            response.raw_body = rejection_body(retry)
+        return response
+
+    def _failure_response(self, request: rls_pb2.RateLimitRequest) -> rls_pb2.RateLimitResponse:
+        deny = self._deny
+        self._failure["deny" if deny else "allow"].inc()
+        code = Response.OVER_LIMIT if deny else Response.OK
+        response = Response(overall_code=code)
+        for _ in request.descriptors:
+            response.statuses.add(code=code)
+        if deny:
+            response.response_headers_to_add.add(key="Retry-After", value="1")
+            response.response_headers_to_add.append(_JSON)
+            response.raw_body = rejection_body(1)
+        return response

@@ -1,0 +1,104 @@
+"""Through Envoy: cache hits without the upstream, invalidation, vary_by, Redis; the processor killed and back."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import redis
+
+from tests.conftest import start_stack
+from tests.ext_proc.conftest import ext_proc_config_dict
+from tests.harness import Stack
+
+CATALOG = "/api/v1/public/catalog/items"
+
+
+def test_cache_hit_with_upstream_stopped_then_put_invalidates(ep_own_stack: Stack) -> None:
+    stack = ep_own_stack
+    first = stack.get(CATALOG)
+    assert first.status_code == 200
+    assert first.headers["x-cache-status"] == "MISS"
+    hit = stack.get(CATALOG)
+    assert hit.headers["x-cache-status"] == "HIT"
+    assert hit.json() == first.json()
+    assert int(hit.headers["content-length"]) == len(hit.content)
+
+    stack.procs["demo-upstream"].kill()
+    assert stack.get("/api/v1/public/x").status_code == 503  # the upstream really is gone
+    still = stack.get(CATALOG)
+    assert still.status_code == 200
+    assert still.headers["x-cache-status"] == "HIT"
+    assert still.json() == first.json()
+    # A failed write invalidates nothing (RFC 9111 4.4: only non-error responses do).
+    assert stack.request("PUT", CATALOG, json={"x": 1}).status_code == 503
+    assert stack.get(CATALOG).headers["x-cache-status"] == "HIT"
+
+    stack.procs["demo-upstream"].start().wait_ready(20)
+    assert stack.request("PUT", CATALOG, json={"x": 1}).status_code == 200
+    assert stack.get(CATALOG).headers["x-cache-status"] == "MISS"
+    assert stack.get(CATALOG).headers["x-cache-status"] == "HIT"
+
+
+def test_vary_by_and_request_no_cache(ep_own_stack: Stack) -> None:
+    stack = ep_own_stack
+    english = {"accept-language": "en"}
+    assert stack.get(CATALOG + "/1", headers=english).headers["x-cache-status"] == "MISS"
+    assert stack.get(CATALOG + "/1", headers=english).headers["x-cache-status"] == "HIT"
+    german = stack.get(CATALOG + "/1", headers={"accept-language": "de"})
+    assert german.headers["x-cache-status"] == "MISS"
+    assert german.json()["headers"]["accept-language"] == "de"
+    # Another query string is another resource representation.
+    assert stack.get(CATALOG + "/1?page=2", headers=english).headers["x-cache-status"] == "MISS"
+    # The client asks for a fresh answer: no read, but the fresh answer is stored.
+    fresh = stack.get(CATALOG + "/1", headers={**english, "cache-control": "no-cache"})
+    assert fresh.headers["x-cache-status"] == "MISS"
+    # POST is never answered from the cache.
+    assert "x-cache-status" not in stack.request("POST", "/api/v1/public/catalog/other", json={}).headers
+
+
+def test_processor_killed_fails_closed_and_recovers(ep_own_stack: Stack) -> None:
+    stack = ep_own_stack
+    assert stack.get("/api/v1/public/x").status_code == 200
+    stack.procs["ext_proc"].kill()
+    failed = stack.get("/api/v1/public/x")
+    assert failed.status_code == 500
+    # Routes that do not use the processor are not affected.
+    assert stack.get("/health/live").status_code == 200
+    stack.wait_until(lambda: stack.get("/health/ready").status_code == 503, what="not ready")
+
+    stack.procs["ext_proc"].start().wait_ready(30)
+    stack.wait_until(lambda: stack.get("/api/v1/public/x").status_code == 200, what="traffic to flow again")
+    assert stack.procs["envoy"].running
+
+
+def test_redis_backend_shares_entries_and_stores_no_credentials(tmp_path: Path, redis_server: str) -> None:
+    data = ext_proc_config_dict()
+    data["cache"]["backend"] = "redis"
+    data["cache"]["redis_url"] = redis_server
+    stack = start_stack(tmp_path, data)
+    try:
+        token = stack.token("cacheuser", ("user",), "premium")
+        auth = {"authorization": f"Bearer {token}", "accept-language": "en"}
+        path = "/api/v1/users/cacheuser/settings"
+        assert stack.get(path, headers=auth).headers["x-cache-status"] == "MISS"
+        assert stack.get(path, headers=auth).headers["x-cache-status"] == "HIT"
+        other = stack.token("someone", ("user",), "premium")
+        assert stack.get(path, headers={**auth, "authorization": f"Bearer {other}"}).headers[
+            "x-cache-status"] == "MISS"
+
+        client = redis.Redis.from_url(redis_server)
+        keys = client.keys("outrider:cache:*")
+        assert keys
+        entries = [k for k in keys if b":e:" in k]
+        assert len(entries) == 2
+        # Keys are hashes; values hold the response only (the echo's x-auth-token is what the upstream
+        # saw, renamed: the token never appears as an Authorization header or in a key).
+        for key in keys:
+            assert token.encode() not in key
+            assert hashlib.sha256(token.encode()).hexdigest().encode() not in key
+        assert stack.request("PUT", path, headers=auth, json={"theme": "dark"}).status_code == 200
+        assert not [k for k in client.keys("outrider:cache:*") if b":e:" in k]
+        assert stack.get(path, headers=auth).headers["x-cache-status"] == "MISS"
+    finally:
+        stack.stop()

@@ -1,0 +1,215 @@
+"""The sans-IO stream session: events in, actions out, for each kind of route and outcome."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from ext_proc.cache import CacheEntry
+from ext_proc.events import (
+    CacheResult,
+    Immediate,
+    InvalidateCache,
+    LookupCache,
+    ModeOverride,
+    Note,
+    Reply,
+    RequestBody,
+    RequestHeaders,
+    ResponseBody,
+    ResponseHeaders,
+    StoreCache,
+    Trailers,
+)
+from ext_proc.plan import DEFAULT_ROUTE, RoutePlan
+from ext_proc.session import ProtocolError, Session
+from tests.ext_proc.conftest import ext_proc_config_dict, plans_from
+
+T0 = 1_800_000_000.0
+JSON = {"content-type": "application/json"}
+
+
+def req(path: str, method: str = "GET", body: bool = False, **headers: str) -> RequestHeaders:
+    h = {":method": method, ":path": path, "x-forwarded-for": "10.1.1.1, 127.0.0.9", "x-request-id": "rid",
+         **{k.replace("_", "-"): v for k, v in headers.items()}}
+    return RequestHeaders(h, end_of_stream=not body)
+
+
+def resp(status: int = 200, body: bool = True, **headers: str) -> ResponseHeaders:
+    return ResponseHeaders({":status": str(status), **JSON, **{k.replace("_", "-"): v for k, v in headers.items()}},
+                           end_of_stream=not body)
+
+
+def only(actions: list[Any], kind: type) -> Any:
+    found = [a for a in actions if isinstance(a, kind)]
+    assert len(found) == 1, actions
+    return found[0]
+
+
+def test_header_only_route(example_plans: dict[str, RoutePlan]) -> None:
+    session = Session(example_plans["lab-headers"])
+    actions = session.handle(req("/api/v1/lab/headers/x?a=1"), T0)
+    reply = only(actions, Reply)
+    assert reply.phase == "request_headers"
+    assert reply.set_headers == ((":path", "/api/v1/lab/headers/x?a=1&lab=1", False),)
+    assert reply.mode is None and len(actions) == 1  # the route asked for request headers only
+
+
+def test_json_request_body_mapped_with_content_length(example_plans: dict[str, RoutePlan]) -> None:
+    session = Session(example_plans["messages"])
+    reply = only(session.handle(req("/api/v1/messages/1", "POST", body=True, **JSON), T0), Reply)
+    assert reply.mode is None  # exactly the route's phases: request headers and body
+    body = json.dumps({"request": {"userId": "u7"}}).encode()
+    reply = only(session.handle(RequestBody(body, True), T0), Reply)
+    assert reply.body is not None
+    doc = json.loads(reply.body)
+    assert doc == {"request": {"userId": "u7"}, "user_id": "u7", "timestamp": "2027-01-15T08:00:00.000Z"}
+    assert reply.set_headers == (("content-length", str(len(reply.body)), False),)
+
+
+def test_non_json_body_skips_the_body_phase(example_plans: dict[str, RoutePlan]) -> None:
+    session = Session(example_plans["messages"])
+    reply = only(session.handle(req("/api/v1/messages/1", "POST", body=True,
+                                    content_type="multipart/form-data; boundary=b"), T0), Reply)
+    assert reply.mode == ModeOverride(request_body=False, response_headers=False, response_body=False)
+
+
+def test_attack_in_json_body_is_refused_naming_the_rule(example_plans: dict[str, RoutePlan]) -> None:
+    session = Session(example_plans["public"])
+    session.handle(req("/api/v1/public/x", "POST", body=True, **JSON), T0)
+    actions = session.handle(RequestBody(b'{"a": {"b": ["<script>x</script>"]}}', True), T0)
+    immediate = only(actions, Immediate)
+    assert immediate.status == 400 and json.loads(immediate.body) == {"error": "bad_request", "request_id": "rid"}
+    assert only(actions, Note) == Note("rejected", "xss_script_tag", log=True)
+    assert session.state == "done"
+
+
+@pytest.mark.parametrize(("route", "length", "status"), [("lab-strict", "600", 413), ("lab-lenient", "600", None)])
+def test_declared_oversize_body(example_plans: dict[str, RoutePlan], route: str, length: str,
+                                status: int | None) -> None:
+    session = Session(example_plans[route])
+    actions = session.handle(req("/x", "POST", body=True, content_length=length, **JSON), T0)
+    if status is None:
+        assert only(actions, Note).kind == "oversize_request_body"
+        assert only(actions, Reply).mode is not None and not only(actions, Reply).mode.request_body
+    else:
+        assert only(actions, Immediate).status == status
+
+
+def test_partial_body_passes_or_is_refused(example_plans: dict[str, RoutePlan]) -> None:
+    lenient = Session(example_plans["lab-lenient"])
+    lenient.handle(req("/x", "POST", body=True, **JSON), T0)
+    actions = lenient.handle(RequestBody(b'{"a": "', False), T0)  # Envoy's buffer was full
+    assert only(actions, Reply).body is None and only(actions, Note).kind == "oversize_request_body"
+    strict = Session(example_plans["lab-strict"])
+    strict.handle(req("/x", "POST", body=True, **JSON), T0)
+    assert only(strict.handle(RequestBody(b'{"a": "', False), T0), Immediate).status == 413
+
+
+def test_response_json_transform_and_response_time(example_plans: dict[str, RoutePlan]) -> None:
+    session = Session(example_plans["users"])
+    reply = only(session.handle(req("/api/v1/users/list", "POST", body=True, **JSON), T0), Reply)
+    assert reply.mode is None  # every phase of the route is needed
+    only(session.handle(RequestBody(b"{}", True), T0), Reply)
+    only(session.handle(resp(content_length="50"), T0 + 0.025), Reply)
+    body = b'{"items": [{"id": 1, "password": "x", "internal_id": 2}], "secret_key": 3}'
+    reply = only(session.handle(ResponseBody(body, True), T0 + 0.03), Reply)
+    assert reply.body is not None
+    assert json.loads(reply.body) == {"items": [{"id": 1}], "api_version": "v1",
+                                      "timestamp": "2027-01-15T08:00:00.030Z"}
+    assert reply.set_headers == (("content-length", str(len(reply.body)), False),)
+
+
+def test_response_that_is_not_json_is_not_buffered(example_plans: dict[str, RoutePlan]) -> None:
+    session = Session(example_plans["users"])
+    session.handle(req("/api/v1/users/avatar"), T0)
+    reply = only(session.handle(ResponseHeaders({":status": "200", "content-type": "image/png"}, False), T0),
+                 Reply)
+    assert reply.mode == ModeOverride(request_body=False, response_headers=True, response_body=False)
+
+
+def test_broken_response_json_passes_untouched(example_plans: dict[str, RoutePlan]) -> None:
+    session = Session(example_plans["users"])
+    session.handle(req("/api/v1/users/list"), T0)
+    session.handle(resp(), T0)
+    actions = session.handle(ResponseBody(b'{"password": "x", "password": "y"}', True), T0)
+    assert only(actions, Reply).body is None
+    assert only(actions, Note) == Note("response_json_untouched", "duplicate_key", log=True)
+
+
+def test_cache_miss_store_then_hit(example_plans: dict[str, RoutePlan]) -> None:
+    plan = example_plans["public"]
+    session = Session(plan)
+    lookup = only(session.handle(req("/api/v1/public/catalog/a", accept_language="en"), T0), LookupCache)
+    reply = only(session.handle(CacheResult(None), T0), Reply)
+    assert reply.mode == ModeOverride(request_body=False, response_headers=True, response_body=True)
+    assert only(session.handle(resp(x_response_time="3ms", etag='"e"'), T0), Reply).set_headers == ()
+    actions = session.handle(ResponseBody(b'{"n": 1}', True), T0 + 1)
+    assert only(actions, Reply).set_headers == (("x-cache-status", "MISS", False),)
+    store = only(actions, StoreCache)
+    assert store.key == lookup.key and store.ttl_s == 300
+
+    hit = Session(plan)
+    assert only(hit.handle(req("/api/v1/public/catalog/a", accept_language="en"), T0 + 5), LookupCache) == lookup
+    immediate = only(hit.handle(CacheResult(store.value), T0 + 5), Immediate)
+    assert immediate.status == 200 and immediate.body == b'{"n": 1}'
+    headers = dict(immediate.headers)
+    assert headers["x-cache-status"] == "HIT" and headers["age"] == "4" and headers["etag"] == '"e"'
+    assert headers["x-response-time"] == "0ms" and "content-length" not in headers
+    assert hit.state == "done"
+
+
+def test_uncacheable_response_says_bypass(example_plans: dict[str, RoutePlan]) -> None:
+    session = Session(example_plans["public"])
+    session.handle(req("/api/v1/public/catalog/a"), T0)
+    session.handle(CacheResult(None), T0)
+    reply = only(session.handle(resp(cache_control="no-store"), T0), Reply)
+    assert ("x-cache-status", "BYPASS", False) in reply.set_headers
+    assert reply.mode == ModeOverride(request_body=False, response_headers=True, response_body=False)
+
+
+def test_corrupt_cache_entry_is_a_miss(example_plans: dict[str, RoutePlan]) -> None:
+    session = Session(example_plans["public"])
+    session.handle(req("/api/v1/public/catalog/a"), T0)
+    assert only(session.handle(CacheResult(b"junk"), T0), Note).kind == "cache_miss"
+
+
+@pytest.mark.parametrize(("status", "invalidates"), [(200, True), (204, True), (409, False), (503, False)])
+def test_unsafe_method_invalidates_on_success(example_plans: dict[str, RoutePlan], status: int,
+                                              invalidates: bool) -> None:
+    session = Session(example_plans["public"])
+    reply = only(session.handle(req("/api/v1/public/catalog/a?x=1", "PUT", body=True, **JSON), T0), Reply)
+    assert reply.mode is not None and reply.mode.response_headers and not reply.mode.response_body
+    session.handle(RequestBody(b"{}", True), T0)
+    actions = session.handle(resp(status, body=False), T0)
+    assert bool([a for a in actions if isinstance(a, InvalidateCache)]) == invalidates
+
+
+def test_default_plan_does_header_edits_itself() -> None:
+    plans = plans_from(ext_proc_config_dict())
+    session = Session(plans[DEFAULT_ROUTE])
+    reply = only(session.handle(req("/anything", x_internal_token="t", authorization="Bearer a"), T0), Reply)
+    names = {name for name, _, _ in reply.set_headers}
+    assert {"x-gateway-version", "x-forwarded-for", "x-auth-token", ":path"} <= names
+    assert dict((n, v) for n, v, _ in reply.set_headers)["x-forwarded-for"] == "127.0.0.9"
+    assert reply.remove_headers == ("x-internal-token",)
+
+
+def test_protocol_errors_and_trailers(example_plans: dict[str, RoutePlan]) -> None:
+    session = Session(example_plans["public"])
+    with pytest.raises(ProtocolError):
+        session.handle(RequestBody(b"", True), T0)
+    assert session.handle(Trailers("request_trailers"), T0) == [Reply("request_trailers")]
+    entry = CacheEntry(200, (), b"", T0)
+    with pytest.raises(ProtocolError):
+        session.handle(CacheResult(entry.encode()), T0)
+
+
+def test_reply_made_before_ext_proc_is_untouched(example_plans: dict[str, RoutePlan]) -> None:
+    session = Session(example_plans["users"])  # ext_authz answered 401: no request message reached us
+    actions = session.handle(resp(401, content_length="40"), T0)
+    reply = only(actions, Reply)
+    assert reply.set_headers == () and reply.mode is not None and not reply.mode.response_body
+    assert only(actions, Note).kind == "local_reply_untouched" and session.state == "done"

@@ -1,0 +1,5 @@
+"""`python -m xds_server --config FILE` runs the xDS control plane."""
+
+from xds_server.app import main
+
+main()

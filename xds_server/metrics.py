@@ -1,0 +1,87 @@
+"""Prometheus metrics and logs of the control plane, fed by the cache callbacks."""
+
+from __future__ import annotations
+
+import logging
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from xds_server.callbacks import Callbacks
+from xds_server.protocol import DeltaResponse, Node, SotwResponse
+from xds_server.snapshot import SHORT
+
+log = logging.getLogger("xds_server")
+
+STREAMS = Gauge("xds_streams", "Connected ADS streams", ["protocol"])
+REQUESTS = Counter("xds_requests_total", "Discovery requests received", ["type"])
+RESPONSES = Counter("xds_responses_total", "Discovery responses sent", ["type"])
+ACKS = Counter("xds_acks_total", "Responses ACKed", ["type"])
+NACKS = Counter("xds_nacks_total", "Responses NACKed (the node keeps its last ACKed config)", ["type"])
+STALE = Counter("xds_stale_requests_total", "Requests answering a superseded nonce (ignored)", ["type"])
+CHANGES = Counter("xds_changes_total", "Config changes by source and outcome", ["source", "outcome"])
+VERSION = Gauge("xds_config_version", "Version of the config being served")
+BUILD_SECONDS = Histogram(
+    "xds_snapshot_build_seconds",
+    "Time to compile and serialize a snapshot",
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+PUSH_SECONDS = Histogram(
+    "xds_push_ack_seconds",
+    "From push to the last ACK",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+
+
+class MetricsCallbacks(Callbacks):
+    def stream_opened(self, stream_id: int, node: Node, delta: bool, has_snapshot: bool) -> None:
+        STREAMS.labels(protocol="delta" if delta else "sotw").inc()
+        self._delta = getattr(self, "_delta", {})
+        self._delta[stream_id] = delta
+        if has_snapshot:
+            log.info("stream opened", extra={"stream": stream_id, "node": node.id, "delta": delta})
+        else:
+            log.warning(
+                "stream opened for a node with no snapshot; it waits",
+                extra={"stream": stream_id, "node": node.id, "cluster": node.cluster},
+            )
+
+    def stream_closed(self, stream_id: int, node: Node) -> None:
+        delta = getattr(self, "_delta", {}).pop(stream_id, False)
+        STREAMS.labels(protocol="delta" if delta else "sotw").dec()
+        log.info("stream closed", extra={"stream": stream_id, "node": node.id})
+
+    def request(self, stream_id: int, node: Node, type_url: str) -> None:
+        REQUESTS.labels(type=SHORT.get(type_url, "other")).inc()
+
+    def response(self, stream_id: int, node: Node, response: SotwResponse | DeltaResponse) -> None:
+        kind = SHORT.get(response.type_url, "other")
+        RESPONSES.labels(type=kind).inc()
+        log.debug(
+            "response",
+            extra={
+                "stream": stream_id,
+                "node": node.id,
+                "type": kind,
+                "nonce": response.nonce,
+                "resources": len(response.resources),
+            },
+        )
+
+    def ack(self, stream_id: int, node: Node, type_url: str, version: str) -> None:
+        ACKS.labels(type=SHORT.get(type_url, "other")).inc()
+
+    def nack(self, stream_id: int, node: Node, type_url: str, version: str, error: str) -> None:
+        NACKS.labels(type=SHORT.get(type_url, "other")).inc()
+        log.error(
+            "config rejected by Envoy",
+            extra={
+                "stream": stream_id,
+                "node": node.id,
+                "type": SHORT.get(type_url, type_url),
+                "version": version,
+                "error": error,
+            },
+        )
+
+    def stale(self, stream_id: int, node: Node, type_url: str) -> None:
+        STALE.labels(type=SHORT.get(type_url, "other")).inc()
