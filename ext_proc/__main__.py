@@ -1,5 +1,5 @@
-"""`python -m ext_proc --config FILE` runs the ext_proc gRPC service."""
+"""`python -m ext_proc --config FILE` runs the ext_proc gRPC service (services.ext_proc.workers processes)."""
 
-from ext_proc.app import main
+from outrider.workers import launch
 
-main()
+launch("ext_proc", "ext_proc.app:main")
