@@ -100,7 +100,8 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):
     ) -> external_auth_pb2.CheckResponse:
         started = time.perf_counter()
         http = request.attributes.request.http
-        request_id = http.id or http.headers.get("x-request-id", "")
+        # x-request-id is what the client and the logs see; http.id is Envoy's internal stream id.
+        request_id = http.headers.get("x-request-id") or http.id
         try:
             check = CheckInput(method=http.method, path=http.path, headers=http.headers,
                                context=request.attributes.context_extensions, request_id=request_id)

@@ -26,6 +26,15 @@ def test_no_token_is_401_with_challenge_and_json_body(stack: Stack) -> None:
     assert set(body) == {"error", "request_id"}
 
 
+def test_request_id_is_the_clients_and_reaches_upstream(stack: Stack) -> None:
+    denied = stack.get(PROFILE, headers={"x-request-id": "req-abc-123"})
+    assert denied.json()["request_id"] == "req-abc-123"
+    allowed = stack.get(PROFILE, headers={"x-request-id": "req-def-456", **bearer(stack.token())})
+    assert allowed.json()["headers"]["x-request-id"] == "req-def-456"
+    generated = stack.get(PROFILE)
+    assert len(generated.json()["request_id"]) == 36  # Envoy's UUID when the client sent none
+
+
 def test_bad_token_is_401_invalid_token(stack: Stack) -> None:
     response = stack.get(PROFILE, headers=bearer("not.a.jwt"))
     assert response.status_code == 401
