@@ -40,6 +40,7 @@ check: install
 bench: install system-deps
 	$(BIN)/python bench/authz_bench.py
 	$(BIN)/python bench/ext_proc_bench.py
+	$(BIN)/python bench/ratelimit_bench.py
 
 clean:
 	rm -rf $(VENV) .run .pytest_cache .mypy_cache .ruff_cache

@@ -1,5 +1,5 @@
-"""`python -m ratelimit_service --config FILE` runs the rate limit gRPC service."""
+"""`python -m ratelimit_service --config FILE` runs the rate limit service (services.ratelimit.workers processes)."""
 
-from ratelimit_service.app import main
+from outrider.workers import launch
 
-main()
+launch("ratelimit", "ratelimit_service.app:main")

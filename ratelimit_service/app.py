@@ -9,12 +9,11 @@ import logging
 from pathlib import Path
 
 import grpc
-from envoy.service.ratelimit.v3 import rls_pb2_grpc
 
 from outrider.config import ConfigError, GatewayConfig, load_config
 from outrider.config.ratelimit import RateLimitsConfig
 from outrider.grpc_runtime import serve
-from outrider.logs import setup_logging
+from outrider.logs import DecisionLog, setup_logging
 from outrider.metrics import start_metrics_server
 from ratelimit_service.backends.base import Backend
 from ratelimit_service.backends.memory import MemoryBackend
@@ -22,7 +21,7 @@ from ratelimit_service.backends.redis_backend import RedisBackend, RedisClusterB
 from ratelimit_service.guard import GuardedBackend
 from ratelimit_service.limits import LimitTable
 from ratelimit_service.reload import ConfigWatcher, build_table
-from ratelimit_service.service import RateLimitService, Settings
+from ratelimit_service.service import RateLimitService, Settings, add_to_server
 
 log = logging.getLogger("ratelimit_service")
 SERVICE_NAME = "envoy.service.ratelimit.v3.RateLimitService"
@@ -48,7 +47,8 @@ async def run_service(config: GatewayConfig, config_path: Path) -> None:
     table = build_table(config, str(config_path))
     backend = make_backend(rl)
     guard = GuardedBackend(backend, rl.budget_ms / 1000)
-    service = RateLimitService(settings_of(config, table), guard)
+    decision_log = DecisionLog("ratelimit_service", enabled=config.logging.decisions)
+    service = RateLimitService(settings_of(config, table), guard, decision_log=decision_log)
 
     def on_change(new: GatewayConfig, new_table: LimitTable) -> None:
         if (new.rate_limits or RateLimitsConfig()).redis != rl.redis:
@@ -56,10 +56,10 @@ async def run_service(config: GatewayConfig, config_path: Path) -> None:
         service.swap(settings_of(new, new_table))
 
     watcher = ConfigWatcher(config_path, config, on_change, rl.reload_interval_s)
-    reload_task = asyncio.create_task(watcher.run())
+    tasks = [asyncio.create_task(watcher.run()), asyncio.create_task(decision_log.run_flusher())]
 
     def register(server: grpc.aio.Server) -> None:
-        rls_pb2_grpc.add_RateLimitServiceServicer_to_server(service, server)
+        add_to_server(service, server)
 
     settings = config.services.ratelimit
     start_metrics_server(settings.address, settings.metrics_port)
@@ -67,9 +67,11 @@ async def run_service(config: GatewayConfig, config_path: Path) -> None:
     try:
         await serve(register, settings.address, settings.port, [SERVICE_NAME])
     finally:
-        reload_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await reload_task
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await backend.close()
 
 

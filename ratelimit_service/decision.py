@@ -39,6 +39,8 @@ class Plan:
     domain: str
     descriptors: list[PlannedDescriptor]
     checks: list[Check]
+    # The counter keys name windows: the plan holds until the first of them ends.
+    valid_until_ms: int = 2**62
 
 
 class Status(NamedTuple):
@@ -120,7 +122,8 @@ def plan(table: LimitTable, domain: str, descriptors: Sequence[DescriptorInput],
             pairs.append((limit, len(checks)))
             checks.append(_check(limit, base, d.hits, now_ms))
         planned.append(PlannedDescriptor(LIMITED, metric_key, tuple(pairs), d.hits))
-    return Plan(domain, planned, checks)
+    ends = [c.extra + c.window_ms for c in checks if c.algorithm != TOKEN]
+    return Plan(domain, planned, checks, min(ends) if ends else 2**62)
 
 
 def decide(plan: Plan, outcomes: Sequence[Outcome], near_ratio: float = 0.8) -> Decision:

@@ -6,7 +6,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sized
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,10 +14,13 @@ import grpc
 from envoy.config.core.v3 import base_pb2
 from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 
+from outrider.logs import DecisionLog
 from ratelimit_service.decision import (
     OVER_LIMIT,
     Decision,
     DescriptorInput,
+    Plan,
+    PlannedDescriptor,
     decide,
     locally_over,
     plan,
@@ -40,6 +43,8 @@ Response = rls_pb2.RateLimitResponse
 _UNIT_NAMES = {v: k.lower() for k, v in Response.RateLimit.Unit.items() if v}
 _UNIT_VALUES = {name: value for value, name in _UNIT_NAMES.items()}
 _JSON = base_pb2.HeaderValue(key="content-type", value="application/json")
+PLAN_CACHE_ENTRIES = 65_536
+SERVICE = "envoy.service.ratelimit.v3.RateLimitService"
 
 
 @dataclass(frozen=True)
@@ -60,12 +65,33 @@ def rejection_body(retry_after_s: int) -> bytes:
                        "retry_after": retry_after_s}, separators=(",", ":")).encode()
 
 
+def _inputs(request: rls_pb2.RateLimitRequest) -> list[DescriptorInput]:
+    default_hits = request.hits_addend or 1
+    inputs = []
+    for d in request.descriptors:
+        hits = d.hits_addend.value if d.HasField("hits_addend") else default_hits
+        override = None
+        if d.HasField("limit"):
+            override = (d.limit.requests_per_unit, _UNIT_NAMES.get(d.limit.unit, "second"))
+        inputs.append(DescriptorInput(tuple([(e.key, e.value) for e in d.entries]), hits, override))
+    return inputs
+
+
+def _descriptor_count(data: bytes) -> list[None]:
+    try:
+        return [None] * len(rls_pb2.RateLimitRequest.FromString(data).descriptors)
+    except Exception:  # undecodable: Envoy only reads the overall code then
+        return []
+
+
 class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
     """envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit."""
 
     def __init__(self, settings: Settings, guard: GuardedBackend,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, decision_log: DecisionLog | None = None) -> None:
         self.settings = settings
+        # Refusals only: admitted requests are the bulk and are counted in metrics instead.
+        self._log = decision_log or DecisionLog("ratelimit_service", enabled=False)
         # Kept apart from settings so that the failure answer needs nothing that could have failed.
         self._deny = settings.failure_mode_deny
         self._guard = guard
@@ -74,6 +100,8 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
         self._metrics: DescriptorCounts = DESCRIPTOR_COUNTS
         self._limit_protos: dict[Limit, Any] = {}
         self._failure = {m: FAILURE_MODE.labels(mode=m) for m in ("allow", "deny")}
+        # serialized request → [settings, domain, inputs, plan]
+        self._plans: dict[bytes, list[Any]] = {}
 
     def swap(self, settings: Settings) -> None:
         self.settings = settings
@@ -81,6 +109,7 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
         self._limit_protos.clear()
         # Limits may have changed: a counter remembered as over may not be over any more.
         self._over_until.clear()
+        self._plans.clear()
 
     async def ShouldRateLimit(
         self, request: rls_pb2.RateLimitRequest, context: grpc.aio.ServicerContext
@@ -92,23 +121,42 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
             # A bug must neither fail the RPC nor block traffic unexpectedly: answer in the failure mode.
             log.exception("ShouldRateLimit failed", extra={"domain": request.domain})
             INTERNAL_ERRORS.inc()
-            response = self._failure_response(request)
+            response = self._failure_response(request.descriptors)
         DECISION_SECONDS.observe(time.perf_counter() - started)
         return response
 
+    async def ShouldRateLimitBytes(self, data: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        """The same method on serialized bytes: a repeated request skips parsing and planning."""
+        started = time.perf_counter()
+        settings = self.settings
+        now_ms = int(self._clock() * 1000)
+        try:
+            entry = self._plans.get(data)
+            if entry is None or entry[0] is not settings:
+                request = rls_pb2.RateLimitRequest.FromString(data)
+                domain, inputs = request.domain, _inputs(request)
+                laid_out = plan(settings.table, domain, inputs, now_ms)
+                if len(self._plans) >= PLAN_CACHE_ENTRIES:
+                    self._plans.clear()  # distinct requests without end must not grow memory without bound
+                self._plans[data] = entry = [settings, domain, inputs, laid_out]
+            elif entry[3].valid_until_ms <= now_ms:
+                entry[3] = plan(settings.table, entry[1], entry[2], now_ms)
+            response = await self._decide_planned(settings, entry[3], now_ms)
+        except Exception:
+            log.exception("ShouldRateLimit failed")
+            INTERNAL_ERRORS.inc()
+            response = self._failure_response(_descriptor_count(data))
+        DECISION_SECONDS.observe(time.perf_counter() - started)
+        return bytes(response.SerializeToString())
+
     async def decide(self, request: rls_pb2.RateLimitRequest) -> rls_pb2.RateLimitResponse:
         settings = self.settings
-        default_hits = request.hits_addend or 1
-        inputs = []
-        for d in request.descriptors:
-            hits = d.hits_addend.value if d.HasField("hits_addend") else default_hits
-            override = None
-            if d.HasField("limit"):
-                override = (d.limit.requests_per_unit, _UNIT_NAMES.get(d.limit.unit, "second"))
-            inputs.append(DescriptorInput(tuple((e.key, e.value) for e in d.entries), hits, override))
         now_ms = int(self._clock() * 1000)
-        domain = request.domain
-        laid_out = plan(settings.table, domain, inputs, now_ms)
+        return await self._decide_planned(settings, plan(settings.table, request.domain, _inputs(request), now_ms),
+                                          now_ms)
+
+    async def _decide_planned(self, settings: Settings, laid_out: Plan, now_ms: int) -> rls_pb2.RateLimitResponse:
+        domain = laid_out.domain
         if not laid_out.checks:
             outcomes = []
         else:
@@ -119,14 +167,20 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
             else:
                 fresh = await self._guard.evaluate(domain, laid_out.checks, now_ms)
                 if fresh is None:
-                    return self._failure_response(request)
+                    return self._failure_response(laid_out.descriptors)
                 remember_over(laid_out, fresh, self._over_until, now_ms)
                 outcomes = fresh
         decision = decide(laid_out, outcomes, settings.near_ratio)
         self._count(domain, laid_out.descriptors, decision)
+        if decision.over:
+            self._log.write({
+                "event": "rate_limited", "domain": domain, "retry_after_ms": decision.retry_after_ms,
+                "descriptors": [d.metric_key for d, s in zip(laid_out.descriptors, decision.statuses, strict=True)
+                                if s.code == OVER_LIMIT],
+            })
         return self._response(decision)
 
-    def _count(self, domain: str, descriptors: list, decision: Decision) -> None:  # type: ignore[type-arg]
+    def _count(self, domain: str, descriptors: list[PlannedDescriptor], decision: Decision) -> None:
         for d, status in zip(descriptors, decision.statuses, strict=True):
             if not d.metric_key:
                 continue
@@ -166,15 +220,21 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
             response.raw_body = rejection_body(retry)
         return response
 
-    def _failure_response(self, request: rls_pb2.RateLimitRequest) -> rls_pb2.RateLimitResponse:
+    def _failure_response(self, descriptors: Sized) -> rls_pb2.RateLimitResponse:
         deny = self._deny
         self._failure["deny" if deny else "allow"].inc()
         code = Response.OVER_LIMIT if deny else Response.OK
         response = Response(overall_code=code)
-        for _ in request.descriptors:
+        for _ in range(len(descriptors)):
             response.statuses.add(code=code)
         if deny:
             response.response_headers_to_add.add(key="Retry-After", value="1")
             response.response_headers_to_add.append(_JSON)
             response.raw_body = rejection_body(1)
         return response
+
+
+def add_to_server(service: RateLimitService, server: grpc.aio.Server) -> None:
+    """Register ShouldRateLimit on raw bytes (the plan cache needs the request's serialized form)."""
+    handler = grpc.unary_unary_rpc_method_handler(service.ShouldRateLimitBytes)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {"ShouldRateLimit": handler}),))

@@ -367,6 +367,8 @@ class ExtProcService(_Strict):
     address: str = "127.0.0.1"
     port: Annotated[int, Field(ge=1, le=65535)] = 18083
     metrics_port: Annotated[int, Field(ge=1, le=65535)] = 19083
+    # Processes sharing the port (SO_REUSEPORT, outrider/workers.py); the parent serves their /metrics.
+    workers: Annotated[int, Field(ge=1, le=32)] = 1
     # Envoy's deadline for each message of a stream; a late answer is an error (→ failure mode).
     message_timeout_ms: Annotated[int, Field(ge=10, le=60_000)] = 500
     # Fail closed by default: without the processor, validation and response filtering cannot run.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,11 +32,13 @@ descriptors:
 """
 
 
-def service_process(workdir: Path, name: str, url: str, **rate_limits: object) -> ManagedProcess:
+def service_process(workdir: Path, name: str, url: str, cluster: bool = False, key_prefix: str = "",
+                    **rate_limits: object) -> ManagedProcess:
     data = with_free_ports(example_config_dict())
-    (workdir / "limits.yaml").write_text(LIMITS)
-    data["rate_limits"].update({"redis": {"url": url}, "files": [str(workdir / "limits.yaml")], "budget_ms": 1000,
-                                **rate_limits})
+    if not (workdir / "limits.yaml").exists():
+        (workdir / "limits.yaml").write_text(LIMITS)
+    data["rate_limits"].update({"redis": {"url": url, "cluster": cluster, "key_prefix": key_prefix},
+                                "files": [str(workdir / "limits.yaml")], "budget_ms": 1000, **rate_limits})
     data["logging"]["decisions"] = False
     # Exact counts need the store's answers: a generous budget keeps a loaded test machine from
     # sending requests to the failure mode (tested on its own below with the real 20 ms budget).
@@ -51,7 +54,7 @@ def service_process(workdir: Path, name: str, url: str, **rate_limits: object) -
     return proc
 
 
-def request(key: str, value: str) -> rls_pb2.RateLimitRequest:
+def rl_request(key: str, value: str) -> rls_pb2.RateLimitRequest:
     out = rls_pb2.RateLimitRequest(domain="shared")
     out.descriptors.add().entries.add(key=key, value=value)
     return out
@@ -71,8 +74,14 @@ def redis_proc(tmp_path: Path) -> Iterator[ManagedProcess]:
     proc.stop()
 
 
-def test_two_replicas_share_one_global_limit(tmp_path: Path, redis_proc: ManagedProcess) -> None:
-    replicas = [service_process(tmp_path, f"rls{i}", redis_url(redis_proc)) for i in range(2)]
+@pytest.mark.parametrize("store", ["redis", "cluster"])
+def test_two_replicas_share_one_global_limit(tmp_path: Path, store: str, request: pytest.FixtureRequest) -> None:
+    if store == "redis":
+        url, cluster = redis_url(request.getfixturevalue("redis_proc")), False
+    else:
+        url, cluster = f"redis://127.0.0.1:{request.getfixturevalue('redis_cluster')[0]}/0", True
+    prefix = f"{store}{uuid.uuid4().hex[:6]}:"
+    replicas = [service_process(tmp_path, f"rls{i}", url, cluster=cluster, key_prefix=prefix) for i in range(2)]
     try:
         for proc in replicas:
             proc.start()
@@ -87,7 +96,7 @@ def test_two_replicas_share_one_global_limit(tmp_path: Path, redis_proc: Managed
             async def client(index: int, key: str) -> None:
                 stub = stubs[index % 2]
                 for _ in range(2):
-                    response = await stub.ShouldRateLimit(request(key, "hot"), timeout=10)
+                    response = await stub.ShouldRateLimit(rl_request(key, "hot"), timeout=10)
                     admitted[key] = admitted.get(key, 0) + (response.overall_code == Response.OK)
 
             for key in ("fixed", "sliding", "bucket"):
@@ -115,7 +124,7 @@ def test_redis_killed_mid_run_answers_in_failure_mode_then_recovers(tmp_path: Pa
 
                 async def ask() -> rls_pb2.RateLimitResponse:
                     # A deadline far above the 20 ms budget: what is checked is that the service answers.
-                    return await stub.ShouldRateLimit(request("user", "kim"), timeout=1.0)
+                    return await stub.ShouldRateLimit(rl_request("user", "kim"), timeout=1.0)
 
                 async def until_counted() -> rls_pb2.RateLimitResponse:
                     # Poll: a loaded machine may blow the 20 ms budget now and then (that is the point).
@@ -143,5 +152,37 @@ def test_redis_killed_mid_run_answers_in_failure_mode_then_recovers(tmp_path: Pa
         log = (tmp_path / "rls.log").read_text()
         assert "Traceback" not in log
         assert "rate limit store failed" in log and "rate limit store is back" in log
+    finally:
+        service.stop()
+
+
+def test_a_changed_file_goes_live_in_a_running_service(tmp_path: Path, redis_proc: ManagedProcess) -> None:
+    service = service_process(tmp_path, "rls", redis_url(redis_proc), reload_interval_s=0.05)
+    limits = tmp_path / "limits.yaml"
+    try:
+        service.start().wait_ready(20)
+
+        async def user_limit() -> int:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{service.port}") as channel:  # type: ignore[attr-defined]
+                response = await rls_pb2_grpc.RateLimitServiceStub(channel).ShouldRateLimit(
+                    rl_request("user", "lee"), timeout=5)
+            return int(response.statuses[0].current_limit.requests_per_unit)
+
+        assert asyncio.run(user_limit()) == 1000
+        limits.write_text(LIMITS.replace("requests_per_unit: 1000", "requests_per_unit: 7"))
+        for _ in range(200):
+            if asyncio.run(user_limit()) == 7:
+                break
+        else:
+            raise AssertionError("the new limit never went live")
+        limits.write_text(LIMITS.replace("unit: hour", "unit: fortnight"))  # refused: 7 stays
+        for _ in range(200):
+            if "config change rejected" in (tmp_path / "rls.log").read_text():
+                break
+            asyncio.run(asyncio.sleep(0.05))
+        else:
+            raise AssertionError("the bad file was not reported")
+        assert asyncio.run(user_limit()) == 7
+        assert str(limits) in (tmp_path / "rls.log").read_text()
     finally:
         service.stop()

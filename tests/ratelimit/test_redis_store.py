@@ -116,3 +116,17 @@ async def test_a_stalled_redis_fails_fast_then_recovers_in_order(tmp_path: Path)
             os.kill(proc.proc.pid, signal.SIGCONT)
         await backend.close()
         proc.stop()
+
+
+async def test_concurrent_calls_on_one_connection_get_their_own_replies(shared_redis: ManagedProcess) -> None:
+    from ratelimit_service.backends.resp import RespClient, RespError
+
+    client = RespClient(redis_url(shared_redis), connect_timeout_s=2.0)
+    keys = [f"fifo:{i}" for i in range(200)]
+    await asyncio.gather(*(client.call("SET", key, i) for i, key in enumerate(keys)))
+    values = await asyncio.gather(*(client.call("GET", key) for key in keys))
+    assert values == [str(i).encode() for i in range(200)]
+    with pytest.raises(RespError, match="NOSCRIPT"):
+        await client.call("EVALSHA", "0" * 40, 0)
+    assert await client.call("PING") == b"PONG"  # an error reply does not shift later replies
+    await client.close()

@@ -17,7 +17,7 @@ from ratelimit_service.algorithms import Outcome
 from ratelimit_service.backends.base import Backend, BackendError, Check
 from ratelimit_service.backends.memory import MemoryBackend
 from ratelimit_service.guard import GuardedBackend
-from ratelimit_service.service import RateLimitService, Settings
+from ratelimit_service.service import RateLimitService, Settings, add_to_server
 from tests.ratelimit.helpers import table_of
 
 Response = rls_pb2.RateLimitResponse
@@ -75,7 +75,7 @@ async def serve(backend: Backend, deny: bool = False, budget_s: float = 0.02,
                                GuardedBackend(backend, budget_s),
                                **({"clock": lambda: clock} if clock is not None else {}))
     server = grpc.aio.server()
-    rls_pb2_grpc.add_RateLimitServiceServicer_to_server(service, server)
+    add_to_server(service, server)
     port = server.add_insecure_port(f"127.0.0.1:{free_port()}")
     await server.start()
     return server, port, service
@@ -232,3 +232,21 @@ async def test_an_internal_error_answers_in_the_failure_mode() -> None:
 def test_descriptor_proto_fields_used_exist() -> None:
     d = ratelimit_pb2.RateLimitDescriptor()
     assert hasattr(d, "hits_addend") and hasattr(d, "limit")
+
+
+async def test_refusals_are_logged_one_json_line_each() -> None:
+    import io
+
+    from outrider.logs import DecisionLog
+
+    stream = io.StringIO()
+    log = DecisionLog("rl", stream=stream)
+    service = RateLimitService(Settings(table_of(LIMITS)), GuardedBackend(MemoryBackend(), 1.0),
+                               clock=lambda: 1_800_000_010.0, decision_log=log)
+    for _ in range(4):
+        await service.decide(request((("user", "hal"),), (("ip", "9.9.9.9"),)))
+    log.flush()
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert len(lines) == 1  # admitted requests are counted, not logged
+    assert lines[0]["event"] == "rate_limited" and lines[0]["descriptors"] == ["svc.user"]
+    assert lines[0]["retry_after_ms"] == 50_000
