@@ -6,6 +6,7 @@ Each outrider service adds its HTTP filter, per-route settings and cluster throu
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from typing import Any, Protocol
 
@@ -54,10 +55,12 @@ HTTP2_OPTIONS = {
 }
 
 
+@functools.lru_cache(maxsize=4096)  # float formatting, per route and cluster of a 10,000-route config
 def _duration_ms(ms: int) -> str:
     return f"{ms / 1000:.3f}s"
 
 
+@functools.lru_cache(maxsize=4096)  # ipaddress parsing is slow; the same few endpoint addresses repeat
 def _is_ip(address: str) -> bool:
     try:
         ipaddress.ip_address(address)
@@ -128,6 +131,25 @@ def _match(route: RouteConfig) -> dict[str, Any]:
     return {"safe_regex": {"regex": route.match.regex}}
 
 
+_HOOKS: list[Any] = [None, None]
+
+
+def _route_hooks(config: GatewayConfig) -> tuple[list[tuple[str, Any]], list[Any], list[Any]]:
+    """The contributions' per-route hooks, bound once per (frozen) config object: compile_route runs per
+    route, 10,000 times for a big config. [xds_server perf fix] Each list keeps contribution order, and the
+    hooks see only (route, config), so calling them hook by hook gives what contribution by contribution did.
+    """
+    if _HOOKS[0] is not config:
+        parts = contributions()
+        _HOOKS[:] = [config, (
+            [(c.filter_name, c.per_route) for c in parts],
+            [c.route_fields for c in parts],
+            [h for c in parts if (h := getattr(c, "route_headers", None)) is not None],
+        )]
+    hooks: tuple[list[tuple[str, Any]], list[Any], list[Any]] = _HOOKS[1]
+    return hooks
+
+
 def compile_route(route: RouteConfig, config: GatewayConfig) -> dict[str, Any]:
     """One gateway route → one Envoy route."""
     out: dict[str, Any] = {"name": route.name, "match": _match(route)}
@@ -149,15 +171,19 @@ def compile_route(route: RouteConfig, config: GatewayConfig) -> dict[str, Any]:
         # No check runs here, so nobody sets identity: a client must not be able to claim one.
         out["request_headers_to_remove"] = list(IDENTITY_HEADERS)
     per_filter: dict[str, Any] = {}
-    for contribution in contributions():
-        settings = contribution.per_route(route, config)
+    per_route_hooks, route_fields_hooks, route_headers_hooks = _route_hooks(config)
+    for filter_name, per_route in per_route_hooks:
+        settings = per_route(route, config)
         if settings is not None:
-            per_filter[contribution.filter_name] = settings
-        if "route" in out:
-            out["route"].update(contribution.route_fields(route, config))
-            # Optional hook: header edits on the Route itself (request_headers_to_add, ...), merged.
-            route_headers = getattr(contribution, "route_headers", None)
-            for key, items in (route_headers(route, config) if route_headers else {}).items():
+            per_filter[filter_name] = settings
+    if "route" in out:
+        for route_fields in route_fields_hooks:
+            fields = route_fields(route, config)
+            if fields:
+                out["route"].update(fields)
+        # Optional hook: header edits on the Route itself (request_headers_to_add, ...), merged.
+        for route_headers in route_headers_hooks:
+            for key, items in route_headers(route, config).items():
                 out.setdefault(key, []).extend(items)
     if per_filter:
         out["typed_per_filter_config"] = per_filter

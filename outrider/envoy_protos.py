@@ -7,7 +7,8 @@ import pkgutil
 from collections.abc import Iterator
 from typing import Any, TypeVar
 
-from google.protobuf import json_format
+from google.protobuf import descriptor_pool, json_format
+from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import Message
 
 M = TypeVar("M", bound=Message)
@@ -50,6 +51,18 @@ def _type_urls(value: Any) -> Iterator[str]:
             yield from _type_urls(item)
 
 
+def known_type(type_url: str) -> Descriptor | None:
+    """The message descriptor an Any's type URL names (its proto package imported first), or None."""
+    if type_url not in _KNOWN_TYPES:
+        _import_package_of(type_url)
+        _KNOWN_TYPES.add(type_url)
+    try:
+        found: Descriptor = descriptor_pool.Default().FindMessageTypeByName(type_url.rsplit("/", 1)[-1])
+    except KeyError:
+        return None
+    return found
+
+
 def to_proto(resource: dict[str, Any], message: type[M]) -> M:
     """Parse one resource dict into `message`; raises CompileError naming the problem."""
     for type_url in _type_urls(resource):
@@ -66,17 +79,19 @@ def to_proto(resource: dict[str, Any], message: type[M]) -> M:
 def cluster_references(value: Any) -> set[str]:
     """Every cluster a resource names: route targets, weighted clusters, gRPC services, health minimums."""
     found: set[str] = set()
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if key in ("cluster", "cluster_name") and isinstance(item, str):
-                found.add(item)
-            elif key == "cluster_min_healthy_percentages" and isinstance(item, dict):
-                found.update(item)
-            else:
-                found |= cluster_references(item)
-    elif isinstance(value, list):
-        for item in value:
-            found |= cluster_references(item)
+    pending = [value]  # a loop, not recursion: run once per route of a 10,000-route config
+    while pending:
+        value = pending.pop()
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if key in ("cluster", "cluster_name") and isinstance(item, str):
+                    found.add(item)
+                elif key == "cluster_min_healthy_percentages" and isinstance(item, dict):
+                    found.update(item)
+                elif isinstance(item, (dict, list)):
+                    pending.append(item)
+        elif isinstance(value, list):
+            pending.extend(value)
     return found
 
 

@@ -7,7 +7,8 @@ table of 10,000 cached routes is built by joining bytes instead of copying messa
 from __future__ import annotations
 
 
-def varint(value: int) -> bytes:
+def _varint(value: int) -> bytes:
+    """A non-negative integer as a base-128 varint."""
     out = bytearray()
     while True:
         bits = value & 0x7F
@@ -17,6 +18,13 @@ def varint(value: int) -> bytes:
         else:
             out.append(bits)
             return bytes(out)
+
+
+SMALL = [_varint(i) for i in range(1 << 14)]  # the varints of 0..16383 (most lengths and tags), looked up
+
+
+def varint(value: int) -> bytes:
+    return SMALL[value] if 0 <= value < 16384 else _varint(value)
 
 
 def field(number: int, payload: bytes) -> bytes:

@@ -1,0 +1,203 @@
+"""The gateway benchmark's setup: the example config plus isolated scenario routes, the Envoy bootstrap with
+an Envoy-served origin, and the server processes (real services or trivial floors) for each variant."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from outrider.config import load_config
+from outrider.envoy_config import compile_bootstrap
+from outrider.process import ManagedProcess, free_port, tcp_ready
+
+ROOT = Path(__file__).resolve().parents[1]
+# Every limit of the seed keeps its algorithm and windows but is raised this many times: the bench measures
+# the allow path (a refused request is cheaper and never reaches the upstream). Capped at the API's uint32.
+LIMIT_SCALE = 1_000_000
+LIMIT_MAX = 4_000_000_000
+# What the origin answers: a JSON user document, so the seed's response transforms have work to do.
+ORIGIN_BODY = json.dumps({"id": "u-42", "name": "Ada", "email": "ada@example.com", "password": "hunter2",
+                          "internal_id": 7, "settings": {"theme": "dark", "secret_key": "k"},
+                          "items": [{"id": 1, "secret_key": "a"}, {"id": 2, "secret_key": "b"}]},
+                         separators=(",", ":"))
+JSON_BODY = json.dumps({"request": {"userId": "u-42", "text": "hello"}, "text": "hello", "tags": ["a", "b"]},
+                       separators=(",", ":"))
+SERVICES = ("ext_authz", "ratelimit", "ext_proc")
+NO_PROC = {"validation": {"enabled": False}, "transformations": {"enabled": False}, "cache": {"enabled": False}}
+# Routes that isolate one service: the rate limit filter is taken off them in the compiled config.
+NO_RATE_LIMIT = ("bench-authz", "bench-proc-headers", "bench-proc-json", "bench-proxy")
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One row of the table: a request through the gateway and the services it exercises."""
+
+    name: str
+    path: str
+    services: tuple[str, ...]
+    auth: bool = False
+    body: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+SCENARIOS = (
+    Scenario("Envoy alone, direct_response", "/health/live", ()),
+    Scenario("Envoy → origin (no filters)", "/bench/proxy/x", ()),
+    Scenario("+ ext_authz (RS256 token, RBAC)", "/bench/authz/x", ("ext_authz",), auth=True),
+    Scenario("+ rate limit on Redis (per-IP token bucket)", "/bench/ratelimit/x", ("ratelimit",)),
+    Scenario("+ ext_proc, request headers only", "/bench/proc-headers/x", ("ext_proc",)),
+    Scenario("+ ext_proc, JSON request body", "/bench/proc-json/x", ("ext_proc",),
+             body=JSON_BODY, headers={"content-type": "application/json"}),
+    Scenario("full pipeline, every seed policy (GET /api/v1/users/profile)", "/api/v1/users/profile",
+             SERVICES, auth=True),
+    Scenario("cache hit (GET /api/v1/public/catalog/…)", "/api/v1/public/catalog/items",
+             ("ratelimit", "ext_proc"), headers={"accept-language": "en"}),
+)
+
+
+@dataclass(frozen=True)
+class Ports:
+    listener: int
+    admin: int
+    origin: int
+    redis: int
+    service: dict[str, int]
+    metrics: dict[str, int]
+
+
+def _scale(limit: dict[str, Any]) -> dict[str, Any]:
+    if "requests_per_unit" in limit:
+        limit = {**limit, "requests_per_unit": min(limit["requests_per_unit"] * LIMIT_SCALE, LIMIT_MAX)}
+    if "burst" in limit:
+        limit = {**limit, "burst": min(limit["burst"] * LIMIT_SCALE, LIMIT_MAX)}
+    return limit
+
+
+def gateway_data(ports: Ports, workers: int) -> dict[str, Any]:
+    """examples/gateway.yaml with free ports, Redis, raised limits, the upstream on the origin, bench routes."""
+    data: dict[str, Any] = yaml.safe_load((ROOT / "examples" / "gateway.yaml").read_text())
+    data["listeners"][0]["port"] = ports.listener
+    data["admin"]["port"] = ports.admin
+    services = data["services"]
+    for name in SERVICES:
+        services[name].update({"port": ports.service[name], "metrics_port": ports.metrics[name], "workers": workers})
+    services["demo_upstream"] = {"enabled": False}
+    services["xds"] = {"enabled": False}  # the static bootstrap: xDS is control plane, not on the request path
+    for upstream in data["upstreams"]:
+        upstream["endpoints"] = [{"address": "127.0.0.1", "port": ports.origin}]
+    for provider in data["auth"]["providers"]:
+        provider["jwks_file"] = str(ROOT / "examples" / provider["jwks_file"])
+    rl = data["rate_limits"]
+    rl["redis"] = {"url": f"redis://127.0.0.1:{ports.redis}/0"}
+    rl["per_ip"] = _scale(rl["per_ip"])
+    rl["tiers"] = {tier: [_scale(w) for w in windows] for tier, windows in rl["tiers"].items()}
+    rl["endpoints"] = [{**e, "limit": _scale(e["limit"])} for e in rl["endpoints"]]
+    now_header = {"add_headers": {"X-Seen-At": "${now()}"}}  # a value only the processor can compute
+    data["routes"] = [
+        {"name": "bench-proxy", "match": {"prefix": "/bench/proxy/"}, "upstream": "demo", "public": True, **NO_PROC},
+        {"name": "bench-authz", "match": {"prefix": "/bench/authz/"}, "upstream": "demo", "resource": "profile",
+         **NO_PROC},
+        {"name": "bench-ratelimit", "match": {"prefix": "/bench/ratelimit/"}, "upstream": "demo", "public": True,
+         **NO_PROC},
+        {"name": "bench-proc-headers", "match": {"prefix": "/bench/proc-headers/"}, "upstream": "demo",
+         "public": True, "validation": {"enabled": False}, "cache": {"enabled": False},
+         "transformations": {"request": now_header, "response": {"add_headers": {}}}},
+        {"name": "bench-proc-json", "match": {"prefix": "/bench/proc-json/"}, "upstream": "demo", "public": True,
+         "validation": {"enabled": False}, "cache": {"enabled": False},
+         "transformations": {"request": {"json_body": {"user_id": "$.request.userId", "timestamp": "${now()}"}},
+                             "response": {"add_headers": {}}}},
+        *data["routes"],
+    ]
+    return data
+
+
+def write_configs(workdir: Path, ports: Ports) -> dict[int, Path]:
+    """One gateway file per worker count (everything else identical)."""
+    paths = {}
+    for workers in (1, 2):
+        path = workdir / f"gateway-w{workers}.yaml"
+        path.write_text(yaml.safe_dump(gateway_data(ports, workers), sort_keys=False))
+        load_config(path)  # a bench config the gateway would reject is a bench bug: fail here
+        paths[workers] = path
+    return paths
+
+
+def origin_listener(port: int) -> dict[str, Any]:
+    """A second listener of the same Envoy answering every request itself: the upstream that adds least."""
+    return {
+        "name": "bench_origin",
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+        "filter_chains": [{"filters": [{
+            "name": "envoy.filters.network.http_connection_manager",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
+                         ".HttpConnectionManager",
+                "stat_prefix": "bench_origin",
+                "route_config": {"name": "origin", "virtual_hosts": [{
+                    "name": "origin", "domains": ["*"],
+                    "routes": [{"match": {"prefix": "/"},
+                                "direct_response": {"status": 200, "body": {"inline_string": ORIGIN_BODY}},
+                                "response_headers_to_add": [{"header": {"key": "content-type",
+                                                                        "value": "application/json"}}]}],
+                }]},
+                "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
+            },
+        }]}],
+    }
+
+
+def write_bootstrap(workdir: Path, config_path: Path, ports: Ports) -> Path:
+    bootstrap = compile_bootstrap(load_config(config_path))
+    resources = bootstrap["static_resources"]
+    for listener in resources["listeners"]:
+        hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+        for route in hcm["route_config"]["virtual_hosts"][0]["routes"]:
+            if route["name"] in NO_RATE_LIMIT:
+                route.get("route", {}).pop("rate_limits", None)
+    resources["listeners"].append(origin_listener(ports.origin))
+    path = workdir / "envoy.yaml"
+    path.write_text(yaml.safe_dump(bootstrap, sort_keys=False))
+    return path
+
+
+def free_ports() -> Ports:
+    return Ports(listener=free_port(), admin=free_port(), origin=free_port(), redis=free_port(),
+                 service={s: free_port() for s in SERVICES}, metrics={s: free_port() for s in SERVICES})
+
+
+def _launcher(section: str, target: str) -> list[str]:
+    """`python -m <service>` runs launch(section, target); the same call, for a service whose __main__
+    does not (yet) go through the workers launcher."""
+    code = f"import sys; from outrider.workers import launch; launch({section!r}, {target!r}, sys.argv[1:])"
+    return [sys.executable, "-c", code]
+
+
+def service_argv(name: str, config_path: Path) -> list[str]:
+    module = {"ext_authz": "ext_authz", "ratelimit": "ratelimit_service", "ext_proc": "ext_proc"}[name]
+    if "launch(" in (ROOT / module / "__main__.py").read_text():
+        return [sys.executable, "-m", module, "--config", str(config_path)]
+    return [*_launcher(name, f"{module}.app:main"), "--config", str(config_path)]
+
+
+def floor_argv(name: str, port: int) -> list[str]:
+    script = {"ext_authz": ["bench/trivial_authz.py", "--port"],
+              "ratelimit": ["bench/ratelimit_bench.py", "--trivial-server"],
+              "ext_proc": ["bench/trivial_ext_proc.py", "--port"]}[name]
+    return [sys.executable, str(ROOT / script[0]), script[1], str(port)]
+
+
+def server_processes(variant: str, configs: dict[int, Path], ports: Ports, workdir: Path) -> dict[str, ManagedProcess]:
+    """The three gRPC servers of a variant: 'floor' (trivial servers) or 'w1'/'w2' (outrider, N workers)."""
+    procs = {}
+    for name in SERVICES:
+        argv = (floor_argv(name, ports.service[name]) if variant == "floor"
+                else service_argv(name, configs[int(variant[1:])]))
+        procs[name] = ManagedProcess(f"{variant}-{name}", argv, ready=tcp_ready("127.0.0.1", ports.service[name]),
+                                     log_path=workdir / f"{variant}-{name}.log", cwd=ROOT)
+    return procs
