@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import contextlib
 import logging
 import os
 import re
@@ -20,10 +18,11 @@ from ext_authz.metrics import JWKS_REFRESHES
 from ext_authz.rbac import Grant, RbacPolicy
 from ext_authz.service import AuthorizationService
 from ext_authz.token_cache import TokenCache
-from outrider.config import ConfigError, GatewayConfig, load_config
+from outrider.config import GatewayConfig
 from outrider.grpc_runtime import serve
-from outrider.logs import DecisionLog, setup_logging
+from outrider.logs import DecisionLog
 from outrider.metrics import start_metrics_server
+from outrider.service_main import cancel_tasks, service_main
 
 log = logging.getLogger("ext_authz")
 SERVICE_NAME = "envoy.service.auth.v3.Authorization"
@@ -117,22 +116,8 @@ async def run_service(config: GatewayConfig) -> None:
     try:
         await serve(register, settings.address, settings.port, [SERVICE_NAME])
     finally:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_tasks(tasks)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m ext_authz", description="outrider ext_authz service")
-    parser.add_argument("--config", required=True)
-    args = parser.parse_args(argv)
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        raise SystemExit(str(exc)) from None
-    setup_logging("ext_authz", config.logging.level)
-    import uvloop
-
-    uvloop.run(run_service(config))
+    service_main("ext_authz", "outrider ext_authz service", lambda config, _path: run_service(config), argv)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
@@ -13,11 +12,12 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc
 from ext_proc.cache_backends import CacheBackend, MemoryCache, RedisCache
 from ext_proc.plan import compile_plans
 from ext_proc.service import ExternalProcessorService
-from outrider.config import ConfigError, GatewayConfig, load_config
+from outrider.config import GatewayConfig
 from outrider.config.ext_proc import CacheConfig
 from outrider.grpc_runtime import serve
-from outrider.logs import DecisionLog, setup_logging
+from outrider.logs import DecisionLog
 from outrider.metrics import start_metrics_server
+from outrider.service_main import service_main
 
 log = logging.getLogger("ext_proc")
 SERVICE_NAME = "envoy.service.ext_proc.v3.ExternalProcessor"
@@ -57,14 +57,4 @@ async def run_service(config: GatewayConfig) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m ext_proc", description="outrider ext_proc service")
-    parser.add_argument("--config", required=True)
-    args = parser.parse_args(argv)
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        raise SystemExit(str(exc)) from None
-    setup_logging("ext_proc", config.logging.level)
-    import uvloop
-
-    uvloop.run(run_service(config))
+    service_main("ext_proc", "outrider ext_proc service", lambda config, _path: run_service(config), argv)

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import contextlib
 import logging
 from pathlib import Path
 
 import grpc
 
-from outrider.config import ConfigError, GatewayConfig, load_config
+from outrider.config import GatewayConfig
 from outrider.config.ratelimit import RateLimitsConfig
 from outrider.grpc_runtime import serve
-from outrider.logs import DecisionLog, setup_logging
+from outrider.logs import DecisionLog
 from outrider.metrics import start_metrics_server
+from outrider.service_main import cancel_tasks, service_main
 from ratelimit_service.backends.base import Backend
 from ratelimit_service.backends.memory import MemoryBackend
 from ratelimit_service.backends.redis_backend import RedisBackend, RedisClusterBackend
@@ -67,24 +66,9 @@ async def run_service(config: GatewayConfig, config_path: Path) -> None:
     try:
         await serve(register, settings.address, settings.port, [SERVICE_NAME])
     finally:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_tasks(tasks)
         await backend.close()
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m ratelimit_service",
-                                     description="outrider rate limit service")
-    parser.add_argument("--config", required=True)
-    args = parser.parse_args(argv)
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        raise SystemExit(str(exc)) from None
-    setup_logging("ratelimit_service", config.logging.level)
-    import uvloop
-
-    uvloop.run(run_service(config, Path(args.config)))
+    service_main("ratelimit_service", "outrider rate limit service", run_service, argv)
