@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 CONFIG ?= examples/gateway.yaml
 
-.PHONY: install run test check bench system-deps clean
+.PHONY: install run test check bench bench-services system-deps clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,7 +37,12 @@ check: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy outrider ext_authz ratelimit_service ext_proc xds_server
 
+# The whole gateway against Envoy alone and the trivial gRPC floors (~5 min); writes bench/RESULTS.md.
 bench: install system-deps
+	$(BIN)/python bench/gateway_bench.py --out bench/RESULTS.md
+
+# Each service on its own (the per-service figures of their issues).
+bench-services: install system-deps
 	$(BIN)/python bench/authz_bench.py
 	$(BIN)/python bench/ext_proc_bench.py
 	$(BIN)/python bench/ratelimit_bench.py

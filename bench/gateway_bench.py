@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import platform
 import re
 import statistics
@@ -34,6 +35,7 @@ from bench.common import machine_summary, print_table
 from bench.gateway_load import Load, descendants, fixed_rate, saturate, tree_cpu, tree_rss
 from bench.gateway_setup import (
     LIMIT_SCALE,
+    ORIGIN_BODY,
     SCENARIOS,
     SERVICES,
     Ports,
@@ -50,6 +52,11 @@ from outrider.supervisor import envoy_argv, envoy_binary
 VARIANTS = ("floor", "w1", "w2")
 VARIANT_LABEL = {"floor": "trivial floors", "w1": "outrider, 1 worker", "w2": "outrider, 2 workers"}
 Sample = dict[str, float]
+
+
+def workers_of(variant: str) -> int:
+    """'w2' → 2; the floors are single processes."""
+    return int(variant[1:]) if variant.startswith("w") else 1
 
 
 def wait_ok(url: str, headers: dict[str, str], body: str | None, timeout_s: float = 30.0) -> None:
@@ -75,14 +82,18 @@ class Bench:
         self.workdir, self.seconds, self.rate = workdir, seconds, rate
         self.ports: Ports = free_ports()
         self.configs = write_configs(workdir, self.ports)
-        bootstrap = write_bootstrap(workdir, self.configs[1], self.ports)
-        self.envoy = ManagedProcess("envoy", envoy_argv(bootstrap), log_path=workdir / "envoy.log",
-                                    ready=http_ready(f"http://127.0.0.1:{self.ports.admin}/ready"))
+        # One Envoy per worker count, idle while the other is measured: Envoy's settings for a gRPC
+        # cluster follow the service's `workers` (see outrider.envoy_config.grpc_service_cluster).
+        self.envoys = {
+            workers: ManagedProcess(f"envoy-w{workers}",
+                                    envoy_argv(write_bootstrap(workdir, self.configs[workers], self.ports, workers)),
+                                    log_path=workdir / f"envoy-w{workers}.log",
+                                    ready=http_ready(f"http://127.0.0.1:{self.ports.admin[workers]}/ready"))
+            for workers in (1, 2)}
         self.redis = ManagedProcess(
             "redis", ["redis-server", "--port", str(self.ports.redis), "--bind", "127.0.0.1", "--save", "",
                       "--appendonly", "no", "--dir", str(workdir)],
             ready=tcp_ready("127.0.0.1", self.ports.redis), log_path=workdir / "redis.log")
-        self.base = f"http://127.0.0.1:{self.ports.listener}"
         self.token = mint_dev_token(ROOT / "examples" / "keys", "https://auth.outrider.dev", "outrider",
                                     subject="bench-user", roles=["user"], tier="free", ttl_s=3600)
         self.samples: dict[tuple[str, str], list[Sample]] = {}
@@ -92,9 +103,17 @@ class Bench:
         auth = {"authorization": f"Bearer {self.token}"} if scenario.auth else {}
         return {**scenario.headers, **auth}
 
+    def base(self, variant: str) -> str:
+        return f"http://127.0.0.1:{self.ports.listener[workers_of(variant)]}"
+
+    def envoy_pid(self, variant: str) -> int:
+        proc = self.envoys[workers_of(variant)].proc
+        assert proc is not None
+        return proc.pid
+
     def measure(self, scenario: Scenario, variant: str, pids: dict[str, list[int]]) -> None:
-        url, headers = self.base + scenario.path, self.headers(scenario)
-        every = {**pids, "envoy": [self.envoy.proc.pid], "redis": [self.redis.proc.pid]}  # type: ignore[union-attr]
+        url, headers = self.base(variant) + scenario.path, self.headers(scenario)
+        every = {**pids, "envoy": [self.envoy_pid(variant)], "redis": [self.redis.proc.pid]}  # type: ignore[union-attr]
         sample: Sample = {}
 
         def run(label: str, load: Load, cpu0: dict[str, float]) -> None:
@@ -122,30 +141,35 @@ class Bench:
                 proc.wait_ready(60)
             scenarios = [s for s in SCENARIOS if s.services or with_envoy_only]
             for scenario in scenarios:
-                wait_ok(self.base + scenario.path, self.headers(scenario), scenario.body)
+                wait_ok(self.base(variant) + scenario.path, self.headers(scenario), scenario.body)
             # Warm up: Envoy's connections to every worker, token cache, cache entry, Redis scripts.
             for scenario in scenarios:
                 if scenario.services:
-                    saturate(self.base + scenario.path, self.headers(scenario), scenario.body, 1, self.workdir)
+                    saturate(self.base(variant) + scenario.path, self.headers(scenario), scenario.body, 1,
+                             self.workdir)
             pids = {name: descendants(proc.proc.pid) for name, proc in procs.items()}  # type: ignore[union-attr]
             for scenario in scenarios:
                 self.measure(scenario, variant, pids)
             self.memory.setdefault(variant, []).append({
                 **{name: tree_rss(tree) for name, tree in pids.items()},
-                "envoy": tree_rss([self.envoy.proc.pid]), "redis": tree_rss([self.redis.proc.pid])})  # type: ignore[union-attr]
+                "envoy": tree_rss([self.envoy_pid(variant)]), "redis": tree_rss([self.redis.proc.pid])})  # type: ignore[union-attr]
         finally:
             for proc in procs.values():
                 proc.stop()
 
-    def demo_upstream_cap(self) -> float:
-        """Saturation req/s of the aiohttp demo upstream by itself: why the bench does not proxy to it."""
+    def demo_upstream_cost(self) -> tuple[float, float]:
+        """The aiohttp demo upstream by itself: saturation req/s and its own CPU µs per request."""
         port = free_port()
         demo = ManagedProcess("demo", [sys.executable, "-m", "outrider.demo_upstream", "--port", str(port)],
                               ready=tcp_ready("127.0.0.1", port), log_path=self.workdir / "demo.log", cwd=ROOT)
         demo.start().wait_ready(30)
         try:
-            wait_ok(f"http://127.0.0.1:{port}/api/v1/public/items", {}, None)
-            return saturate(f"http://127.0.0.1:{port}/api/v1/public/items", {}, None, self.seconds, self.workdir).rps
+            url = f"http://127.0.0.1:{port}/api/v1/users/profile"
+            wait_ok(url, {}, None)
+            assert demo.proc is not None
+            cpu0 = tree_cpu([demo.proc.pid])
+            load = saturate(url, {}, None, self.seconds, self.workdir)
+            return load.rps, (tree_cpu([demo.proc.pid]) - cpu0) / max(load.requests, 1) * 1e6
         finally:
             demo.stop()
 
@@ -158,7 +182,7 @@ def ratio(value: float, floor: float | None) -> str:
     return f" ({value / floor:.2f}×)" if floor else ""
 
 
-def tables(bench: Bench, variants: Sequence[str], rounds: int, demo_rps: float | None) -> list[str]:
+def tables(bench: Bench, variants: Sequence[str], demo: tuple[float, float] | None) -> list[str]:
     out = []
     rate = bench.rate
     rows, cpu_rows, sat_rows = [], [], []
@@ -205,12 +229,26 @@ def tables(bench: Bench, variants: Sequence[str], rounds: int, demo_rps: float |
                              *[f"{max(s[name] for s in samples):.0f}" for name in (*SERVICES, "envoy", "redis")]])
     out.append(print_table("Peak memory (VmHWM, MiB; a service's processes summed: parent + workers)",
                            ["gRPC servers", "ext_authz", "ratelimit", "ext_proc", "Envoy", "Redis"], mem_rows))
-    if demo_rps is not None:
-        envoy_origin = bench.samples.get(("Envoy → origin (no filters)", "-"))
-        origin = f"{med(envoy_origin, 'rps'):,.0f}" if envoy_origin else "?"
-        out.append(f"The demo upstream (aiohttp, `outrider.demo_upstream`) alone answers {demo_rps:,.0f} req/s "
-                   f"at saturation, against {origin} req/s for Envoy proxying to the Envoy origin: it would cap "
-                   "the figures, so every scenario proxies to the Envoy origin instead.")
+    full = SCENARIOS[-2].name
+    costs = {v: sum(med(bench.samples[(full, v)], f"cpu_sat_{name}") for name in (*SERVICES, "envoy", "redis"))
+             for v in variants if (full, v) in bench.samples}
+    if costs:
+        cores = os.cpu_count() or 1
+        out.append("**Ceiling of the full pipeline.** At saturation a request of the full pipeline costs, in CPU "
+                   "summed over the gRPC servers, Envoy and Redis (the load generator not counted): " + "; ".join(
+                       f"{VARIANT_LABEL[v]} {c:,.0f} µs → at most {cores * 1e6 / c:,.0f} req/s on {cores} cores"
+                       for v, c in costs.items()) + ". The floors' line is what Envoy plus gRPC in Python cost "
+                   "before any outrider logic runs: 2 unary calls and a 3-message ext_proc stream per request.")
+    origin = bench.samples.get(("Envoy → origin (no filters)", "-"))
+    direct = bench.samples.get(("Envoy alone, direct_response", "-"))
+    if demo is not None and origin and direct:
+        envoy_origin = med(origin, "cpu_sat_envoy") - med(direct, "cpu_sat_envoy")
+        out.append(f"**Upstream.** The demo upstream (aiohttp, `outrider.demo_upstream`) by itself answers "
+                   f"{demo[0]:,.0f} req/s at saturation with {demo[1]:.0f} µs of CPU per request: far above what "
+                   "any scenario with a gRPC service reaches, so it would not cap them. The bench proxies to the "
+                   "Envoy origin all the same: a fixed JSON answer, no further Python process on the shared "
+                   f"cores, and Envoy-only rows that measure Envoy alone (proxying to the origin adds "
+                   f"{envoy_origin:.0f} µs per request to Envoy, both listeners counted).")
     return out
 
 
@@ -239,9 +277,11 @@ Generated by `make bench` (`bench/gateway_bench.py`); numbers below are from the
   load generator all share these cores.
 - **Date:** {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}
 - **Versions:** {versions}
-- **Envoy:** one process, `--concurrency 2`, compiled from `examples/gateway.yaml` by `outrider.envoy_config`
-  (static bootstrap; xDS only changes how the same resources arrive). Its upstream is a second listener of
-  the same Envoy answering a 230-byte JSON document by `direct_response` (the cheapest origin there is).
+- **Envoy:** `--concurrency 2` as `outrider run` starts it, compiled from `examples/gateway.yaml` by
+  `outrider.envoy_config` (static bootstrap; xDS only changes how the same resources arrive). Its upstream
+  is a second listener of the same Envoy answering a JSON document of {len(ORIGIN_BODY)} bytes by
+  `direct_response` (the cheapest origin there is). One Envoy per worker count (the gRPC clusters' HTTP/2
+  settings follow `workers`); the one not being measured is idle.
 - **Config:** the example's policies as they are (JWT RS256 + RBAC, rate limit tiers and endpoint limits on
   Redis, header/query/JSON transforms, validation, cache rules, decision logs on), except: limits × {LIMIT_SCALE:,}
   so nothing is refused, ports, and isolating routes (`/bench/…`) that switch on one service at a time.
@@ -270,21 +310,23 @@ def main() -> None:
     started = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
     bench = Bench(workdir, args.seconds, args.rate)
-    demo_rps = None
+    demo = None
     bench.redis.start().wait_ready(20)
     try:
-        bench.envoy.start().wait_ready(30)
-        demo_rps = bench.demo_upstream_cap()
+        for envoy in bench.envoys.values():
+            envoy.start().wait_ready(30)
+        demo = bench.demo_upstream_cost()
         for index in range(args.rounds):
             order = variants[index % len(variants):] + variants[:index % len(variants)]
             print(f"round {index + 1}/{args.rounds}: {', '.join(order)}", file=sys.stderr, flush=True)
             for variant in order:
                 bench.variant_round(variant, with_envoy_only=variant == order[0])
     finally:
-        bench.envoy.stop()
+        for envoy in bench.envoys.values():
+            envoy.stop()
         bench.redis.stop()
     text = header(args.seconds, args.rate, args.rounds, variants) + "\n" + "\n\n".join(
-        tables(bench, variants, args.rounds, demo_rps)) + "\n"
+        tables(bench, variants, demo)) + "\n"
     print(f"\n(total {time.monotonic() - started:.0f} s; logs in {workdir})", file=sys.stderr)
     if args.out:
         Path(args.out).write_text(text)

@@ -3,6 +3,7 @@ process together with its descendants (a service's workers are children of the s
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import statistics
@@ -37,10 +38,8 @@ def tree_cpu(pids: list[int]) -> float:
     """CPU seconds (user + system) of the given processes; one that is gone counts as 0."""
     total = 0.0
     for pid in pids:
-        try:
+        with contextlib.suppress(OSError):
             total += cpu_seconds(pid)
-        except OSError:
-            pass
     return total
 
 
@@ -48,10 +47,8 @@ def tree_rss(pids: list[int]) -> float:
     """Sum of the processes' peak RSS (VmHWM), MiB: what the service holds at most across its workers."""
     total = 0.0
     for pid in pids:
-        try:
+        with contextlib.suppress(OSError):
             total += rss_mib(pid)
-        except OSError:
-            pass
     return total
 
 

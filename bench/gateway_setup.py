@@ -62,9 +62,11 @@ SCENARIOS = (
 
 @dataclass(frozen=True)
 class Ports:
-    listener: int
-    admin: int
-    origin: int
+    """Shared gRPC ports; one Envoy per worker count (its gRPC cluster settings follow `workers`)."""
+
+    listener: dict[int, int]
+    admin: dict[int, int]
+    origin: dict[int, int]
     redis: int
     service: dict[str, int]
     metrics: dict[str, int]
@@ -81,15 +83,15 @@ def _scale(limit: dict[str, Any]) -> dict[str, Any]:
 def gateway_data(ports: Ports, workers: int) -> dict[str, Any]:
     """examples/gateway.yaml with free ports, Redis, raised limits, the upstream on the origin, bench routes."""
     data: dict[str, Any] = yaml.safe_load((ROOT / "examples" / "gateway.yaml").read_text())
-    data["listeners"][0]["port"] = ports.listener
-    data["admin"]["port"] = ports.admin
+    data["listeners"][0]["port"] = ports.listener[workers]
+    data["admin"]["port"] = ports.admin[workers]
     services = data["services"]
     for name in SERVICES:
         services[name].update({"port": ports.service[name], "metrics_port": ports.metrics[name], "workers": workers})
     services["demo_upstream"] = {"enabled": False}
     services["xds"] = {"enabled": False}  # the static bootstrap: xDS is control plane, not on the request path
     for upstream in data["upstreams"]:
-        upstream["endpoints"] = [{"address": "127.0.0.1", "port": ports.origin}]
+        upstream["endpoints"] = [{"address": "127.0.0.1", "port": ports.origin[workers]}]
     for provider in data["auth"]["providers"]:
         provider["jwks_file"] = str(ROOT / "examples" / provider["jwks_file"])
     rl = data["rate_limits"]
@@ -152,7 +154,7 @@ def origin_listener(port: int) -> dict[str, Any]:
     }
 
 
-def write_bootstrap(workdir: Path, config_path: Path, ports: Ports) -> Path:
+def write_bootstrap(workdir: Path, config_path: Path, ports: Ports, workers: int) -> Path:
     bootstrap = compile_bootstrap(load_config(config_path))
     resources = bootstrap["static_resources"]
     for listener in resources["listeners"]:
@@ -160,14 +162,17 @@ def write_bootstrap(workdir: Path, config_path: Path, ports: Ports) -> Path:
         for route in hcm["route_config"]["virtual_hosts"][0]["routes"]:
             if route["name"] in NO_RATE_LIMIT:
                 route.get("route", {}).pop("rate_limits", None)
-    resources["listeners"].append(origin_listener(ports.origin))
-    path = workdir / "envoy.yaml"
+    resources["listeners"].append(origin_listener(ports.origin[workers]))
+    path = workdir / f"envoy-w{workers}.yaml"
     path.write_text(yaml.safe_dump(bootstrap, sort_keys=False))
     return path
 
 
 def free_ports() -> Ports:
-    return Ports(listener=free_port(), admin=free_port(), origin=free_port(), redis=free_port(),
+    def two() -> dict[int, int]:
+        return {1: free_port(), 2: free_port()}
+
+    return Ports(listener=two(), admin=two(), origin=two(), redis=free_port(),
                  service={s: free_port() for s in SERVICES}, metrics={s: free_port() for s in SERVICES})
 
 
@@ -197,7 +202,7 @@ def server_processes(variant: str, configs: dict[int, Path], ports: Ports, workd
     procs = {}
     for name in SERVICES:
         argv = (floor_argv(name, ports.service[name]) if variant == "floor"
-                else service_argv(name, configs[int(variant[1:])]))
+                else service_argv(name, configs[int(variant.removeprefix("w"))]))
         procs[name] = ManagedProcess(f"{variant}-{name}", argv, ready=tcp_ready("127.0.0.1", ports.service[name]),
                                      log_path=workdir / f"{variant}-{name}.log", cwd=ROOT)
     return procs

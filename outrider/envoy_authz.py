@@ -42,4 +42,4 @@ class ExtAuthzContribution:
 
     def clusters(self, config: GatewayConfig) -> list[dict[str, Any]]:
         authz = config.services.ext_authz
-        return [grpc_service_cluster(EXT_AUTHZ_CLUSTER, authz.address, authz.port)]
+        return [grpc_service_cluster(EXT_AUTHZ_CLUSTER, authz.address, authz.port, authz.workers)]

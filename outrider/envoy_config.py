@@ -53,6 +53,18 @@ HTTP2_OPTIONS = {
         "explicit_http_config": {"http2_protocol_options": {}},
     }
 }
+# To a gRPC service with several workers on one port (SO_REUSEPORT): the kernel deals each new connection
+# to one worker, and Envoy keeps one HTTP/2 connection per thread for ever, so 2 workers may get both
+# connections on one of them (measured: one ext_proc worker took all the load). Few streams per connection
+# open more connections under load, and recycling a connection every 250 streams re-deals them, so the
+# workers' shares even out. One worker keeps plain multiplexing (fewer connections cost less CPU).
+GRPC_WORKERS_HTTP2_OPTIONS = {
+    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+        "common_http_protocol_options": {"max_requests_per_connection": 250},
+        "explicit_http_config": {"http2_protocol_options": {"max_concurrent_streams": 4}},
+    }
+}
 
 
 @functools.lru_cache(maxsize=4096)  # float formatting, per route and cluster of a 10,000-route config
@@ -100,13 +112,13 @@ def compile_upstream_cluster(upstream: UpstreamConfig) -> dict[str, Any]:
     }
 
 
-def grpc_service_cluster(name: str, address: str, port: int) -> dict[str, Any]:
+def grpc_service_cluster(name: str, address: str, port: int, workers: int = 1) -> dict[str, Any]:
     """A cluster for one of outrider's gRPC services, health checked so /health/ready means something."""
     return {
         "name": name,
         "type": "STATIC",
         "connect_timeout": "0.25s",
-        "typed_extension_protocol_options": HTTP2_OPTIONS,
+        "typed_extension_protocol_options": HTTP2_OPTIONS if workers <= 1 else GRPC_WORKERS_HTTP2_OPTIONS,
         "load_assignment": _load_assignment(name, [(address, port, 1)]),
         "health_checks": [{
             "timeout": "0.5s",

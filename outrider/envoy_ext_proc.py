@@ -131,4 +131,4 @@ class ExtProcContribution:
         if not ext_proc_enabled(config):
             return []
         settings = config.services.ext_proc
-        return [grpc_service_cluster(EXT_PROC_CLUSTER, settings.address, settings.port)]
+        return [grpc_service_cluster(EXT_PROC_CLUSTER, settings.address, settings.port, settings.workers)]

@@ -86,4 +86,4 @@ class RateLimitContribution:
         if config.rate_limits is None:
             return []
         service = config.services.ratelimit
-        return [grpc_service_cluster(RATELIMIT_CLUSTER, service.address, service.port)]
+        return [grpc_service_cluster(RATELIMIT_CLUSTER, service.address, service.port, service.workers)]
