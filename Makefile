@@ -46,6 +46,7 @@ bench-services: install system-deps
 	$(BIN)/python bench/authz_bench.py
 	$(BIN)/python bench/ext_proc_bench.py
 	$(BIN)/python bench/ratelimit_bench.py
+	$(BIN)/python bench/xds_bench.py
 
 clean:
 	rm -rf $(VENV) .run .pytest_cache .mypy_cache .ruff_cache
