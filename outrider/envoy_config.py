@@ -15,6 +15,8 @@ from outrider.envoy_traffic import cluster_fields, header_matcher, route_action_
 
 IDENTITY_HEADERS = ("x-user-id", "x-user-email", "x-user-roles", "x-user-tier")
 READY_PATH = "/health/ready"
+HCM_TYPE = ("type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
+            ".HttpConnectionManager")
 
 
 class FilterContribution(Protocol):
@@ -259,7 +261,7 @@ def compile_listeners(config: GatewayConfig, route_config: dict[str, Any] | None
     listeners = []
     for listener in config.listeners:
         hcm = {
-            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+            "@type": HCM_TYPE,
             "stat_prefix": listener.name,
             "codec_type": "AUTO",
             "use_remote_address": True,
