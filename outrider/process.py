@@ -90,6 +90,10 @@ class ManagedProcess:
         return "\n--- last log lines ---\n" + "\n".join(self.log_path.read_text(errors="replace").splitlines()[-30:])
 
     @property
+    def returncode(self) -> int | None:
+        return self.proc.returncode if self.proc is not None else None
+
+    @property
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 

@@ -6,6 +6,7 @@ import shutil
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
 import yaml
@@ -83,13 +84,42 @@ def plan_processes(config: GatewayConfig, config_path: Path, run_dir: Path,
     return procs
 
 
-def run_stack(config: GatewayConfig, config_path: Path, run_dir: Path) -> int:
-    """Start everything, wait for a signal or a child's death, stop everything in reverse order."""
+class RestartPolicy:
+    """When a crashed child is started again: after a growing delay, and not more than `limit` times a window.
+
+    Pure (time passed in) so the decision is testable; a child that keeps crashing stops the stack, since a
+    gateway that silently runs without its authorizer would be worse than one that is visibly down.
+    """
+
+    def __init__(self, limit: int = 5, window_s: float = 60.0, first_delay_s: float = 0.5,
+                 max_delay_s: float = 10.0) -> None:
+        self.limit = limit
+        self.window_s = window_s
+        self.first_delay_s = first_delay_s
+        self.max_delay_s = max_delay_s
+        self._crashes: dict[str, list[float]] = {}
+
+    def on_crash(self, name: str, now: float) -> float | None:
+        """Seconds to wait before restarting `name`, or None to give up."""
+        recent = [t for t in self._crashes.get(name, []) if now - t < self.window_s]
+        recent.append(now)
+        self._crashes[name] = recent
+        if len(recent) > self.limit:
+            return None
+        delay: float = self.first_delay_s * 2.0 ** (len(recent) - 1)
+        return min(delay, self.max_delay_s)
+
+
+def run_stack(config: GatewayConfig, config_path: Path, run_dir: Path,
+              policy: RestartPolicy | None = None) -> int:
+    """Start everything; restart a child that crashes; on a signal stop everything in reverse order."""
+    policy = policy or RestartPolicy()
     procs = plan_processes(config, config_path, run_dir)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     started: list[ManagedProcess] = []
+    restart_at: dict[str, float] = {}
     code = 0
     try:
         for proc in procs:
@@ -100,13 +130,21 @@ def run_stack(config: GatewayConfig, config_path: Path, run_dir: Path) -> int:
         print(f"outrider: ready — gateway on http://{listener.address}:{listener.port}, "
               f"Envoy admin on http://{config.admin.address}:{config.admin.port} (Ctrl-C stops)",
               file=sys.stderr, flush=True)
-        while not stop.wait(0.5):
-            dead = [p for p in started if not p.running]
-            if dead:
-                print(f"outrider: {dead[0].name} exited unexpectedly; stopping the stack",
-                      file=sys.stderr, flush=True)
-                code = 1
-                break
+        while not stop.wait(0.2):
+            now = time.monotonic()
+            for proc in started:
+                if proc.running:
+                    continue
+                if proc.name not in restart_at:
+                    delay = policy.on_crash(proc.name, now)
+                    if delay is None:
+                        raise RuntimeError(f"{proc.name} keeps crashing; stopping the stack")
+                    print(f"outrider: {proc.name} exited with code {proc.returncode}; restarting in {delay:.1f}s",
+                          file=sys.stderr, flush=True)
+                    restart_at[proc.name] = now + delay
+                elif now >= restart_at[proc.name]:
+                    del restart_at[proc.name]
+                    proc.start()
     except Exception as exc:
         print(f"outrider: {exc}", file=sys.stderr, flush=True)
         code = 1

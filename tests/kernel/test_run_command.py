@@ -62,3 +62,50 @@ def test_run_serves_then_stops_everything(tmp_path: Path, sig: signal.Signals) -
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_restart_policy_backs_off_then_gives_up() -> None:
+    from outrider.supervisor import RestartPolicy
+
+    policy = RestartPolicy(limit=3, window_s=60, first_delay_s=0.5, max_delay_s=1.5)
+    assert [policy.on_crash("authz", t) for t in (0, 1, 2)] == [0.5, 1.0, 1.5]
+    assert policy.on_crash("authz", 3) is None          # a 4th crash within the window: give up
+    assert policy.on_crash("ratelimit", 3) == 0.5       # per child
+    assert policy.on_crash("authz", 200) == 0.5         # old crashes age out of the window
+
+
+def test_run_restarts_a_crashed_service(tmp_path: Path) -> None:
+    data = with_free_ports(example_config_dict())
+    config = write_config(data, tmp_path / "gateway.yaml")
+    proc = subprocess.Popen([sys.executable, "-m", "outrider", "run", str(config), "--run-dir", str(tmp_path / "run")],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{data['listeners'][0]['port']}"
+    metrics = f"http://127.0.0.1:{data['services']['ext_authz']['metrics_port']}/metrics"
+
+    def wait_for(predicate, what: str) -> None:  # type: ignore[no-untyped-def]
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if predicate():
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"timed out waiting for {what}")
+
+    try:
+        wait_for(lambda: httpx.get(f"{url}/health/ready", timeout=1).status_code == 200, "ready")
+        authz = next(pid for pid in _children(proc.pid)
+                     if "ext_authz" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"))
+        os.kill(authz, signal.SIGKILL)
+        wait_for(lambda: not _alive(authz), "the old ext_authz to go")
+        wait_for(lambda: httpx.get(metrics, timeout=1).status_code == 200, "ext_authz to come back")
+        wait_for(lambda: httpx.get(f"{url}/api/v1/users/me", timeout=2).status_code == 401, "checks to flow")
+        assert proc.poll() is None
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
