@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 CONFIG ?= examples/gateway.yaml
 
-.PHONY: install run test check bench bench-services system-deps clean
+.PHONY: install run test check bench bench-services test-deps bench-deps clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,21 +16,27 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# Debian packages the tests and benchmarks use (redis-server; wrk and h2load for load).
-system-deps:
+# Debian packages: redis-server for the tests; wrk and h2load (nghttp2-client) for the benchmarks.
+define apt_ensure
 	@missing=""; \
-	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
-	command -v wrk >/dev/null || missing="$$missing wrk"; \
-	command -v h2load >/dev/null || missing="$$missing nghttp2-client"; \
+	for pair in $(1); do cmd=$${pair%%:*}; pkg=$${pair##*:}; \
+	  command -v $$cmd >/dev/null || missing="$$missing $$pkg"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
+endef
+
+test-deps:
+	$(call apt_ensure,redis-server:redis-server)
+
+bench-deps: test-deps
+	$(call apt_ensure,wrk:wrk h2load:nghttp2-client)
 
 run: install
 	$(BIN)/outrider run $(CONFIG)
 
-test: install system-deps
+test: install test-deps
 	$(BIN)/python -m pytest
 
 check: install
@@ -38,11 +44,11 @@ check: install
 	$(BIN)/mypy outrider ext_authz ratelimit_service ext_proc xds_server
 
 # The whole gateway against Envoy alone and the trivial gRPC floors (~5 min); writes bench/RESULTS.md.
-bench: install system-deps
+bench: install bench-deps
 	$(BIN)/python bench/gateway_bench.py --out bench/RESULTS.md
 
 # Each service on its own (the per-service figures of their issues).
-bench-services: install system-deps
+bench-services: install bench-deps
 	$(BIN)/python bench/authz_bench.py
 	$(BIN)/python bench/ext_proc_bench.py
 	$(BIN)/python bench/ratelimit_bench.py
