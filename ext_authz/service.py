@@ -84,6 +84,11 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):
         self._ok_cache: dict[Identity, external_auth_pb2.CheckResponse] = {}
         self._public_ok = build_ok(Decision(True, 200, "public", public=True))
 
+    def use(self, authorizer: Authorizer) -> None:
+        """Swap in the policy of a reloaded config (one attribute store: in-flight checks finish on the old)."""
+        self._authorizer = authorizer
+        self._ok_cache = {}
+
     def _ok_response(self, decision: Decision) -> external_auth_pb2.CheckResponse:
         identity = decision.identity
         if identity is None:
