@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 from outrider.config import ConfigError, GatewayConfig, load_config
 from outrider.config.errors import ConfigIssue, format_loc
 from outrider.config.ratelimit import load_descriptor_file
+from outrider.config.watch import FileChangeDetector
 from ratelimit_service.limits import LimitTable, compile_table
 from ratelimit_service.metrics import CONFIG_RELOADS
 
@@ -28,7 +28,7 @@ def build_table(config: GatewayConfig, filename: str = "<config>") -> LimitTable
 
 
 class ConfigWatcher:
-    """Polls mtime and size cheaply, hashes contents only when they moved, reloads only on a real change."""
+    """Reloads when the gateway file or one of its descriptor files really changed (kernel change detector)."""
 
     def __init__(self, config_path: Path, config: GatewayConfig,
                  on_change: Callable[[GatewayConfig, LimitTable], None], interval_s: float = 1.0) -> None:
@@ -36,8 +36,7 @@ class ConfigWatcher:
         self._on_change = on_change
         self._interval = interval_s
         self._files = self._watched(config)
-        self._stats = self._stat()
-        self._digest = self._hash()
+        self._detector = FileChangeDetector(self._files)
 
     @staticmethod
     def _watched_of(config: GatewayConfig) -> list[Path]:
@@ -46,36 +45,10 @@ class ConfigWatcher:
     def _watched(self, config: GatewayConfig) -> list[Path]:
         return [self._path, *self._watched_of(config)]
 
-    def _stat(self) -> list[tuple[int, int] | None]:
-        out: list[tuple[int, int] | None] = []
-        for path in self._files:
-            try:
-                st = path.stat()
-                out.append((st.st_mtime_ns, st.st_size))
-            except OSError:
-                out.append(None)
-        return out
-
-    def _hash(self) -> str:
-        digest = hashlib.sha256()
-        for path in self._files:
-            try:
-                digest.update(path.read_bytes())
-            except OSError:
-                digest.update(b"\0missing\0")
-            digest.update(b"\0")
-        return digest.hexdigest()
-
     def poll(self) -> bool:
         """Reload if a watched file changed; True when a new config went live."""
-        stats = self._stat()
-        if stats == self._stats:
+        if not self._detector.changed():
             return False
-        self._stats = stats
-        digest = self._hash()
-        if digest == self._digest:
-            return False
-        self._digest = digest
         try:
             config = load_config(self._path)
             table = build_table(config, str(self._path))
@@ -89,8 +62,7 @@ class ConfigWatcher:
             return False
         # The file list may have changed with the config: watch the new set from now on.
         self._files = self._watched(config)
-        self._stats = self._stat()
-        self._digest = self._hash()
+        self._detector.watch(self._files)
         self._on_change(config, table)
         CONFIG_RELOADS.labels(result="applied").inc()
         log.info("config reloaded", extra={"files": [str(p) for p in self._files]})
