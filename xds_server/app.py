@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from outrider.config.xds import XdsService
 from outrider.grpc_runtime import serve
 from outrider.logs import setup_logging
 from outrider.metrics import start_metrics_server
+from outrider.service_main import cancel_tasks
 from xds_server.admin import build_admin_app, start_admin
 from xds_server.cache import SnapshotCache
 from xds_server.control import Controller
@@ -109,10 +109,7 @@ async def run_service(config: GatewayConfig, config_path: Path, file_ok: bool = 
     try:
         await serve(register, settings.address, settings.port, [SERVICE], drain_grace_s=1.0)
     finally:
-        for task in tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_tasks(tasks)
         await runner.cleanup()
 
 

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from outrider.config import ConfigError, GatewayConfig, load_config
+from outrider.config.watch import FileChangeDetector
 from xds_server.metrics import CHANGES
 
 log = logging.getLogger("xds_server.watch")
@@ -19,7 +20,7 @@ def file_digest(path: Path) -> str:
 
 
 class ConfigFileWatcher:
-    """Polls mtime and size (cheap), then the content digest (exact) of the config file."""
+    """Polls the config file through the kernel's change detector; `digest` is the one already applied."""
 
     def __init__(
         self,
@@ -32,23 +33,14 @@ class ConfigFileWatcher:
         self._digest = digest
         self._interval_s = interval_s
         self._apply = apply
-        self._stat: tuple[float, int] | None = self._stat_now()
-
-    def _stat_now(self) -> tuple[float, int] | None:
-        try:
-            st = self._path.stat()
-        except OSError:
-            return None
-        return (st.st_mtime, st.st_size)
+        self._files = FileChangeDetector([path])
 
     async def check_once(self) -> None:
-        stat = self._stat_now()
-        if stat is None or stat == self._stat:
+        if not self._files.changed():
             return
-        self._stat = stat
         try:
             digest = file_digest(self._path)
-        except OSError:
+        except OSError:  # gone for a moment (an editor replacing it): wait for it to come back
             return
         if digest == self._digest:
             return
