@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -30,52 +31,53 @@ async def _body(request: web.Request) -> Any:
         ) from None
 
 
+def _add_collection(
+    app: web.Application,
+    plural: str,
+    singular: str,
+    listing: Callable[[], dict[str, Any]],
+    put: Callable[[str, Any], Awaitable[Outcome]],
+    delete: Callable[[str], Awaitable[Outcome]],
+    version: Callable[[], int],
+) -> None:
+    """GET /v1/{plural}[/{name}], PUT and DELETE /v1/{plural}/{name}: routes and clusters alike."""
+
+    async def get_all(request: web.Request) -> web.Response:
+        return _json(200, listing())
+
+    async def get_one(request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        found = next((item for item in listing()[plural] if item["name"] == name), None)
+        if found is None:
+            return _json(404, {"error": f"no {singular} named {name!r}"})
+        return _json(200, {"version": str(version()), singular: found})
+
+    async def put_one(request: web.Request) -> web.Response:
+        return _answer(await put(request.match_info["name"], await _body(request)))
+
+    async def delete_one(request: web.Request) -> web.Response:
+        return _answer(await delete(request.match_info["name"]))
+
+    app.router.add_get(f"/v1/{plural}", get_all)
+    app.router.add_get(f"/v1/{plural}/{{name}}", get_one)
+    app.router.add_put(f"/v1/{plural}/{{name}}", put_one)
+    app.router.add_delete(f"/v1/{plural}/{{name}}", delete_one)
+
+
 def build_admin_app(controller: Controller, cache: SnapshotCache) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY)
 
-    async def get_routes(request: web.Request) -> web.Response:
-        return _json(200, controller.routes())
+    def version() -> int:
+        return controller.version
 
-    async def get_route(request: web.Request) -> web.Response:
-        name = request.match_info["name"]
-        found = next((r for r in controller.routes()["routes"] if r["name"] == name), None)
-        if found is None:
-            return _json(404, {"error": f"no route named {name!r}"})
-        return _json(200, {"version": str(controller.version), "route": found})
-
-    async def put_route(request: web.Request) -> web.Response:
-        return _answer(await controller.put_route(request.match_info["name"], await _body(request)))
-
-    async def delete_route(request: web.Request) -> web.Response:
-        return _answer(await controller.delete_route(request.match_info["name"]))
-
-    async def get_clusters(request: web.Request) -> web.Response:
-        return _json(200, controller.clusters())
-
-    async def get_cluster(request: web.Request) -> web.Response:
-        name = request.match_info["name"]
-        found = next((c for c in controller.clusters()["clusters"] if c["name"] == name), None)
-        if found is None:
-            return _json(404, {"error": f"no cluster named {name!r}"})
-        return _json(200, {"version": str(controller.version), "cluster": found})
-
-    async def put_cluster(request: web.Request) -> web.Response:
-        return _answer(await controller.put_cluster(request.match_info["name"], await _body(request)))
-
-    async def delete_cluster(request: web.Request) -> web.Response:
-        return _answer(await controller.delete_cluster(request.match_info["name"]))
+    _add_collection(app, "routes", "route", controller.routes, controller.put_route, controller.delete_route,
+                    version)
+    _add_collection(app, "clusters", "cluster", controller.clusters, controller.put_cluster,
+                    controller.delete_cluster, version)
 
     async def status(request: web.Request) -> web.Response:
         return _json(200, {"version": str(controller.version), "nodes": cache.status()})
 
-    app.router.add_get("/v1/routes", get_routes)
-    app.router.add_get("/v1/routes/{name}", get_route)
-    app.router.add_put("/v1/routes/{name}", put_route)
-    app.router.add_delete("/v1/routes/{name}", delete_route)
-    app.router.add_get("/v1/clusters", get_clusters)
-    app.router.add_get("/v1/clusters/{name}", get_cluster)
-    app.router.add_put("/v1/clusters/{name}", put_cluster)
-    app.router.add_delete("/v1/clusters/{name}", delete_cluster)
     app.router.add_get("/v1/status", status)
     return app
 
