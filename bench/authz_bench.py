@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import re
 import statistics
 import struct
 import subprocess
@@ -32,6 +31,7 @@ from bench.common import (
     machine_summary,
     print_table,
     rss_mib,
+    tool_version,
     wrk,
 )
 from outrider.config import load_config
@@ -167,7 +167,8 @@ def run(seconds: int, rate: int, rounds: int) -> None:
             f"{med(name, 'direct_rps'):,.0f}",
             f"{med(name, 'direct_cpu'):.0f} ({med(name, 'direct_cpu') / med(floor, 'direct_cpu'):.2f}×)",
             f"{max(s['rss'] for s in samples[name]):.0f}", f"{sum(s['non2xx'] for s in samples[name]):.0f}"])
-    print(f"\nmachine: {machine_summary()}; date: {datetime.date.today()}; Envoy {envoy_version()}, "
+    envoy = tool_version([envoy_binary(), "--version"], r"/(\d+\.\d+\.\d+)/")
+    print(f"\nmachine: {machine_summary()}; date: {datetime.date.today()}; Envoy {envoy}, "
           f"--concurrency 2. Load on the same box: wrk -t1 -c32 {seconds}s (saturation); h2load --h1 -c10 "
           f"open loop at {rate} req/s for {seconds}s (latency, CPU); h2load gRPC -c4 -m8 20k calls straight "
           f"at the service (direct). Medians of {rounds} interleaved rounds.\n")
@@ -175,12 +176,6 @@ def run(seconds: int, rate: int, rounds: int) -> None:
                 ["scenario", "req/s sat.", "p50 ms", "p90 ms", "p99 ms", "added p99 ms",
                  f"CPU µs/check @{rate}/s (vs floor)", "direct calls/s", "direct CPU µs/call (vs floor)",
                  "peak RSS MiB", "non-2xx"], rows)
-
-
-def envoy_version() -> str:
-    out = subprocess.run([envoy_binary(), "--version"], capture_output=True, text=True, check=False).stdout
-    found = re.search(r"/(\d+\.\d+\.\d+)/", out)
-    return found.group(1) if found else "?"
 
 
 def main() -> None:

@@ -103,6 +103,16 @@ def print_table(title: str, headers: list[str], rows: list[list[str]]) -> str:
     return text
 
 
+def tool_version(argv: list[str], pattern: str) -> str:
+    """The first group of `pattern` in what `argv` (e.g. `envoy --version`) prints, or "?"."""
+    try:
+        text = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=10).stdout
+    except OSError:
+        return "?"
+    found = re.search(pattern, text)
+    return found.group(1) if found else "?"
+
+
 def machine_summary() -> str:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), "unknown")

@@ -16,9 +16,7 @@ import argparse
 import datetime
 import os
 import platform
-import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import machine_summary, print_table
+from bench.common import machine_summary, print_table, tool_version
 from bench.gateway_load import Load, descendants, fixed_rate, saturate, tree_cpu, tree_rss
 from bench.gateway_setup import (
     LIMIT_SCALE,
@@ -252,20 +250,11 @@ def tables(bench: Bench, variants: Sequence[str], demo: tuple[float, float] | No
     return out
 
 
-def version(argv: list[str], pattern: str) -> str:
-    try:
-        text = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=10).stdout
-    except OSError:
-        return "?"
-    found = re.search(pattern, text)
-    return found.group(1) if found else "?"
-
-
 def header(seconds: int, rate: int, rounds: int, variants: Sequence[str]) -> str:
-    envoy = version([envoy_binary(), "--version"], r"/(\d+\.\d+\.\d+)/")
-    redis = version(["redis-server", "--version"], r"v=(\S+)")
-    wrk = version(["wrk", "-v"], r"wrk (\S+)")
-    h2load = version(["h2load", "--version"], r"nghttp2/(\S+)")
+    envoy = tool_version([envoy_binary(), "--version"], r"/(\d+\.\d+\.\d+)/")
+    redis = tool_version(["redis-server", "--version"], r"v=(\S+)")
+    wrk = tool_version(["wrk", "-v"], r"wrk (\S+)")
+    h2load = tool_version(["h2load", "--version"], r"nghttp2/(\S+)")
     versions = (f"Envoy {envoy}, Python {platform.python_version()}, grpcio {metadata.version('grpcio')}, "
                 f"protobuf {metadata.version('protobuf')}, uvloop {metadata.version('uvloop')}, "
                 f"redis-server {redis}, wrk {wrk}, h2load {h2load}")
