@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -110,6 +111,12 @@ class Stack:
                 pass
             time.sleep(0.05)
         raise AssertionError(f"timed out waiting for {what}")
+
+
+def child_pids(pid: int) -> set[int]:
+    """The direct children of a process (what a supervisor started)."""
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True, check=False)
+    return {int(p) for p in out.stdout.split()}
 
 
 def write_config(data: dict[str, Any], path: Path) -> Path:

@@ -12,12 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.harness import ROOT, example_config_dict, with_free_ports, write_config
-
-
-def _children(pid: int) -> set[int]:
-    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True, check=False)
-    return {int(p) for p in out.stdout.split()}
+from tests.harness import ROOT, Stack, child_pids, example_config_dict, with_free_ports, write_config
 
 
 def _alive(pid: int) -> bool:
@@ -50,7 +45,7 @@ def test_run_serves_then_stops_everything(tmp_path: Path, sig: signal.Signals) -
         assert ready, proc.stdout.read() if proc.stdout and proc.poll() is not None else "not ready"
         assert httpx.get(f"{url}/api/v1/public/hello", timeout=5).status_code == 200
         assert httpx.get(f"{url}/api/v1/users/me", timeout=5).status_code == 401
-        children = _children(proc.pid)
+        children = child_pids(proc.pid)
         assert len(children) >= 3  # demo upstream, ext_authz, envoy (and later services)
         proc.send_signal(sig)
         assert proc.wait(30) == 0
@@ -82,25 +77,15 @@ def test_run_restarts_a_crashed_service(tmp_path: Path) -> None:
     url = f"http://127.0.0.1:{data['listeners'][0]['port']}"
     metrics = f"http://127.0.0.1:{data['services']['ext_authz']['metrics_port']}/metrics"
 
-    def wait_for(predicate, what: str) -> None:  # type: ignore[no-untyped-def]
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if predicate():
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError(f"timed out waiting for {what}")
-
     try:
-        wait_for(lambda: httpx.get(f"{url}/health/ready", timeout=1).status_code == 200, "ready")
-        authz = next(pid for pid in _children(proc.pid)
+        Stack.wait_until(lambda: httpx.get(f"{url}/health/ready", timeout=1).status_code == 200, 60, "ready")
+        authz = next(pid for pid in child_pids(proc.pid)
                      if "ext_authz" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"))
         os.kill(authz, signal.SIGKILL)
-        wait_for(lambda: not _alive(authz), "the old ext_authz to go")
-        wait_for(lambda: httpx.get(metrics, timeout=1).status_code == 200, "ext_authz to come back")
-        wait_for(lambda: httpx.get(f"{url}/api/v1/users/me", timeout=2).status_code == 401, "checks to flow")
+        Stack.wait_until(lambda: not _alive(authz), 60, "the old ext_authz to go")
+        Stack.wait_until(lambda: httpx.get(metrics, timeout=1).status_code == 200, 60, "ext_authz to come back")
+        Stack.wait_until(lambda: httpx.get(f"{url}/api/v1/users/me", timeout=2).status_code == 401, 60,
+                         "checks to flow")
         assert proc.poll() is None
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -12,12 +12,7 @@ import httpx
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 
 from outrider.process import ManagedProcess, http_ready
-from tests.harness import ROOT, example_config_dict, with_free_ports, write_config
-
-
-def _children(pid: int) -> list[int]:
-    path = Path(f"/proc/{pid}/task/{pid}/children")
-    return [int(p) for p in path.read_text().split()] if path.exists() else []
+from tests.harness import ROOT, child_pids, example_config_dict, with_free_ports, write_config
 
 
 def test_two_workers_share_port_and_metrics(tmp_path: Path) -> None:
@@ -32,9 +27,9 @@ def test_two_workers_share_port_and_metrics(tmp_path: Path) -> None:
     try:
         assert proc.proc is not None
         deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and len(_children(proc.proc.pid)) < 2:
+        while time.monotonic() < deadline and len(child_pids(proc.proc.pid)) < 2:
             time.sleep(0.05)
-        workers = _children(proc.proc.pid)
+        workers = child_pids(proc.proc.pid)
         assert len(workers) == 2
 
         request = external_auth_pb2.CheckRequest()
