@@ -16,12 +16,12 @@ from google.rpc import code_pb2, status_pb2
 from ext_authz.decision import Authorizer, CheckInput, Decision
 from ext_authz.jwt_verifier import Identity
 from ext_authz.metrics import CHECK_SECONDS, ERRORS, DecisionCounter
+from outrider.identity import IDENTITY_HEADERS
 from outrider.logs import DecisionLog
 
 log = logging.getLogger("ext_authz.service")
 
 OK_CACHE_ENTRIES = 10_000
-IDENTITY_HEADERS = ("x-user-id", "x-user-email", "x-user-roles", "x-user-tier")
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 _JSON = base_pb2.HeaderValueOption(
     header=base_pb2.HeaderValue(key="content-type", value="application/json"), append_action=_OVERWRITE)

@@ -12,8 +12,8 @@ from typing import Any, Protocol
 
 from outrider.config.model import GatewayConfig, RouteConfig, UpstreamConfig
 from outrider.envoy_traffic import cluster_fields, header_matcher, route_action_fields, upstream_of
+from outrider.identity import IDENTITY_HEADERS
 
-IDENTITY_HEADERS = ("x-user-id", "x-user-email", "x-user-roles", "x-user-tier")
 READY_PATH = "/health/ready"
 HCM_TYPE = ("type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
             ".HttpConnectionManager")

@@ -14,13 +14,13 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from outrider.config.errors import Loc
+from outrider.identity import IDENTITY_HEADERS
 
 HeaderName = Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")]
 JsonValue = str | int | float | bool | None
 Bytes = Annotated[int, Field(ge=1, le=64 * 1024 * 1024)]
 
 # Identity that ext_authz sets; nothing after it may touch these.
-IDENTITY_HEADERS = ("x-user-id", "x-user-email", "x-user-roles", "x-user-tier")
 _FRAMING = ("content-length", "transfer-encoding", "connection", "keep-alive", "te", "upgrade",
             "proxy-connection")
 # Envoy's mutation_rules.disallow_expression: what the processor may never send, even by a bug.
