@@ -1,4 +1,4 @@
-"""gRPC server bootstrap shared by the services: uvloop, health service, graceful drain on SIGTERM."""
+"""gRPC server bootstrap shared by the services: health service, GC freeze, graceful drain on SIGTERM."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import signal
 from collections.abc import Callable, Sequence
 
 import grpc
-import uvloop
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from outrider.workers import reuse_port_enabled
@@ -62,7 +61,3 @@ async def serve(
     await server.stop(drain_grace_s)
     log.info("stopped")
 
-
-def run(main: Callable[[], asyncio.Future[None] | object]) -> None:
-    """Run an async main on uvloop."""
-    uvloop.run(main())  # type: ignore[arg-type]
