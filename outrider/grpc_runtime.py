@@ -29,7 +29,6 @@ async def serve(
     port: int,
     service_names: Sequence[str],
     drain_grace_s: float = 5.0,
-    on_stop: Callable[[], None] | None = None,
 ) -> None:
     """Run a grpc.aio server until SIGTERM/SIGINT, then report NOT_SERVING and drain in-flight calls."""
     options = [*SERVER_OPTIONS, ("grpc.so_reuseport", 1 if reuse_port_enabled() else 0)]
@@ -55,8 +54,6 @@ async def serve(
     await stop.wait()
     log.info("draining", extra={"grace_s": drain_grace_s})
     await health_servicer.enter_graceful_shutdown()
-    if on_stop is not None:
-        on_stop()
     # stop() refuses new RPCs at once and lets in-flight ones finish within the grace period.
     await server.stop(drain_grace_s)
     log.info("stopped")
