@@ -1,0 +1,211 @@
+"""ext_authz's resource: its share of a gateway config as plain JSON (payload) and the policy built from it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+
+from ext_authz.decision import Authorizer, PathRule
+from ext_authz.jwks import JwksFileSource, JwksUrlSource, KeySet
+from ext_authz.jwt_verifier import ProviderSettings, TokenVerifier
+from ext_authz.metrics import JWKS_REFRESHES
+from ext_authz.rbac import Grant, RbacPolicy
+from ext_authz.token_cache import TokenCache
+from outrider.config.model import AuthConfig, GatewayConfig, Name, RbacConfig
+
+log = logging.getLogger("ext_authz")
+
+# Bumped when the payload's shape changes incompatibly; a service refuses a schema it does not know.
+SCHEMA = 1
+
+
+class PayloadError(ValueError):
+    """A payload this service cannot apply; the message is the reason sent back in a NACK."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FallbackRule(_Strict):
+    """One route of the gateway as a path rule (routes without an upstream are left out)."""
+
+    prefix: str | None = None
+    path: str | None = None
+    regex: str | None = None
+    public: bool = False
+    resource: Name | None = None
+
+    @field_validator("regex")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"regex does not compile: {exc}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> FallbackRule:
+        given = [k for k in ("prefix", "path", "regex") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of prefix, path, regex (got {given or 'none'})")
+        if self.public == (self.resource is not None):
+            raise ValueError("a rule is either public or protects a resource")
+        return self
+
+
+class DecisionLogging(_Strict):
+    decisions: bool = True
+
+
+class ExtAuthzPayload(_Strict):
+    """The validated payload: the same models the gateway config uses, so a bad one fails the same way."""
+
+    auth: AuthConfig
+    rbac: RbacConfig
+    rules: list[FallbackRule]
+    logging: DecisionLogging = DecisionLogging()
+
+
+def payload(config: GatewayConfig) -> dict[str, Any]:
+    """Everything ext_authz needs from a validated config, as JSON values (jwks_file paths absolute)."""
+    rules = []
+    for route in config.routes:
+        if route.upstream is None:
+            continue
+        rule: dict[str, Any] = {"public": route.public, "resource": route.resource}
+        # Exactly one of these is set (RouteMatch validates it); the others stay out of the payload.
+        for key in ("prefix", "path", "regex"):
+            value = getattr(route.match, key)
+            if value is not None:
+                rule[key] = value
+        rules.append(rule)
+    return {
+        "auth": config.auth.model_dump(mode="json"),
+        "rbac": config.rbac.model_dump(mode="json"),
+        "rules": rules,
+        "logging": {"decisions": config.logging.decisions},
+    }
+
+
+def _reason(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error["loc"]) or "payload"
+        parts.append(f"{where}: {error['msg']}")
+    return "; ".join(parts)
+
+
+def parse(data: Mapping[str, Any]) -> ExtAuthzPayload:
+    """Validate a payload; raises PayloadError naming each bad field."""
+    try:
+        parsed = ExtAuthzPayload.model_validate(data)
+    except ValidationError as exc:
+        raise PayloadError(f"invalid ext_authz payload: {_reason(exc)}") from None
+    issuers = [p.issuer for p in parsed.auth.providers]
+    if len(set(issuers)) != len(issuers):
+        raise PayloadError("invalid ext_authz payload: two providers share an issuer")
+    return parsed
+
+
+def provider_settings(auth: AuthConfig) -> list[ProviderSettings]:
+    settings = []
+    for p in auth.providers:
+        # HS256 secrets never travel in a payload: the variable is read in the service's environment.
+        secret = os.environ.get(p.hs256_secret_env, "").encode() if p.hs256_secret_env else None
+        settings.append(ProviderSettings(
+            name=p.name, issuer=p.issuer, audiences=tuple(p.audiences), algorithms=tuple(p.algorithms),
+            hs256_secret=secret or None, leeway_s=auth.leeway_s, roles_claim=p.roles_claim,
+            tier_claim=p.tier_claim, email_claim=p.email_claim, default_tier=p.default_tier,
+        ))
+    return settings
+
+
+def rbac_policy(rbac: RbacConfig) -> RbacPolicy:
+    return RbacPolicy({
+        role: [Grant(g.resource, frozenset(g.actions)) for g in grants]
+        for role, grants in rbac.roles.items()
+    })
+
+
+def fallback_rules(rules: list[FallbackRule]) -> list[PathRule]:
+    """The routes as path rules, in order, for Envoy configs that send no context_extensions."""
+    return [
+        PathRule(r.prefix, r.path, re.compile(r.regex) if r.regex is not None else None,
+                 None if r.public else r.resource)
+        for r in rules
+    ]
+
+
+class KeyManager:
+    """Owns one key source per provider and feeds rotations into the verifier and the cache."""
+
+    def __init__(self, auth: AuthConfig, verifier: TokenVerifier, cache: TokenCache) -> None:
+        self._verifier = verifier
+        self._cache = cache
+        self.sources: dict[str, JwksFileSource | JwksUrlSource] = {}
+        for p in auth.providers:
+            on_keys = self._on_keys_for(p.name)
+            if p.jwks_file is not None:
+                self.sources[p.name] = JwksFileSource(p.jwks_file, on_keys, poll_interval_s=1.0)
+            elif p.jwks_url is not None:
+                self.sources[p.name] = JwksUrlSource(p.jwks_url, on_keys, refresh_interval_s=p.jwks_refresh_s,
+                                                     cooldown_s=p.jwks_cooldown_s)
+
+    def _on_keys_for(self, provider: str) -> Callable[[KeySet], None]:
+        def on_keys(keys: KeySet) -> None:
+            self._verifier.set_keys(provider, keys)
+            # A removed key must stop working now, not when cached tokens expire.
+            self._cache.clear()
+            JWKS_REFRESHES.labels(provider=provider).inc()
+            log.info("keys loaded", extra={"provider": provider, "kids": sorted(str(k) for k in keys.keys)})
+        return on_keys
+
+    async def load_all(self) -> None:
+        for name, source in self.sources.items():
+            if isinstance(source, JwksFileSource):
+                source.load_now()  # a missing or broken key file is a refused payload: fail loudly
+            elif await source.load_now() is None:
+                log.warning("initial JWKS fetch failed; retrying in the background", extra={"provider": name})
+
+    def request_refresh(self, provider: str) -> None:
+        source = self.sources.get(provider)
+        if source is not None:
+            source.request_refresh()
+
+
+@dataclass
+class Policy:
+    """Everything a Check needs that comes from the config; replaced whole when a new version applies."""
+
+    authorizer: Authorizer
+    keys: KeyManager
+    tasks: list[asyncio.Task[None]]
+    decisions_logged: bool = True
+
+
+async def build_policy(data: Mapping[str, Any]) -> Policy:
+    """Verifier, keys (loaded now), token cache and RBAC for one payload.
+
+    Raises PayloadError for a bad payload and JwksError for a key file that cannot be loaded; in
+    both cases nothing is left running.
+    """
+    parsed = parse(data)
+    auth = parsed.auth
+    verifier = TokenVerifier(provider_settings(auth), max_token_bytes=auth.max_token_bytes)
+    cache = TokenCache(max_entries=auth.token_cache_entries, max_ttl_s=auth.token_cache_ttl_s)
+    keys = KeyManager(auth, verifier, cache)
+    await keys.load_all()
+    authorizer = Authorizer(verifier, cache, rbac_policy(parsed.rbac), fallback_rules(parsed.rules),
+                            on_unknown_key=keys.request_refresh)
+    tasks = [asyncio.create_task(source.run()) for source in keys.sources.values()]
+    return Policy(authorizer, keys, tasks, parsed.logging.decisions)
