@@ -1,0 +1,113 @@
+"""ratelimit_service's resource: its share of a gateway config as plain JSON (payload) and the table built from it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from outrider.config.model import GatewayConfig
+from outrider.config.ratelimit import DescriptorFile, RateLimitsConfig, load_descriptor_file
+from ratelimit_service.limits import LimitTable, compile_table
+from ratelimit_service.service import Settings
+
+# Bumped when the payload's shape changes incompatibly; a service refuses a schema it does not know.
+SCHEMA = 1
+
+
+class PayloadError(ValueError):
+    """A payload this service cannot apply; the message is the reason sent back in a NACK."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class InlinedFile(_Strict):
+    """One envoyproxy/ratelimit descriptor file, carried by content: the service may run on another machine."""
+
+    name: str
+    config: DescriptorFile
+
+
+class DecisionLogging(_Strict):
+    decisions: bool = True
+
+
+class RateLimitPayload(_Strict):
+    """The validated payload: the same models the gateway config uses, so a bad one fails the same way."""
+
+    rate_limits: RateLimitsConfig | None = None
+    files: list[InlinedFile] = []
+    logging: DecisionLogging = DecisionLogging()
+
+
+@dataclass(frozen=True)
+class RateLimitResource:
+    """What one payload builds: the settings a request reads, and the start-up settings to compare."""
+
+    rate_limits: RateLimitsConfig  # the section (defaults when the config has none); `files` left empty
+    settings: Settings
+    decisions_logged: bool
+
+
+def payload(config: GatewayConfig) -> dict[str, Any]:
+    """Everything the rate limit service needs from a validated config, as JSON values.
+
+    The `rate_limits` section goes as given except `files`: each descriptor file is read here and
+    carried by content, under its file name (for error messages).
+    """
+    rl = config.rate_limits
+    files = [
+        {"name": str(path), "config": load_descriptor_file(path).model_dump(mode="json", exclude_defaults=True)}
+        for path in (rl.files if rl is not None else [])
+    ]
+    section = rl.model_dump(mode="json", exclude={"files"}) if rl is not None else None
+    return {"rate_limits": section, "files": files, "logging": {"decisions": config.logging.decisions}}
+
+
+def _reason(exc: ValidationError, data: Mapping[str, Any]) -> str:
+    parts = []
+    for error in exc.errors():
+        loc = list(error["loc"])
+        if len(loc) >= 2 and loc[0] == "files" and isinstance(loc[1], int):
+            # Name the descriptor file rather than its index: that is where the operator must look.
+            try:
+                name = data["files"][loc[1]]["name"]
+            except (KeyError, IndexError, TypeError):
+                name = None
+            if isinstance(name, str):
+                loc = [f"files[{loc[1]}] ({name})", *loc[2:]]
+        where = ".".join(str(part) for part in loc) or "payload"
+        parts.append(f"{where}: {error['msg']}")
+    return "; ".join(parts)
+
+
+def parse(data: Mapping[str, Any]) -> RateLimitPayload:
+    """Validate a payload; raises PayloadError naming each bad field (and descriptor file)."""
+    try:
+        parsed = RateLimitPayload.model_validate(data)
+    except ValidationError as exc:
+        raise PayloadError(f"invalid ratelimit payload: {_reason(exc, data)}") from None
+    rl = parsed.rate_limits
+    if rl is not None and rl.files:
+        raise PayloadError("invalid ratelimit payload: rate_limits.files must be inlined under `files`")
+    if rl is not None and rl.unknown_tier is not None and rl.unknown_tier not in rl.tiers:
+        raise PayloadError(f"invalid ratelimit payload: rate_limits.unknown_tier: no plan named "
+                           f"'{rl.unknown_tier}' in tiers")
+    return parsed
+
+
+def build(data: Mapping[str, Any]) -> RateLimitResource:
+    """The limit table and settings of one payload; raises PayloadError when it cannot be applied."""
+    parsed = parse(data)
+    try:
+        table: LimitTable = compile_table(parsed.rate_limits, [f.config for f in parsed.files])
+    except ValueError as exc:
+        names = ", ".join(f.name for f in parsed.files)
+        raise PayloadError(f"invalid ratelimit payload: files ({names}): {exc}") from None
+    rl = parsed.rate_limits or RateLimitsConfig()
+    settings = Settings(table, near_ratio=rl.near_limit_ratio, failure_mode_deny=rl.failure_mode == "deny")
+    return RateLimitResource(rl, settings, parsed.logging.decisions)
