@@ -71,16 +71,16 @@ def payload(config: GatewayConfig) -> dict[str, Any]:
 def _reason(exc: ValidationError, data: Mapping[str, Any]) -> str:
     parts = []
     for error in exc.errors():
-        loc = list(error["loc"])
-        if len(loc) >= 2 and loc[0] == "files" and isinstance(loc[1], int):
+        where = ".".join(str(part) for part in error["loc"]) or "payload"
+        loc = error["loc"]
+        if len(loc) >= 3 and loc[0] == "files" and isinstance(loc[1], int) and loc[2] == "config":
             # Name the descriptor file rather than its index: that is where the operator must look.
             try:
                 name = data["files"][loc[1]]["name"]
             except (KeyError, IndexError, TypeError):
                 name = None
             if isinstance(name, str):
-                loc = [f"files[{loc[1]}] ({name})", *loc[2:]]
-        where = ".".join(str(part) for part in loc) or "payload"
+                where = f"{name}: " + (".".join(str(part) for part in loc[3:]) or "file")
         parts.append(f"{where}: {error['msg']}")
     return "; ".join(parts)
 
