@@ -22,6 +22,7 @@ from outrider.logs import DecisionLog
 log = logging.getLogger("ext_authz.service")
 
 OK_CACHE_ENTRIES = 10_000
+NOT_READY = Decision(False, 403, "not_ready")
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 _JSON = base_pb2.HeaderValueOption(
     header=base_pb2.HeaderValue(key="content-type", value="application/json"), append_action=_OVERWRITE)
@@ -74,7 +75,7 @@ def build_denied(decision: Decision, request_id: str) -> external_auth_pb2.Check
 class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):
     """envoy.service.auth.v3.Authorization/Check."""
 
-    def __init__(self, authorizer: Authorizer, decision_log: DecisionLog,
+    def __init__(self, authorizer: Authorizer | None, decision_log: DecisionLog,
                  clock: Callable[[], float] = time.time) -> None:
         self._authorizer = authorizer
         self._log = decision_log
@@ -110,7 +111,9 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):
         try:
             check = CheckInput(method=http.method, path=http.path, headers=http.headers,
                                context=request.attributes.context_extensions, request_id=request_id)
-            decision = self._authorizer.decide(check, self._clock())
+            authorizer = self._authorizer
+            # No config version applied yet (health says NOT_SERVING): fail closed, say why in the log.
+            decision = NOT_READY if authorizer is None else authorizer.decide(check, self._clock())
             response = self._ok_response(decision) if decision.allowed else build_denied(decision, request_id)
         except Exception:
             # A bug must not open the gateway nor surface as a 500: deny, and say so in the log.
