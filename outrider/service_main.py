@@ -55,8 +55,10 @@ class StartupSettings:
 class ServiceRuntime(Protocol):
     """A service's live state behind its gRPC servicers, replaced one config version at a time."""
 
-    # gRPC service names reported on health (besides "").
-    health_names: Sequence[str]
+    @property
+    def health_names(self) -> Sequence[str]:
+        """gRPC service names reported on health (besides "")."""
+        ...
 
     def register(self, server: grpc.aio.Server) -> None:
         """Add the servicers to the server (once, before it starts; they read the live version per call)."""
