@@ -75,8 +75,7 @@ class DecisionLog:
     def __init__(self, service: str, enabled: bool = True, stream: Any = None,
                  flush_interval_s: float = 0.2, max_buffered: int = 512) -> None:
         self._service = service
-        # Public: a service applies logging.decisions from each config version it takes.
-        self.enabled = enabled
+        self._enabled = enabled
         self._stream = stream if stream is not None else sys.stderr
         self._buffer: list[str] = []
         self._flush_interval_s = flush_interval_s
@@ -92,7 +91,7 @@ class DecisionLog:
         self._enabled = value
 
     def write(self, fields: dict[str, Any]) -> None:
-        if not self.enabled:
+        if not self._enabled:
             return
         self._buffer.append(f'{{"ts":{time.time():.6f},"service":"{self._service}",{encode_fields(fields)}}}')
         if len(self._buffer) >= self._max_buffered:
