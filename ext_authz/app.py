@@ -1,90 +1,66 @@
-"""Composition root of ext_authz: config → verifier, key sources, cache, RBAC → gRPC server."""
+"""Composition root of ext_authz: config versions (file or control plane) → policy → gRPC Check service."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from pathlib import Path
+from collections.abc import Mapping
+from typing import Any
 
 import grpc
 from envoy.service.auth.v3 import external_auth_pb2_grpc
 
-from ext_authz.metrics import CONFIG_RELOADS
-from ext_authz.resource import Policy, build_policy, payload
+from ext_authz.jwks import JwksError
+from ext_authz.plugin import PLUGIN
+from ext_authz.resource import Policy, build_policy
 from ext_authz.service import AuthorizationService
-from outrider.config import ConfigError, GatewayConfig, load_config
-from outrider.config.watch import FileChangeDetector
-from outrider.grpc_runtime import serve
 from outrider.logs import DecisionLog
-from outrider.metrics import start_metrics_server
-from outrider.service_main import cancel_tasks, service_main
+from outrider.service_main import ServiceSpec, StartupSettings, cancel_tasks, run_main
+from outrider.xds_client import ConfigRejected
 
 log = logging.getLogger("ext_authz")
 SERVICE_NAME = "envoy.service.auth.v3.Authorization"
 
 
-class PolicyReloader:
-    """Polls the config file; a valid change swaps in a new policy, anything else keeps the running one."""
+class AuthzRuntime:
+    """The live policy: apply() builds a version's policy aside, then swaps it in with one store.
 
-    def __init__(self, path: Path, config: GatewayConfig, policy: Policy, service: AuthorizationService,
-                 interval_s: float = 1.0) -> None:
-        self._path = path
-        self._config = config
-        self.policy = policy
-        self._service = service
-        self._interval_s = interval_s
-        self._files = FileChangeDetector([path])
+    A Check reads the service's authorizer once, so checks in flight finish on the policy they
+    started with; a version that cannot be built (bad payload, a key file that does not load) is
+    refused and the running policy stays.
+    """
 
-    async def reload_if_changed(self) -> bool:
-        if not self._files.changed():
-            return False
+    health_names = (SERVICE_NAME,)
+
+    def __init__(self, _settings: StartupSettings | None = None) -> None:
+        self.decision_log = DecisionLog("ext_authz")
+        self.service = AuthorizationService(None, self.decision_log)
+        self.policy: Policy | None = None
+        self.version: str | None = None
+        self._flusher = asyncio.create_task(self.decision_log.run_flusher())
+
+    def register(self, server: grpc.aio.Server) -> None:
+        external_auth_pb2_grpc.add_AuthorizationServicer_to_server(self.service, server)
+
+    async def apply(self, version: str, payload: Mapping[str, Any]) -> None:
         try:
-            config = load_config(self._path)
-            policy = await build_policy(payload(config))
-        except ConfigError as exc:
-            CONFIG_RELOADS.labels(outcome="invalid").inc()
-            log.error("config rejected; the running config stays",
-                      extra={"problems": [issue.render(exc.filename) for issue in exc.issues]})
-            return False
-        except Exception as exc:  # e.g. a JWKS file that no longer parses
-            CONFIG_RELOADS.labels(outcome="invalid").inc()
-            log.error("config rejected; the running config stays", extra={"problems": [str(exc)]})
-            return False
-        if config.services.ext_authz != self._config.services.ext_authz:
-            log.warning("services.ext_authz changed: ports and timeouts take effect after a restart")
-        old, self.policy, self._config = self.policy, policy, config
-        self._service.use(policy.authorizer)
-        await cancel_tasks(old.tasks)
-        CONFIG_RELOADS.labels(outcome="applied").inc()
-        log.info("config reloaded", extra={"file": str(self._path)})
-        return True
+            policy = await build_policy(payload)
+        except (JwksError, ValueError) as exc:  # PayloadError is a ValueError; so are bad provider settings
+            raise ConfigRejected(str(exc)) from None
+        old, self.policy, self.version = self.policy, policy, version
+        self.service.use(policy.authorizer)
+        self.decision_log.enabled = policy.decisions_logged
+        if old is not None:
+            await cancel_tasks(old.tasks)  # the old key sources stop polling and fetching
+        log.info("config version live", extra={"version": version, "providers": sorted(policy.keys.sources)})
 
-    async def run(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval_s)
-            try:
-                await self.reload_if_changed()
-            except Exception:  # a watcher that dies silently would be worse than a logged failure
-                log.exception("config reload failed")
+    async def close(self) -> None:
+        tasks = [self._flusher, *(self.policy.tasks if self.policy is not None else [])]
+        await cancel_tasks(tasks)
 
 
-async def run_service(config: GatewayConfig, config_path: Path) -> None:
-    policy = await build_policy(payload(config))
-    decision_log = DecisionLog("ext_authz", enabled=config.logging.decisions)
-    service = AuthorizationService(policy.authorizer, decision_log)
-    reloader = PolicyReloader(config_path, config, policy, service)
-    tasks = [asyncio.create_task(decision_log.run_flusher()), asyncio.create_task(reloader.run())]
-
-    def register(server: grpc.aio.Server) -> None:
-        external_auth_pb2_grpc.add_AuthorizationServicer_to_server(service, server)
-
-    settings = config.services.ext_authz
-    start_metrics_server(settings.address, settings.metrics_port)
-    try:
-        await serve(register, settings.address, settings.port, [SERVICE_NAME])
-    finally:
-        await cancel_tasks([*tasks, *reloader.policy.tasks])
+SPEC = ServiceSpec(PLUGIN, "outrider ext_authz service", AuthzRuntime)
 
 
 def main(argv: list[str] | None = None) -> None:
-    service_main("ext_authz", "outrider ext_authz service", run_service, argv)
+    run_main(SPEC, argv)

@@ -10,7 +10,6 @@ CHECK_SECONDS = Histogram(
     buckets=(0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1),
 )
 JWKS_REFRESHES = Counter("authz_jwks_updates_total", "Key sets loaded or rotated", ["provider"])
-CONFIG_RELOADS = Counter("authz_config_reloads_total", "Config file changes seen", ["outcome"])
 ERRORS = Counter("authz_internal_errors_total", "Checks that failed inside the service (answered deny)")
 
 

@@ -1,26 +1,27 @@
-"""Composition root of ratelimit_service: config → limit table, backend (memory or Redis) → gRPC server."""
+"""Composition root of ratelimit_service: config versions (file or control plane) → limit table, store → gRPC."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import grpc
 
 from outrider.config import GatewayConfig
 from outrider.config.ratelimit import RateLimitsConfig
-from outrider.grpc_runtime import serve
 from outrider.logs import DecisionLog
-from outrider.metrics import start_metrics_server
-from outrider.service_main import cancel_tasks, service_main
+from outrider.service_main import ServiceSpec, StartupSettings, cancel_tasks, run_main
+from outrider.xds_client import ConfigRejected
 from ratelimit_service.backends.base import Backend
 from ratelimit_service.backends.memory import MemoryBackend
 from ratelimit_service.backends.redis_backend import RedisBackend, RedisClusterBackend
 from ratelimit_service.guard import GuardedBackend
-from ratelimit_service.limits import LimitTable
-from ratelimit_service.reload import ConfigWatcher, build_table
-from ratelimit_service.service import RateLimitService, Settings, add_to_server
+from ratelimit_service.plugin import PLUGIN
+from ratelimit_service.resource import PayloadError, build
+from ratelimit_service.service import NOT_READY, RateLimitService, add_to_server
 
 log = logging.getLogger("ratelimit_service")
 SERVICE_NAME = "envoy.service.ratelimit.v3.RateLimitService"
@@ -36,39 +37,63 @@ def make_backend(rl: RateLimitsConfig) -> Backend:
     return RedisBackend(rl.redis.url, key_prefix=rl.redis.key_prefix, timeout_s=rl.budget_ms / 1000)
 
 
-def settings_of(config: GatewayConfig, table: LimitTable) -> Settings:
-    rl = config.rate_limits or RateLimitsConfig()
-    return Settings(table, near_ratio=rl.near_limit_ratio, failure_mode_deny=rl.failure_mode == "deny")
+class RateLimitRuntime:
+    """The live limits: each version's table and settings are built aside, then swapped in with one store.
+
+    The store (memory or Redis, and its time budget) is a start-up choice made with the first version:
+    counters must survive a reload, so a later version that changes it is applied without it, with a
+    warning that a restart is needed.
+    """
+
+    health_names = (SERVICE_NAME,)
+
+    def __init__(self, _settings: StartupSettings | None = None) -> None:
+        self.decision_log = DecisionLog("ratelimit_service")
+        # Until the first version there is no store: the service answers UNAVAILABLE and never calls it.
+        self.service = RateLimitService(NOT_READY, GuardedBackend(MemoryBackend(), 1.0),
+                                        decision_log=self.decision_log)
+        self.backend: Backend | None = None
+        self.store: RateLimitsConfig | None = None  # the section whose store is running
+        self.version: str | None = None
+        self._flusher = asyncio.create_task(self.decision_log.run_flusher())
+
+    def register(self, server: grpc.aio.Server) -> None:
+        add_to_server(self.service, server)
+
+    async def apply(self, version: str, payload: Mapping[str, Any]) -> None:
+        try:
+            built = build(payload)
+        except PayloadError as exc:
+            raise ConfigRejected(str(exc)) from None
+        rl = built.rate_limits
+        if self.backend is None or self.store is None:
+            self.backend = make_backend(rl)
+            self.store = rl
+            self.service.swap(built.settings, GuardedBackend(self.backend, rl.budget_ms / 1000))
+            log.info("rate limit store", extra={"backend": type(self.backend).__name__, "domain": rl.domain})
+        else:
+            if rl.redis != self.store.redis:
+                log.warning("rate_limits.redis changed: restart the service to use the new store")
+            if rl.budget_ms != self.store.budget_ms:
+                log.warning("rate_limits.budget_ms changed: restart the service to use the new budget")
+            self.service.swap(built.settings)
+        self.decision_log.enabled = built.decisions_logged
+        self.version = version
+        log.info("config version live", extra={"version": version, "domains": sorted(built.settings.table.domains)})
+
+    async def close(self) -> None:
+        await cancel_tasks([self._flusher])
+        if self.backend is not None:
+            await self.backend.close()
 
 
-async def run_service(config: GatewayConfig, config_path: Path) -> None:
-    rl = config.rate_limits or RateLimitsConfig()
-    table = build_table(config, str(config_path))
-    backend = make_backend(rl)
-    guard = GuardedBackend(backend, rl.budget_ms / 1000)
-    decision_log = DecisionLog("ratelimit_service", enabled=config.logging.decisions)
-    service = RateLimitService(settings_of(config, table), guard, decision_log=decision_log)
+def descriptor_files(config: GatewayConfig) -> Sequence[Path]:
+    """The envoyproxy-format files the payload carries: standalone mode watches them beside the config."""
+    return list(config.rate_limits.files) if config.rate_limits is not None else []
 
-    def on_change(new: GatewayConfig, new_table: LimitTable) -> None:
-        if (new.rate_limits or RateLimitsConfig()).redis != rl.redis:
-            log.warning("rate_limits.redis changed: restart the service to use the new store")
-        service.swap(settings_of(new, new_table))
 
-    watcher = ConfigWatcher(config_path, config, on_change, rl.reload_interval_s)
-    tasks = [asyncio.create_task(watcher.run()), asyncio.create_task(decision_log.run_flusher())]
-
-    def register(server: grpc.aio.Server) -> None:
-        add_to_server(service, server)
-
-    settings = config.services.ratelimit
-    start_metrics_server(settings.address, settings.metrics_port)
-    log.info("rate limit store", extra={"backend": type(backend).__name__, "domain": rl.domain})
-    try:
-        await serve(register, settings.address, settings.port, [SERVICE_NAME])
-    finally:
-        await cancel_tasks(tasks)
-        await backend.close()
+SPEC = ServiceSpec(PLUGIN, "outrider rate limit service", RateLimitRuntime, watch_paths=descriptor_files)
 
 
 def main(argv: list[str] | None = None) -> None:
-    service_main("ratelimit_service", "outrider rate limit service", run_service, argv)
+    run_main(SPEC, argv)

@@ -14,7 +14,6 @@ FAILURE_MODE = Counter("rate_limit_failure_mode_total", "Requests answered in th
 LOCAL_CACHE_HITS = Counter("rate_limit_local_cache_hits_total",
                            "Requests refused from the local over-limit cache, without a store round trip")
 INTERNAL_ERRORS = Counter("rate_limit_internal_errors_total", "Requests that failed inside the service")
-CONFIG_RELOADS = Counter("rate_limit_config_reloads_total", "Config reloads", ["result"])
 DECISION_SECONDS = Histogram(
     "rate_limit_decision_seconds", "Time to answer one ShouldRateLimit, inside the service",
     buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1),

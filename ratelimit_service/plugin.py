@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from outrider.config.model import GatewayConfig
+from outrider.service_resource import RATELIMIT_TYPE_URL
 from ratelimit_service import resource
 
-TYPE_URL = "type.googleapis.com/outrider.config.v1.RateLimitServiceConfig"
 
-
-@dataclass(frozen=True)
 class RateLimitPlugin:
-    name: str = "ratelimit"
-    type_url: str = TYPE_URL
+    name = "ratelimit"
+    type_url = RATELIMIT_TYPE_URL
 
     def payload(self, config: GatewayConfig) -> Mapping[str, Any]:
         return resource.payload(config)

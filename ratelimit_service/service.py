@@ -56,6 +56,11 @@ class Settings:
     failure_mode_deny: bool = False
 
 
+# The settings before any config version: no table yet. Calls are answered UNAVAILABLE so that Envoy
+# applies the failure mode the gateway chose (failure_mode_deny) rather than one guessed here.
+NOT_READY = Settings(LimitTable({}))
+
+
 def _seconds(ms: int) -> int:
     return max(0, math.ceil(ms / 1000))
 
@@ -103,7 +108,10 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
         # serialized request → [settings, domain, inputs, plan]
         self._plans: dict[bytes, list[Any]] = {}
 
-    def swap(self, settings: Settings) -> None:
+    def swap(self, settings: Settings, guard: GuardedBackend | None = None) -> None:
+        """Make a new version live (one attribute store; a request in flight keeps the one it read)."""
+        if guard is not None:
+            self._guard = guard  # the store is chosen once, with the first version
         self.settings = settings
         self._deny = settings.failure_mode_deny
         self._limit_protos.clear()
@@ -129,6 +137,8 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
         """The same method on serialized bytes: a repeated request skips parsing and planning."""
         started = time.perf_counter()
         settings = self.settings
+        if settings is NOT_READY:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "no rate limit config applied yet")
         now_ms = int(self._clock() * 1000)
         try:
             entry = self._plans.get(data)
