@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import yaml
@@ -30,8 +31,11 @@ def test_rbac_change_applies_and_bad_file_keeps_running_config(tmp_path: Path) -
         data["routes"][1]["upstream"] = "nowhere"
         stack.config_path.write_text(yaml.safe_dump(data, sort_keys=False))
         log = stack.workdir / "ext_authz.log"
-        stack.wait_until(lambda: "config rejected" in log.read_text(), what="the rejection to be logged")
-        assert "routes[1].upstream: unknown upstream 'nowhere'" in log.read_text()
+        stack.wait_until(lambda: "config change rejected" in log.read_text(), what="the rejection to be logged")
+        rejection = next(json.loads(line) for line in log.read_text().splitlines() if "config change rejected" in line)
+        assert rejection["file"] == str(stack.config_path)
+        assert rejection["issues"][0]["field"] == "routes[1].upstream"
+        assert "unknown upstream 'nowhere'" in rejection["issues"][0]["reason"]
         assert stack.request("DELETE", PROFILE, headers=headers).status_code == 200
         assert stack.procs["ext_authz"].proc.pid == pid  # type: ignore[union-attr]
     finally:

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from ext_authz.app import AuthzRuntime
 from ext_authz.decision import CheckInput
 from ext_authz.jwks import JwksError
 from ext_authz.plugin import PLUGIN
@@ -20,6 +21,7 @@ from outrider.config import GatewayConfig, load_config
 from outrider.devtoken import mint_dev_token
 from outrider.plugins import ServicePlugin
 from outrider.service_main import cancel_tasks
+from outrider.xds_client import ConfigRejected
 from tests.harness import KEYS_DIR, example_config_dict, with_free_ports, write_config
 
 ACTIONS = {"GET": "read", "POST": "write", "DELETE": "delete"}
@@ -146,3 +148,46 @@ async def test_a_key_file_that_cannot_load_is_refused(config: GatewayConfig, tmp
     data["auth"]["providers"][0]["jwks_file"] = str(tmp_path / "missing.json")
     with pytest.raises(JwksError, match=r"missing\.json"):
         await build_policy(data)
+
+
+async def test_the_runtime_swaps_versions_and_keeps_the_last_good(config: GatewayConfig, tmp_path: Path) -> None:
+    runtime = AuthzRuntime()
+    try:
+        service = runtime.service
+        alice = {"authorization": f"Bearer {token(config, ('user',))}"}
+        delete_profile = CheckInput("DELETE", "/api/v1/users/profile", alice, {})
+        # Before a first version every Check is refused (fail closed), whatever it carries.
+        assert service._authorizer is None
+
+        v1 = payload(config)
+        await runtime.apply("v1", v1)
+        first = runtime.policy
+        assert first is not None and runtime.version == "v1"
+        assert first.authorizer.decide(delete_profile, time.time()).status == 403
+
+        v2 = copy.deepcopy(v1)
+        v2["rbac"]["roles"]["user"][0]["actions"] = ["read", "write", "delete"]
+        await runtime.apply("v2", v2)
+        second = runtime.policy
+        assert second is not None and second is not first and runtime.version == "v2"
+        assert service._authorizer is second.authorizer
+        assert second.authorizer.decide(delete_profile, time.time()).allowed
+        assert all(task.done() for task in first.tasks)  # the old key sources were stopped
+
+        v3 = copy.deepcopy(v2)
+        v3["auth"]["providers"][0]["jwks_file"] = str(tmp_path / "gone.json")
+        with pytest.raises(ConfigRejected, match=r"gone\.json"):
+            await runtime.apply("v3", v3)
+        v4 = copy.deepcopy(v2)
+        v4["rules"][0]["regex"] = "("
+        with pytest.raises(ConfigRejected, match="regex does not compile"):
+            await runtime.apply("v4", v4)
+        assert runtime.policy is second and runtime.version == "v2" and service._authorizer is second.authorizer
+        assert not any(task.done() for task in second.tasks)  # the live key sources keep running
+
+        v5 = copy.deepcopy(v2)
+        v5["logging"]["decisions"] = False
+        await runtime.apply("v5", v5)
+        assert runtime.decision_log.enabled is False
+    finally:
+        await runtime.close()
