@@ -21,19 +21,12 @@ from xds_server.admin import build_admin_app, start_admin
 from xds_server.cache import SnapshotCache
 from xds_server.control import Controller
 from xds_server.metrics import MetricsCallbacks
-from xds_server.protocol import Node
+from xds_server.nodes import NodePolicy
 from xds_server.service import SERVICE, AdsService
 from xds_server.store import FileStore, State
 from xds_server.watch import ConfigFileWatcher, file_digest
 
 log = logging.getLogger("xds_server")
-
-
-def node_key_of(settings: XdsService) -> tuple[str, Node]:
-    """The cache key the gateway's snapshot is stored under, and a node that maps to it."""
-    if settings.node_key == "cluster":
-        return settings.node_cluster, Node("", settings.node_cluster)
-    return settings.node_id, Node(settings.node_id, settings.node_cluster)
 
 
 def state_dir(settings: XdsService, config_path: Path) -> Path:
@@ -93,19 +86,16 @@ def initial_state(given: dict[str, Any], config: GatewayConfig, digest: str, sto
 async def run_service(given: dict[str, Any], config: GatewayConfig, config_path: Path,
                       file_ok: bool = True) -> None:
     settings = config.services.xds
-    key, _ = node_key_of(settings)
-
-    def node_key(node: Node) -> str:
-        return node.cluster if settings.node_key == "cluster" else node.id
-
-    cache = SnapshotCache(node_key, MetricsCallbacks())
+    nodes = NodePolicy.of(settings)
+    key = nodes.gateway_key
+    cache = SnapshotCache(nodes.key, MetricsCallbacks())
     store = FileStore(state_dir(settings, config_path))
     digest = file_digest(config_path)
     given, served, version, persist = initial_state(given, config, digest, store, config_path, file_ok)
     controller = Controller(cache, store, key, served, given, version, digest, settings.ack_timeout_ms / 1000)
     # The snapshot exists before the first stream can open: a reconnecting Envoy never sees an empty one.
     controller.start(persist)
-    ads = AdsService(cache)
+    ads = AdsService(cache, admits=nodes.admits)
 
     def register(server: grpc.aio.Server) -> None:
         ads.register(server)

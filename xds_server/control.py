@@ -21,7 +21,7 @@ from outrider.envoy_protos import CompileError
 from xds_server.cache import InconsistentSnapshot, SnapshotCache
 from xds_server.metrics import BUILD_SECONDS, CHANGES, PUSH_SECONDS, VERSION
 from xds_server.resources import SnapshotBuilder
-from xds_server.snapshot import SHORT, Snapshot
+from xds_server.snapshot import Snapshot, short
 from xds_server.store import State, Store
 
 log = logging.getLogger("xds_server.control")
@@ -204,7 +204,7 @@ class Controller:
             self._cache.set_snapshot(self._key, previous)
             if push.nacks:
                 nacks = [
-                    {"node": n.node, "type": SHORT.get(n.type_url, n.type_url), "error": n.error}
+                    {"node": n.node, "type": short(n.type_url), "error": n.error}
                     for n in push.nacks
                 ]
                 log.error(
