@@ -83,11 +83,12 @@ class Controller:
         version: int,
         file_digest: str,
         ack_timeout_s: float,
+        builder: SnapshotBuilder | None = None,
     ) -> None:
         self._cache = cache
         self._store = store
         self._key = key
-        self._builder = SnapshotBuilder()
+        self._builder = builder or SnapshotBuilder()
         self._lock = asyncio.Lock()
         self._ack_timeout_s = ack_timeout_s
         self.config = config
