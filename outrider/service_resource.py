@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from google.protobuf import any_pb2
@@ -68,8 +69,17 @@ def pack(kind: str | EnvelopeClass, version: str, payload: Mapping[str, Any]) ->
     return any_pb2.Any(type_url=type_url_of(kind), value=encode(kind, version, payload))
 
 
-def decode(kind: str | EnvelopeClass, data: bytes) -> tuple[str, dict[str, Any]]:
-    """(version, payload) of a serialized envelope; raises ResourceError saying what is wrong."""
+@dataclass(frozen=True)
+class Decoded:
+    """A read envelope: its snapshot version, its payload, and the payload's canonical text as sent."""
+
+    version: str
+    payload: dict[str, Any]
+    payload_json: str
+
+
+def decode_envelope(kind: str | EnvelopeClass, data: bytes) -> Decoded:
+    """The whole of a serialized envelope; raises ResourceError saying what is wrong."""
     cls = _message_class(kind)
     try:
         message = cls.FromString(data)
@@ -85,12 +95,24 @@ def decode(kind: str | EnvelopeClass, data: bytes) -> tuple[str, dict[str, Any]]
     if not isinstance(payload, dict):
         raise ResourceError(f"{cls.DESCRIPTOR.full_name}: payload_json must hold a JSON object, "
                             f"not {type(payload).__name__}")
-    return message.version, payload
+    return Decoded(message.version, payload, message.payload_json)
 
 
-def unpack(kind: str | EnvelopeClass, resource: any_pb2.Any) -> tuple[str, dict[str, Any]]:
-    """decode() of an Any, checking it holds the expected type first."""
+def decode(kind: str | EnvelopeClass, data: bytes) -> tuple[str, dict[str, Any]]:
+    """(version, payload) of a serialized envelope; raises ResourceError saying what is wrong."""
+    decoded = decode_envelope(kind, data)
+    return decoded.version, decoded.payload
+
+
+def unpack_envelope(kind: str | EnvelopeClass, resource: any_pb2.Any) -> Decoded:
+    """decode_envelope() of an Any, checking it holds the expected type first."""
     expected = type_url_of(kind)
     if resource.type_url != expected:
         raise ResourceError(f"resource of type {resource.type_url!r} where {expected!r} was expected")
-    return decode(kind, resource.value)
+    return decode_envelope(kind, resource.value)
+
+
+def unpack(kind: str | EnvelopeClass, resource: any_pb2.Any) -> tuple[str, dict[str, Any]]:
+    """(version, payload) of an Any, checking it holds the expected type first."""
+    decoded = unpack_envelope(kind, resource)
+    return decoded.version, decoded.payload

@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Protocol
 
 import yaml
 
@@ -15,7 +16,8 @@ from outrider.config.model import GatewayConfig
 from outrider.envoy_ads import compile_ads_bootstrap
 from outrider.envoy_config import compile_bootstrap
 from outrider.envoy_ext_proc import ext_proc_enabled
-from outrider.process import ManagedProcess, http_ready, tcp_ready
+from outrider.process import ManagedProcess, grpc_serving, http_ready, tcp_ready
+from outrider.xds_client import service_node_id
 
 
 def envoy_binary() -> str:
@@ -35,11 +37,43 @@ def envoy_argv(bootstrap_path: Path, log_level: str = "warning") -> list[str]:
             "--concurrency", "2"]
 
 
+class ListenSettings(Protocol):
+    """What the supervisor reads of a service's `services.<name>` section."""
+
+    @property
+    def address(self) -> str: ...
+    @property
+    def port(self) -> int: ...
+    @property
+    def metrics_port(self) -> int: ...
+    @property
+    def workers(self) -> int: ...
+
+
+def service_process(name: str, module: str, settings: ListenSettings, config: GatewayConfig,
+                    config_path: Path, from_control_plane: bool) -> ManagedProcess:
+    """One outrider service: a client of the control plane when there is one, else standalone on the file.
+
+    On the control plane the service is ready once its gRPC health says SERVING, which it says only
+    after it has applied its first config version.
+    """
+    python = sys.executable
+    if not from_control_plane:
+        return ManagedProcess(name, [python, "-m", module, "--config", str(config_path)],
+                              ready=http_ready(f"http://{settings.address}:{settings.metrics_port}/metrics"))
+    xds = config.services.xds
+    argv = [python, "-m", module, "--xds", f"{xds.address}:{xds.port}",
+            "--node-id", service_node_id(xds.node_id, name), "--node-cluster", xds.node_cluster,
+            "--address", settings.address, "--port", str(settings.port), "--metrics-port", str(settings.metrics_port),
+            "--log-level", config.logging.level, "--workers", str(settings.workers)]
+    return ManagedProcess(name, argv, ready=grpc_serving(settings.address, settings.port))
+
+
 def plan_processes(config: GatewayConfig, config_path: Path, run_dir: Path,
                    log_dir: Path | None = None) -> list[ManagedProcess]:
-    """The processes of the stack, in start order (Envoy last, once what it calls is up).
+    """The processes of the stack, in start order: the control plane, the services, Envoy last.
 
-    Each service adds itself here; logs go to log_dir/<name>.log when given (tests), else the terminal.
+    Logs go to log_dir/<name>.log when given (tests), else the terminal.
     """
     run_dir.mkdir(parents=True, exist_ok=True)
     python = sys.executable
@@ -50,26 +84,21 @@ def plan_processes(config: GatewayConfig, config_path: Path, run_dir: Path,
             "demo-upstream",
             [python, "-m", "outrider.demo_upstream", "--address", demo.address, "--port", str(demo.port)],
             ready=tcp_ready(demo.address, demo.port)))
-    authz = config.services.ext_authz
-    procs.append(ManagedProcess(
-        "ext_authz", [python, "-m", "ext_authz", "--config", str(config_path)],
-        ready=http_ready(f"http://{authz.address}:{authz.metrics_port}/metrics")))
-    if config.rate_limits is not None:
-        rls = config.services.ratelimit
-        procs.append(ManagedProcess(
-            "ratelimit", [python, "-m", "ratelimit_service", "--config", str(config_path)],
-            ready=http_ready(f"http://{rls.address}:{rls.metrics_port}/metrics")))
-    if ext_proc_enabled(config):
-        proc_settings = config.services.ext_proc
-        procs.append(ManagedProcess(
-            "ext_proc", [python, "-m", "ext_proc", "--config", str(config_path)],
-            ready=http_ready(f"http://{proc_settings.address}:{proc_settings.metrics_port}/metrics")))
     xds = config.services.xds
     if xds.enabled:
-        # Envoy starts from the small ADS bootstrap; everything else comes from xds_server.
+        # The control plane first: the services and Envoy take their config from it.
         procs.append(ManagedProcess(
             "xds_server", [python, "-m", "xds_server", "--config", str(config_path)],
             ready=http_ready(f"http://{xds.admin_address}:{xds.admin_port}/v1/status")))
+    procs.append(service_process("ext_authz", "ext_authz", config.services.ext_authz, config, config_path, False))
+    if config.rate_limits is not None:
+        procs.append(service_process("ratelimit", "ratelimit_service", config.services.ratelimit, config,
+                                     config_path, False))
+    if ext_proc_enabled(config):
+        procs.append(service_process("ext_proc", "ext_proc", config.services.ext_proc, config, config_path,
+                                     xds.enabled))
+    if xds.enabled:
+        # Envoy starts from the small ADS bootstrap; everything else comes from xds_server.
         bootstrap = run_dir / "envoy-bootstrap-xds.yaml"
         bootstrap.write_text(yaml.safe_dump(compile_ads_bootstrap(config), sort_keys=False))
     else:

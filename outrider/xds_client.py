@@ -1,7 +1,9 @@
 """A service's ADS (state-of-the-world) subscription to its own resource on the control plane: apply, ACK/NACK.
 
-The protocol follows Envoy's "xDS REST and gRPC protocol" (api-docs/xds_protocol, sections "ACK/NACK
-and resource type instance version" and "When to send an update"): the first request carries the node,
+The protocol follows Envoy's "xDS REST and gRPC protocol"
+(https://www.envoyproxy.io/docs/envoy/latest/api-docs/xds_protocol, "ACK/NACK and resource type instance
+version" and "ACK and NACK semantics"; DiscoveryRequest.version_info / response_nonce / error_detail in
+envoy/service/discovery/v3/discovery.proto): the first request carries the node,
 the type URL and an empty version and nonce; each response is answered by a request with the response's
 nonce, and either the response's version_info (ACK) or the last version successfully applied plus an
 error_detail (NACK) — a NACKed version is never applied, the last good config stays. A client that
@@ -24,9 +26,18 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.rpc import code_pb2, status_pb2
 
-from outrider.service_resource import ResourceError, unpack
+from outrider.service_resource import ResourceError, unpack_envelope
 
 log = logging.getLogger("outrider.xds_client")
+
+# A control plane that vanishes without closing the connection (host down, network cut) would leave the
+# stream open forever: keepalive pings find it. Five minutes is the least gRPC servers accept by default
+# (grpc.http2.min_ping_interval_without_data_ms) without answering with GOAWAY "too_many_pings".
+CHANNEL_OPTIONS = [
+    ("grpc.keepalive_time_ms", 300_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+]
 
 ApplyFn = Callable[[str, Mapping[str, Any]], Awaitable[None]]
 
@@ -63,7 +74,7 @@ class Subscription:
         self.acked_version = ""
         # The applied version as the resource names it (the snapshot version); None before the first.
         self.applied_version: str | None = None
-        # Digests of the resource bytes live now and of the one being applied: a resend is ACKed, not re-applied.
+        # Digests of the payload live now and of the one being applied: the same payload is ACKed, not re-applied.
         self._applied_digest: bytes | None = None
         self._pending_digest: bytes | None = None
 
@@ -82,17 +93,17 @@ class Subscription:
             reason = "no resource" if not response.resources else (
                 f"{len(response.resources)} resources where exactly one was expected")
             return self.refused(response, reason)
-        resource = response.resources[0]
         try:
-            version, payload = unpack(self.type_url, resource)
+            decoded = unpack_envelope(self.type_url, response.resources[0])
         except ResourceError as exc:
             return self.refused(response, str(exc))
-        digest = hashlib.sha256(resource.value).digest()
+        digest = hashlib.sha256(decoded.payload_json.encode()).digest()
         if digest == self._applied_digest:
-            # The same resource again (a server that restarted, a resend on reconnect): nothing to apply.
-            return self.applied(response, version)
+            # Nothing of ours changed (another part of the snapshot did, or a resend after a reconnect):
+            # this version is what we already run, so it is ACKed without applying the same config again.
+            return self.applied(response, decoded.version)
         self._pending_digest = digest
-        return Update(version, payload)
+        return Update(decoded.version, decoded.payload)
 
     def applied(self, response: discovery_pb2.DiscoveryResponse, version: str) -> discovery_pb2.DiscoveryRequest:
         """The ACK of a response whose resource is now live."""
@@ -153,8 +164,8 @@ class ServiceConfigClient:
 
     def _channel(self) -> grpc.aio.Channel:
         if self._credentials is not None:
-            return grpc.aio.secure_channel(self.target, self._credentials)
-        return grpc.aio.insecure_channel(self.target)
+            return grpc.aio.secure_channel(self.target, self._credentials, options=CHANNEL_OPTIONS)
+        return grpc.aio.insecure_channel(self.target, options=CHANNEL_OPTIONS)
 
     async def run(self) -> None:
         """Subscribe forever; a broken stream is reopened after a jittered, growing delay. Cancel to stop."""
@@ -169,6 +180,8 @@ class ServiceConfigClient:
                 except grpc.aio.AioRpcError as exc:
                     log.warning("control plane stream failed", extra={
                         "target": self.target, "code": exc.code().name, "details": exc.details()})
+                except Exception:  # never let one odd stream end the subscription: log it and reconnect
+                    log.exception("control plane stream broke", extra={"target": self.target})
                 finally:
                     self.connected = False
                 if answered:

@@ -74,6 +74,16 @@ def _pydantic_issues(error: ValidationError, lines: _LineIndex) -> list[ConfigIs
 
 def load_config_text(text: str, filename: str = "<config>", base_dir: Path | None = None) -> GatewayConfig:
     """Parse and validate config text; relative paths resolve against base_dir. Raises ConfigError."""
+    data, root = _parse(text, filename)
+    return load_config_data(data, filename, base_dir, _LineIndex(root))
+
+
+def parse_config_text(text: str, filename: str = "<config>") -> dict[str, Any]:
+    """The config as given: YAML parsed into plain values (duplicate keys refused). Raises ConfigError."""
+    return _parse(text, filename)[0]
+
+
+def _parse(text: str, filename: str) -> tuple[dict[str, Any], yaml.Node | None]:
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
         data: Any = yaml.safe_load(text)
@@ -82,12 +92,24 @@ def load_config_text(text: str, filename: str = "<config>", base_dir: Path | Non
         line = mark.line + 1 if mark is not None else None
         reason = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(filename, [ConfigIssue((), f"invalid YAML: {reason}", line)]) from None
-    lines = _LineIndex(root)
     duplicates = _duplicate_keys(root)
     if duplicates:
         raise ConfigError(filename, duplicates)
     if not isinstance(data, dict):
         raise ConfigError(filename, [ConfigIssue((), "the file must hold a mapping (key: value pairs)", 1)])
+    return data, root
+
+
+def load_config_data(data: Any, filename: str = "<config>", base_dir: Path | None = None,
+                     lines: _LineIndex | None = None) -> GatewayConfig:
+    """Validate a config given as plain values (the file as parsed, plus API changes). Raises ConfigError.
+
+    The same rules as a file: model, paths resolved against base_dir, cross-references. `data` is not
+    changed, so the caller can keep it as the config as given (what persistence stores).
+    """
+    lines = lines or _LineIndex(None)
+    if not isinstance(data, dict):
+        raise ConfigError(filename, [ConfigIssue((), "the config must be a mapping (key: value pairs)", 1)])
     try:
         config = GatewayConfig.model_validate(data)
     except ValidationError as exc:
@@ -101,12 +123,18 @@ def load_config_text(text: str, filename: str = "<config>", base_dir: Path | Non
 
 def load_config(path: str | Path) -> GatewayConfig:
     """Load a config file; raises ConfigError naming the file, the field, the line and the reason."""
+    return load_config_given(path)[1]
+
+
+def load_config_given(path: str | Path) -> tuple[dict[str, Any], GatewayConfig]:
+    """(the config as given, the validated config) of a file; raises ConfigError like load_config."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(str(path), [ConfigIssue((), f"cannot read file: {exc}")]) from None
-    return load_config_text(text, str(path), path.resolve().parent)
+    data, root = _parse(text, str(path))
+    return data, load_config_data(data, str(path), path.resolve().parent, _LineIndex(root))
 
 
 def _resolve_paths(config: GatewayConfig, base_dir: Path) -> GatewayConfig:

@@ -70,8 +70,13 @@ def test_ack_nack_decisions() -> None:
     step = sub.on_response(again)
     assert isinstance(step, discovery_pb2.DiscoveryRequest)
     assert (step.version_info, step.response_nonce, step.HasField("error_detail")) == ("v1", "n4", False)
+    # A new snapshot version in which our payload did not change: ACKed and held, not applied again.
+    same = response("v9", "n6", [{"a": 1}])
+    step = sub.on_response(same)
+    assert isinstance(step, discovery_pb2.DiscoveryRequest) and not step.HasField("error_detail")
+    assert (step.version_info, sub.applied_version) == ("v9", "v9")
     # A reconnect announces the version held.
-    assert sub.initial_request().version_info == "v1"
+    assert sub.initial_request().version_info == "v9"
     # Another type on the same ADS stream is not ours to answer.
     other = discovery_pb2.DiscoveryResponse(version_info="x", nonce="n5", type_url=EXT_AUTHZ_TYPE_URL)
     assert sub.on_response(other) is None
