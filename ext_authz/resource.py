@@ -18,7 +18,8 @@ from ext_authz.jwt_verifier import ProviderSettings, TokenVerifier
 from ext_authz.metrics import JWKS_REFRESHES
 from ext_authz.rbac import Grant, RbacPolicy
 from ext_authz.token_cache import TokenCache
-from outrider.config.model import AuthConfig, GatewayConfig, Name, RbacConfig
+from outrider.config.model import AuthConfig, GatewayConfig, Name, RbacConfig, RouteConfig
+from outrider.service_resource import PerItemJson, canonical_json_with_items
 
 log = logging.getLogger("ext_authz")
 
@@ -76,25 +77,41 @@ class ExtAuthzPayload(_Strict):
     logging: DecisionLogging = DecisionLogging()
 
 
-def payload(config: GatewayConfig) -> dict[str, Any]:
-    """Everything ext_authz needs from a validated config, as JSON values (jwks_file paths absolute)."""
-    rules = []
-    for route in config.routes:
-        if route.upstream is None:
-            continue
-        rule: dict[str, Any] = {"public": route.public, "resource": route.resource}
-        # Exactly one of these is set (RouteMatch validates it); the others stay out of the payload.
-        for key in ("prefix", "path", "regex"):
-            value = getattr(route.match, key)
-            if value is not None:
-                rule[key] = value
-        rules.append(rule)
+def _rule(route: RouteConfig) -> dict[str, Any] | None:
+    """A route as a fallback path rule; None for a route without an upstream (nothing to authorize)."""
+    if route.upstream is None:
+        return None
+    rule: dict[str, Any] = {"public": route.public, "resource": route.resource}
+    # Exactly one of these is set (RouteMatch validates it); the others stay out of the payload.
+    for key in ("prefix", "path", "regex"):
+        value = getattr(route.match, key)
+        if value is not None:
+            rule[key] = value
+    return rule
+
+
+def _head(config: GatewayConfig) -> dict[str, Any]:
     return {
         "auth": config.auth.model_dump(mode="json"),
         "rbac": config.rbac.model_dump(mode="json"),
-        "rules": rules,
         "logging": {"decisions": config.logging.decisions},
     }
+
+
+def payload(config: GatewayConfig) -> dict[str, Any]:
+    """Everything ext_authz needs from a validated config, as JSON values (jwks_file paths absolute)."""
+    rules = [rule for rule in map(_rule, config.routes) if rule is not None]
+    return {**_head(config), "rules": rules}
+
+
+class PayloadJson:
+    """canonical_json(payload(config)), reusing the text of every route unchanged since the last call."""
+
+    def __init__(self) -> None:
+        self._rules = PerItemJson(_rule)
+
+    def __call__(self, config: GatewayConfig) -> str:
+        return canonical_json_with_items(_head(config), "rules", self._rules(config.routes))
 
 
 def _reason(exc: ValidationError) -> str:

@@ -24,7 +24,8 @@ from outrider.config.ext_proc import (
     ValidationConfig,
     route_settings,
 )
-from outrider.config.model import GatewayConfig, RouteMatch
+from outrider.config.model import GatewayConfig, RouteConfig, RouteMatch
+from outrider.service_resource import PerItemJson, canonical_json_with_items
 from outrider.xds_client import ConfigRejected
 
 M = TypeVar("M", bound=BaseModel)
@@ -34,27 +35,41 @@ def _given(section: BaseModel | None) -> dict[str, Any] | None:
     return None if section is None else section.model_dump(mode="json", exclude_unset=True)
 
 
-def payload(config: GatewayConfig) -> dict[str, Any]:
-    """Everything ext_proc reads of a validated config, as plain JSON values (deterministic)."""
+def _route_item(route: RouteConfig) -> dict[str, Any]:
     return {
-        "routes": [
-            {
-                "name": route.name,
-                "upstream": route.upstream is not None,
-                # Only what decides which cache rules a route can serve (its path match).
-                "match": route.match.model_dump(mode="json", include={"prefix", "path", "regex"}, exclude_none=True),
-                "transformations": _given(route.transformations),
-                "cache": _given(route.cache),
-                "validation": _given(route.validation),
-            }
-            for route in config.routes
-        ],
+        "name": route.name,
+        "upstream": route.upstream is not None,
+        # Only what decides which cache rules a route can serve (its path match).
+        "match": route.match.model_dump(mode="json", include={"prefix", "path", "regex"}, exclude_none=True),
+        "transformations": _given(route.transformations),
+        "cache": _given(route.cache),
+        "validation": _given(route.validation),
+    }
+
+
+def _head(config: GatewayConfig) -> dict[str, Any]:
+    return {
         "transformations": _given(config.transformations),
         "cache": _given(config.cache),
         "validation": _given(config.validation),
         "logging": {"decisions": config.logging.decisions},
         "services": {"ext_proc": config.services.ext_proc.model_dump(mode="json")},
     }
+
+
+def payload(config: GatewayConfig) -> dict[str, Any]:
+    """Everything ext_proc reads of a validated config, as plain JSON values (deterministic)."""
+    return {**_head(config), "routes": [_route_item(route) for route in config.routes]}
+
+
+class PayloadJson:
+    """canonical_json(payload(config)), reusing the text of every route unchanged since the last call."""
+
+    def __init__(self) -> None:
+        self._routes = PerItemJson(_route_item)
+
+    def __call__(self, config: GatewayConfig) -> str:
+        return canonical_json_with_items(_head(config), "routes", self._routes(config.routes))
 
 
 @dataclass(frozen=True)

@@ -90,10 +90,11 @@ def plan_processes(config: GatewayConfig, config_path: Path, run_dir: Path,
         procs.append(ManagedProcess(
             "xds_server", [python, "-m", "xds_server", "--config", str(config_path)],
             ready=http_ready(f"http://{xds.admin_address}:{xds.admin_port}/v1/status")))
-    procs.append(service_process("ext_authz", "ext_authz", config.services.ext_authz, config, config_path, False))
+    procs.append(service_process("ext_authz", "ext_authz", config.services.ext_authz, config, config_path,
+                                 xds.enabled))
     if config.rate_limits is not None:
         procs.append(service_process("ratelimit", "ratelimit_service", config.services.ratelimit, config,
-                                     config_path, False))
+                                     config_path, xds.enabled))
     if ext_proc_enabled(config):
         procs.append(service_process("ext_proc", "ext_proc", config.services.ext_proc, config, config_path,
                                      xds.enabled))

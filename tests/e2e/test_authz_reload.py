@@ -1,10 +1,15 @@
-"""ext_authz hot reload through Envoy: a valid config change applies without a restart; a bad one is refused."""
+"""ext_authz hot reload through Envoy: a valid config change applies without a restart; a bad one is refused.
+
+Both ways a service gets its config: from the control plane (which reads the file and publishes a version)
+and standalone (the service watches the file itself, beside an Envoy configured statically).
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.conftest import start_stack
@@ -13,8 +18,11 @@ from tests.harness import example_config_dict
 PROFILE = "/api/v1/users/profile"
 
 
-def test_rbac_change_applies_and_bad_file_keeps_running_config(tmp_path: Path) -> None:
-    stack = start_stack(tmp_path, example_config_dict())
+@pytest.mark.parametrize("control_plane", [True, False], ids=["control-plane", "standalone"])
+def test_rbac_change_applies_and_bad_file_keeps_running_config(tmp_path: Path, control_plane: bool) -> None:
+    data = example_config_dict()
+    data["services"]["xds"]["enabled"] = control_plane
+    stack = start_stack(tmp_path, data)
     try:
         headers = {"authorization": f"Bearer {stack.token('alice', ('user',))}"}
         pid = stack.procs["ext_authz"].proc.pid  # type: ignore[union-attr]
@@ -30,12 +38,18 @@ def test_rbac_change_applies_and_bad_file_keeps_running_config(tmp_path: Path) -
         data["rbac"]["roles"]["user"][0]["actions"] = ["read"]
         data["routes"][1]["upstream"] = "nowhere"
         stack.config_path.write_text(yaml.safe_dump(data, sort_keys=False))
-        log = stack.workdir / "ext_authz.log"
-        stack.wait_until(lambda: "config change rejected" in log.read_text(), what="the rejection to be logged")
-        rejection = next(json.loads(line) for line in log.read_text().splitlines() if "config change rejected" in line)
-        assert rejection["file"] == str(stack.config_path)
-        assert rejection["issues"][0]["field"] == "routes[1].upstream"
-        assert "unknown upstream 'nowhere'" in rejection["issues"][0]["reason"]
+        # Who reads the file says why it refused it: the control plane, or the standalone service.
+        log = stack.workdir / ("xds_server.log" if control_plane else "ext_authz.log")
+        message = "config file rejected" if control_plane else "config change rejected"
+        stack.wait_until(lambda: message in log.read_text(), what="the rejection to be logged")
+        rejection = next(json.loads(line) for line in log.read_text().splitlines() if message in line)
+        if control_plane:
+            assert any(p.startswith(str(stack.config_path)) and "routes[1].upstream: unknown upstream 'nowhere'" in p
+                       for p in rejection["problems"]), rejection
+        else:
+            assert rejection["file"] == str(stack.config_path)
+            assert rejection["issues"][0]["field"] == "routes[1].upstream"
+            assert "unknown upstream 'nowhere'" in rejection["issues"][0]["reason"]
         assert stack.request("DELETE", PROFILE, headers=headers).status_code == 200
         assert stack.procs["ext_authz"].proc.pid == pid  # type: ignore[union-attr]
     finally:

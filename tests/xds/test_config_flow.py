@@ -69,14 +69,14 @@ def test_a_route_put_is_served_with_its_transformations_validation_and_cache(flo
         answered = time.monotonic() - started
         assert put.status_code == 200, put.text
         acked = set(put.json()["acked_by"])
-        assert {GATEWAY, f"{GATEWAY}/ext_proc"} <= acked, acked
+        assert acked == {GATEWAY, *(f"{GATEWAY}/{s}" for s in ("ext_authz", "ratelimit", "ext_proc"))}, acked
         assert answered < 1.0
         # The change is live everywhere once the PUT answered: no waiting needed.
         _served_with_all_three(flow_stack)
 
         deleted = admin.delete("/v1/routes/flow")
         assert deleted.status_code == 200, deleted.text
-        assert f"{GATEWAY}/ext_proc" in deleted.json()["acked_by"]
+        assert len(deleted.json()["acked_by"]) == 4
         assert flow_stack.get("/api/v1/flow/x", headers=_auth(flow_stack)).status_code == 404
 
 

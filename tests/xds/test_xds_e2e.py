@@ -33,7 +33,10 @@ def test_route_added_serves_at_once_and_deleted_gives_404(xds_stack: Stack) -> N
         assert xds_stack.get("/added/x").status_code == 404
         put = admin.put("/v1/routes/added", json={"match": {"prefix": "/added/"}, **PUBLIC})
         assert put.status_code == 200, put.text
-        assert put.json()["acked_by"] == ["outrider-gateway"]
+        # Envoy and every service of the gateway the stack started (each an ADS client of the control plane).
+        services = {f"outrider-gateway/{name}" for name in ("ext_authz", "ratelimit", "ext_proc")
+                    if name in xds_stack.procs}
+        assert set(put.json()["acked_by"]) == {"outrider-gateway", *services}
         # The API answers once Envoy has ACKed: the very next request is routed.
         response = xds_stack.get("/added/x")
         assert response.status_code == 200 and response.json()["path"] == "/added/x"
