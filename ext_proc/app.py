@@ -10,10 +10,10 @@ import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc
 
 from ext_proc.cache_backends import CacheBackend, MemoryCache, RedisCache
+from ext_proc.config import CacheConfig
 from ext_proc.plan import compile_plans
 from ext_proc.service import ExternalProcessorService
 from outrider.config import GatewayConfig
-from outrider.config.ext_proc import CacheConfig
 from outrider.grpc_runtime import serve
 from outrider.logs import DecisionLog
 from outrider.metrics import start_metrics_server

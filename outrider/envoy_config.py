@@ -1,7 +1,7 @@
 """Compile the gateway config into Envoy v3 resources (plain dicts in Envoy's JSON form) and a bootstrap.
 
 Each outrider service adds its HTTP filter, per-route settings and cluster through a FilterContribution
-(outrider/envoy_authz.py is the first); this module owns listeners, routes, upstream clusters and order.
+(ext_authz/envoy.py is the first); this module owns listeners, routes, upstream clusters and order.
 """
 
 from __future__ import annotations
@@ -34,10 +34,10 @@ class FilterContribution(Protocol):
 
 def contributions() -> list[FilterContribution]:
     """In HTTP filter order: authorization first, then rate limiting, then processing."""
-    from outrider.envoy_authz import ExtAuthzContribution
-    from outrider.envoy_ext_proc import ExtProcContribution
-    from outrider.envoy_ratelimit import RateLimitContribution
+    from ext_authz.envoy import ExtAuthzContribution
+    from ext_proc.envoy import ExtProcContribution
     from outrider.envoy_traffic import CorsContribution
+    from ratelimit_service.envoy import RateLimitContribution
 
     # CORS first: a preflight is answered by Envoy before any check runs.
     return [CorsContribution(), ExtAuthzContribution(), RateLimitContribution(), ExtProcContribution()]

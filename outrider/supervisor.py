@@ -11,10 +11,10 @@ from pathlib import Path
 
 import yaml
 
+from ext_proc.envoy import ext_proc_enabled
 from outrider.config.model import GatewayConfig
 from outrider.envoy_ads import compile_ads_bootstrap
 from outrider.envoy_config import compile_bootstrap
-from outrider.envoy_ext_proc import ext_proc_enabled
 from outrider.process import ManagedProcess, http_ready, tcp_ready
 
 

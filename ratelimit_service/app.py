@@ -9,7 +9,6 @@ from pathlib import Path
 import grpc
 
 from outrider.config import GatewayConfig
-from outrider.config.ratelimit import RateLimitsConfig
 from outrider.grpc_runtime import serve
 from outrider.logs import DecisionLog
 from outrider.metrics import start_metrics_server
@@ -17,6 +16,7 @@ from outrider.service_main import cancel_tasks, service_main
 from ratelimit_service.backends.base import Backend
 from ratelimit_service.backends.memory import MemoryBackend
 from ratelimit_service.backends.redis_backend import RedisBackend, RedisClusterBackend
+from ratelimit_service.config import RateLimitsConfig
 from ratelimit_service.guard import GuardedBackend
 from ratelimit_service.limits import LimitTable
 from ratelimit_service.reload import ConfigWatcher, build_table

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from outrider.config import ConfigError, GatewayConfig, load_config
 from outrider.config.errors import ConfigIssue, format_loc
-from outrider.config.ratelimit import load_descriptor_file
 from outrider.config.watch import FileChangeDetector
+from ratelimit_service.config import load_descriptor_file
 from ratelimit_service.limits import LimitTable, compile_table
 from ratelimit_service.metrics import CONFIG_RELOADS
 

@@ -7,14 +7,13 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from outrider.config.ext_proc import (
+from ext_proc.config import (
     CacheConfig,
     ExtProcService,
     RouteCacheConfig,
     TransformationsConfig,
     ValidationConfig,
 )
-from outrider.config.ratelimit import RateLimitsConfig
 from outrider.config.traffic import (
     CircuitBreaker,
     CorsPolicy,
@@ -26,6 +25,7 @@ from outrider.config.traffic import (
     Rewrite,
 )
 from outrider.config.xds import XdsService
+from ratelimit_service.config import RateLimitsConfig
 
 Port = Annotated[int, Field(ge=1, le=65535)]
 Name = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]

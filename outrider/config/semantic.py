@@ -8,11 +8,11 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from ext_proc.config import check_ext_proc
 from outrider.config.errors import Loc, format_loc
-from outrider.config.ext_proc import check_ext_proc
 from outrider.config.model import GatewayConfig
-from outrider.config.ratelimit import check_rate_limits
 from outrider.config.traffic_semantic import traffic_problems
+from ratelimit_service.config import check_rate_limits
 
 
 def check_references(config: GatewayConfig) -> list[tuple[Loc, str]]:

@@ -12,8 +12,8 @@ import re
 from typing import Any
 
 from outrider.config.model import GatewayConfig, RouteConfig
-from outrider.config.ratelimit import EndpointLimit, route_covers
 from outrider.envoy_config import grpc_service_cluster
+from ratelimit_service.config import EndpointLimit, route_covers
 
 RATELIMIT_CLUSTER = "outrider_ratelimit"
 AUTHZ_NAMESPACE = "envoy.filters.http.ext_authz"

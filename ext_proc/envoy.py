@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from outrider.config.ext_proc import (
+from ext_proc.config import (
     MUTATION_DISALLOW_REGEX,
     NativeHeaders,
     Phases,
