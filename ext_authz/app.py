@@ -13,6 +13,7 @@ from pathlib import Path
 import grpc
 from envoy.service.auth.v3 import external_auth_pb2_grpc
 
+from ext_authz.config import auth_of, rbac_of, settings_of
 from ext_authz.decision import Authorizer, PathRule
 from ext_authz.jwks import JwksFileSource, JwksUrlSource, KeySet
 from ext_authz.jwt_verifier import ProviderSettings, TokenVerifier
@@ -33,11 +34,12 @@ SERVICE_NAME = "envoy.service.auth.v3.Authorization"
 
 def provider_settings(config: GatewayConfig) -> list[ProviderSettings]:
     settings = []
-    for p in config.auth.providers:
+    auth = auth_of(config)
+    for p in auth.providers:
         secret = os.environ.get(p.hs256_secret_env, "").encode() if p.hs256_secret_env else None
         settings.append(ProviderSettings(
             name=p.name, issuer=p.issuer, audiences=tuple(p.audiences), algorithms=tuple(p.algorithms),
-            hs256_secret=secret or None, leeway_s=config.auth.leeway_s, roles_claim=p.roles_claim,
+            hs256_secret=secret or None, leeway_s=auth.leeway_s, roles_claim=p.roles_claim,
             tier_claim=p.tier_claim, email_claim=p.email_claim, default_tier=p.default_tier,
         ))
     return settings
@@ -46,7 +48,7 @@ def provider_settings(config: GatewayConfig) -> list[ProviderSettings]:
 def rbac_policy(config: GatewayConfig) -> RbacPolicy:
     return RbacPolicy({
         role: [Grant(g.resource, frozenset(g.actions)) for g in grants]
-        for role, grants in config.rbac.roles.items()
+        for role, grants in rbac_of(config).roles.items()
     })
 
 
@@ -69,7 +71,7 @@ class KeyManager:
         self._verifier = verifier
         self._cache = cache
         self.sources: dict[str, JwksFileSource | JwksUrlSource] = {}
-        for p in config.auth.providers:
+        for p in auth_of(config).providers:
             on_keys = self._on_keys_for(p.name)
             if p.jwks_file is not None:
                 self.sources[p.name] = JwksFileSource(p.jwks_file, on_keys, poll_interval_s=1.0)
@@ -110,8 +112,9 @@ class Policy:
 
 async def build_policy(config: GatewayConfig) -> Policy:
     """Verifier, keys (loaded now), token cache and RBAC for one config; raises if the keys cannot load."""
-    verifier = TokenVerifier(provider_settings(config), max_token_bytes=config.auth.max_token_bytes)
-    cache = TokenCache(max_entries=config.auth.token_cache_entries, max_ttl_s=config.auth.token_cache_ttl_s)
+    auth = auth_of(config)
+    verifier = TokenVerifier(provider_settings(config), max_token_bytes=auth.max_token_bytes)
+    cache = TokenCache(max_entries=auth.token_cache_entries, max_ttl_s=auth.token_cache_ttl_s)
     keys = KeyManager(config, verifier, cache)
     await keys.load_all()
     authorizer = Authorizer(verifier, cache, rbac_policy(config), fallback_rules(config),
@@ -147,7 +150,7 @@ class PolicyReloader:
             CONFIG_RELOADS.labels(outcome="invalid").inc()
             log.error("config rejected; the running config stays", extra={"problems": [str(exc)]})
             return False
-        if config.services.ext_authz != self._config.services.ext_authz:
+        if settings_of(config) != settings_of(self._config):
             log.warning("services.ext_authz changed: ports and timeouts take effect after a restart")
         old, self.policy, self._config = self.policy, policy, config
         self._service.use(policy.authorizer)
@@ -175,7 +178,7 @@ async def run_service(config: GatewayConfig, config_path: Path) -> None:
     def register(server: grpc.aio.Server) -> None:
         external_auth_pb2_grpc.add_AuthorizationServicer_to_server(service, server)
 
-    settings = config.services.ext_authz
+    settings = settings_of(config)
     start_metrics_server(settings.address, settings.metrics_port)
     try:
         await serve(register, settings.address, settings.port, [SERVICE_NAME])

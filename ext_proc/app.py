@@ -10,7 +10,7 @@ import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc
 
 from ext_proc.cache_backends import CacheBackend, MemoryCache, RedisCache
-from ext_proc.config import CacheConfig
+from ext_proc.config import CacheConfig, cache_of, settings_of
 from ext_proc.plan import compile_plans
 from ext_proc.service import ExternalProcessorService
 from outrider.config import GatewayConfig
@@ -27,7 +27,7 @@ def cache_backend(config: GatewayConfig, needed: bool) -> CacheBackend | None:
     """Redis when the config says so (shared by replicas), else an in-process LRU; none without cache rules."""
     if not needed:
         return None
-    settings = config.cache or CacheConfig()
+    settings = cache_of(config) or CacheConfig()
     if settings.backend == "redis" and settings.redis_url:
         return RedisCache(settings.redis_url)
     return MemoryCache(settings.max_entries)
@@ -36,7 +36,7 @@ def cache_backend(config: GatewayConfig, needed: bool) -> CacheBackend | None:
 async def run_service(config: GatewayConfig) -> None:
     plans = compile_plans(config)
     cache = cache_backend(config, any(plan.cache is not None for plan in plans.values()))
-    settings = config.services.ext_proc
+    settings = settings_of(config)
     decision_log = DecisionLog("ext_proc", enabled=config.logging.decisions)
     service = ExternalProcessorService(plans, cache, decision_log, failure_mode_allow=settings.failure_mode_allow)
 

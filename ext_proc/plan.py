@@ -9,9 +9,12 @@ from ext_proc.config import (
     Phases,
     RouteSettings,
     TransformationsConfig,
+    cache_of,
     native_headers,
     route_phases,
     route_settings,
+    transformations_of,
+    validation_of,
 )
 from ext_proc.transforms import RequestTransformer, ResponseTransformer
 from ext_proc.validation import RequestValidator
@@ -72,7 +75,7 @@ def compile_plans(config: GatewayConfig) -> dict[str, RoutePlan]:
 
 
 def _global_settings(config: GatewayConfig) -> RouteSettings:
-    t, cache, validation = config.transformations, config.cache, config.validation
+    t, cache, validation = transformations_of(config), cache_of(config), validation_of(config)
     return RouteSettings(t if t is not None and t.enabled else None,
                          cache if cache is not None and cache.enabled and cache.rules else None,
                          validation if validation is not None and validation.enabled else None)

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import yaml
 
-from ext_proc.envoy import ext_proc_enabled
 from outrider.config.model import GatewayConfig
 from outrider.envoy_ads import compile_ads_bootstrap
 from outrider.envoy_config import compile_bootstrap
+from outrider.plugins import ordered_plugins
 from outrider.process import ManagedProcess, http_ready, tcp_ready
 
 
@@ -39,7 +39,8 @@ def plan_processes(config: GatewayConfig, config_path: Path, run_dir: Path,
                    log_dir: Path | None = None) -> list[ManagedProcess]:
     """The processes of the stack, in start order (Envoy last, once what it calls is up).
 
-    Each service adds itself here; logs go to log_dir/<name>.log when given (tests), else the terminal.
+    Each service plugin says what it needs started; logs go to log_dir/<name>.log when given (tests), else
+    the terminal.
     """
     run_dir.mkdir(parents=True, exist_ok=True)
     python = sys.executable
@@ -50,20 +51,8 @@ def plan_processes(config: GatewayConfig, config_path: Path, run_dir: Path,
             "demo-upstream",
             [python, "-m", "outrider.demo_upstream", "--address", demo.address, "--port", str(demo.port)],
             ready=tcp_ready(demo.address, demo.port)))
-    authz = config.services.ext_authz
-    procs.append(ManagedProcess(
-        "ext_authz", [python, "-m", "ext_authz", "--config", str(config_path)],
-        ready=http_ready(f"http://{authz.address}:{authz.metrics_port}/metrics")))
-    if config.rate_limits is not None:
-        rls = config.services.ratelimit
-        procs.append(ManagedProcess(
-            "ratelimit", [python, "-m", "ratelimit_service", "--config", str(config_path)],
-            ready=http_ready(f"http://{rls.address}:{rls.metrics_port}/metrics")))
-    if ext_proc_enabled(config):
-        proc_settings = config.services.ext_proc
-        procs.append(ManagedProcess(
-            "ext_proc", [python, "-m", "ext_proc", "--config", str(config_path)],
-            ready=http_ready(f"http://{proc_settings.address}:{proc_settings.metrics_port}/metrics")))
+    for plugin in ordered_plugins():
+        procs.extend(plugin.processes(config, config_path))
     xds = config.services.xds
     if xds.enabled:
         # Envoy starts from the small ADS bootstrap; everything else comes from xds_server.

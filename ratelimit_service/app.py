@@ -16,7 +16,8 @@ from outrider.service_main import cancel_tasks, service_main
 from ratelimit_service.backends.base import Backend
 from ratelimit_service.backends.memory import MemoryBackend
 from ratelimit_service.backends.redis_backend import RedisBackend, RedisClusterBackend
-from ratelimit_service.config import RateLimitsConfig
+from ratelimit_service.config import RateLimitsConfig, rate_limits_of
+from ratelimit_service.config import settings_of as endpoint_settings
 from ratelimit_service.guard import GuardedBackend
 from ratelimit_service.limits import LimitTable
 from ratelimit_service.reload import ConfigWatcher, build_table
@@ -37,12 +38,12 @@ def make_backend(rl: RateLimitsConfig) -> Backend:
 
 
 def settings_of(config: GatewayConfig, table: LimitTable) -> Settings:
-    rl = config.rate_limits or RateLimitsConfig()
+    rl = rate_limits_of(config) or RateLimitsConfig()
     return Settings(table, near_ratio=rl.near_limit_ratio, failure_mode_deny=rl.failure_mode == "deny")
 
 
 async def run_service(config: GatewayConfig, config_path: Path) -> None:
-    rl = config.rate_limits or RateLimitsConfig()
+    rl = rate_limits_of(config) or RateLimitsConfig()
     table = build_table(config, str(config_path))
     backend = make_backend(rl)
     guard = GuardedBackend(backend, rl.budget_ms / 1000)
@@ -50,7 +51,7 @@ async def run_service(config: GatewayConfig, config_path: Path) -> None:
     service = RateLimitService(settings_of(config, table), guard, decision_log=decision_log)
 
     def on_change(new: GatewayConfig, new_table: LimitTable) -> None:
-        if (new.rate_limits or RateLimitsConfig()).redis != rl.redis:
+        if (rate_limits_of(new) or RateLimitsConfig()).redis != rl.redis:
             log.warning("rate_limits.redis changed: restart the service to use the new store")
         service.swap(settings_of(new, new_table))
 
@@ -60,7 +61,7 @@ async def run_service(config: GatewayConfig, config_path: Path) -> None:
     def register(server: grpc.aio.Server) -> None:
         add_to_server(service, server)
 
-    settings = config.services.ratelimit
+    settings = endpoint_settings(config)
     start_metrics_server(settings.address, settings.metrics_port)
     log.info("rate limit store", extra={"backend": type(backend).__name__, "domain": rl.domain})
     try:

@@ -10,7 +10,7 @@ from pathlib import Path
 from outrider.config import ConfigError, GatewayConfig, load_config
 from outrider.config.errors import ConfigIssue, format_loc
 from outrider.config.watch import FileChangeDetector
-from ratelimit_service.config import load_descriptor_file
+from ratelimit_service.config import load_descriptor_file, rate_limits_of
 from ratelimit_service.limits import LimitTable, compile_table
 from ratelimit_service.metrics import CONFIG_RELOADS
 
@@ -19,7 +19,7 @@ log = logging.getLogger("ratelimit_service.reload")
 
 def build_table(config: GatewayConfig, filename: str = "<config>") -> LimitTable:
     """The gateway's plans plus its envoyproxy-format files. Raises ConfigError."""
-    rl = config.rate_limits
+    rl = rate_limits_of(config)
     files = [load_descriptor_file(path) for path in (rl.files if rl is not None else [])]
     try:
         return compile_table(rl, files)
@@ -40,7 +40,8 @@ class ConfigWatcher:
 
     @staticmethod
     def _watched_of(config: GatewayConfig) -> list[Path]:
-        return list(config.rate_limits.files) if config.rate_limits is not None else []
+        rl = rate_limits_of(config)
+        return list(rl.files) if rl is not None else []
 
     def _watched(self, config: GatewayConfig) -> list[Path]:
         return [self._path, *self._watched_of(config)]

@@ -12,6 +12,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from outrider.config.model import GatewayConfig
+from outrider.config.schema import config_from_data
 
 STATE_FILE = "state.json"
 
@@ -33,7 +34,7 @@ class Store:
         try:
             data: dict[str, Any] = json.loads(self.path.read_text(encoding="utf-8"))
             return State(
-                int(data["version"]), str(data["file_digest"]), GatewayConfig.model_validate(data["config"])
+                int(data["version"]), str(data["file_digest"]), config_from_data(data["config"])
             )
         except FileNotFoundError:
             return None
