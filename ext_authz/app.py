@@ -15,7 +15,8 @@ from envoy.service.auth.v3 import external_auth_pb2_grpc
 
 from ext_authz.config import auth_of, rbac_of, settings_of
 from ext_authz.decision import Authorizer, PathRule
-from ext_authz.jwks import JwksFileSource, JwksUrlSource, KeySet
+from ext_authz.jwks import KeySet
+from ext_authz.jwks_sources import JwksFileSource, JwksUrlSource
 from ext_authz.jwt_verifier import ProviderSettings, TokenVerifier
 from ext_authz.metrics import CONFIG_RELOADS, JWKS_REFRESHES
 from ext_authz.rbac import Grant, RbacPolicy
