@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 CONFIG ?= examples/gateway.yaml
 
-.PHONY: install run test check bench bench-services test-deps bench-deps clean
+.PHONY: install run test check bench bench-services test-deps bench-deps clean protos
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -44,6 +44,10 @@ check: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy outrider ext_authz ratelimit_service ext_proc xds_server
 	$(BIN)/lint-imports
+
+# Regenerate outrider/protos/ from proto/ (tests/kernel/test_protos_current.py checks it is current).
+protos: install
+	$(BIN)/python scripts/gen_protos.py
 
 # The whole gateway against Envoy alone and the trivial gRPC floors (~5 min); writes bench/RESULTS.md.
 bench: install bench-deps

@@ -1,60 +1,91 @@
-"""Composition root of ext_proc: config → route plans, cache backend → gRPC server."""
+"""Composition root of ext_proc: config versions (file or control plane) → plans and cache → gRPC service."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import logging
+from collections.abc import Mapping
+from typing import Any
 
 import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc
 
 from ext_proc.cache_backends import CacheBackend, MemoryCache, RedisCache
-from ext_proc.config import CacheConfig, cache_of, settings_of
-from ext_proc.plan import compile_plans
-from ext_proc.service import ExternalProcessorService
-from outrider.config import GatewayConfig
-from outrider.grpc_runtime import serve
+from ext_proc.config import CacheConfig
+from ext_proc.plugin import PLUGIN
+from ext_proc.resource import build
+from ext_proc.service import ExternalProcessorService, Live
 from outrider.logs import DecisionLog
-from outrider.metrics import start_metrics_server
-from outrider.service_main import service_main
+from outrider.service_main import ServiceSpec, StartupSettings, cancel_tasks, run_main
 
 log = logging.getLogger("ext_proc")
 SERVICE_NAME = "envoy.service.ext_proc.v3.ExternalProcessor"
 
 
-def cache_backend(config: GatewayConfig, needed: bool) -> CacheBackend | None:
-    """Redis when the config says so (shared by replicas), else an in-process LRU; none without cache rules."""
-    if not needed:
+def _backend_key(settings: CacheConfig | None) -> tuple[Any, ...] | None:
+    """What makes two cache backends the same one (entries survive a version that keeps it)."""
+    if settings is None:
         return None
-    settings = cache_of(config) or CacheConfig()
+    if settings.backend == "redis" and settings.redis_url:
+        return ("redis", settings.redis_url)
+    return ("memory", settings.max_entries)
+
+
+def cache_backend(settings: CacheConfig | None) -> CacheBackend | None:
+    """Redis when the config says so (shared by replicas), else an in-process LRU; none without cache rules."""
+    if settings is None:
+        return None
     if settings.backend == "redis" and settings.redis_url:
         return RedisCache(settings.redis_url)
     return MemoryCache(settings.max_entries)
 
 
-async def run_service(config: GatewayConfig) -> None:
-    plans = compile_plans(config)
-    cache = cache_backend(config, any(plan.cache is not None for plan in plans.values()))
-    settings = settings_of(config)
-    decision_log = DecisionLog("ext_proc", enabled=config.logging.decisions)
-    service = ExternalProcessorService(plans, cache, decision_log, failure_mode_allow=settings.failure_mode_allow)
+class ExtProcRuntime:
+    """ext_proc's live state: each applied version is compiled whole, then swapped in with one assignment."""
 
-    def register(server: grpc.aio.Server) -> None:
-        external_processor_pb2_grpc.add_ExternalProcessorServicer_to_server(service, server)
+    health_names = (SERVICE_NAME,)
 
-    start_metrics_server(settings.address, settings.metrics_port)
-    flusher = asyncio.create_task(decision_log.run_flusher())
-    log.info("routes planned", extra={"routes": sorted(p for p in plans if p)})
-    try:
-        await serve(register, settings.address, settings.port, [SERVICE_NAME])
-    finally:
-        flusher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await flusher
-        if cache is not None:
-            await cache.close()
+    def __init__(self, _settings: StartupSettings) -> None:
+        self.decision_log = DecisionLog("ext_proc")
+        self.service = ExternalProcessorService(None, self.decision_log)
+        self._cache_key: tuple[Any, ...] | None = None
+        self._closing: set[asyncio.Task[None]] = set()
+        self._flusher = asyncio.create_task(self.decision_log.run_flusher())
+
+    def register(self, server: grpc.aio.Server) -> None:
+        external_processor_pb2_grpc.add_ExternalProcessorServicer_to_server(self.service, server)
+
+    async def apply(self, version: str, payload: Mapping[str, Any]) -> None:
+        built = build(payload)  # raises ConfigRejected: nothing below runs, the live version stays
+        old = self.service.live
+        key = _backend_key(built.cache)
+        keep = old is not None and key == self._cache_key
+        cache = old.cache if keep and old is not None else cache_backend(built.cache)
+        self.service.use(Live(built.plans, cache, built.failure_mode_allow, version))
+        self._cache_key = key
+        self.decision_log.enabled = built.decisions
+        if old is not None and old.cache is not None and not keep:
+            old.retire(functools.partial(self._close_later, old.cache))
+        log.info("config version live", extra={"version": version,
+                                                "routes": sorted(p for p in built.plans if p)})
+
+    def _close_later(self, cache: CacheBackend) -> None:
+        task = asyncio.create_task(cache.close())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def close(self) -> None:
+        await cancel_tasks([self._flusher])
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
+        live = self.service.live
+        if live is not None and live.cache is not None:
+            await live.cache.close()
+
+
+SPEC = ServiceSpec(PLUGIN, "outrider ext_proc service", ExtProcRuntime)
 
 
 def main(argv: list[str] | None = None) -> None:
-    service_main("ext_proc", "outrider ext_proc service", lambda config, _path: run_service(config), argv)
+    run_main(SPEC, argv)

@@ -17,7 +17,7 @@ from pydantic import Field, field_validator, model_validator
 from outrider.config.base import Port, StrictModel
 from outrider.config.errors import Problem
 from outrider.config.extensions import section, service_settings
-from outrider.config.model import GatewayConfig, RouteConfig, ServiceEndpoint
+from outrider.config.model import GatewayConfig, ServiceEndpoint
 from outrider.identity import IDENTITY_HEADERS
 
 SERVICE = "ext_proc"
@@ -376,20 +376,20 @@ class ExtProcService(ServiceEndpoint):
 # ---- the sections of a loaded config, typed ---------------------------------------------------------------
 
 
-def transformations_of(owner: GatewayConfig | RouteConfig) -> TransformationsConfig | None:
+def transformations_of(owner: object) -> TransformationsConfig | None:
     """The global section (of the config) or a route's override (of a route)."""
     return section(owner, "transformations", TransformationsConfig)
 
 
-def validation_of(owner: GatewayConfig | RouteConfig) -> ValidationConfig | None:
+def validation_of(owner: object) -> ValidationConfig | None:
     return section(owner, "validation", ValidationConfig)
 
 
-def cache_of(config: GatewayConfig) -> CacheConfig | None:
+def cache_of(config: object) -> CacheConfig | None:
     return section(config, "cache", CacheConfig)
 
 
-def route_cache_of(route: RouteConfig) -> RouteCacheConfig | None:
+def route_cache_of(route: object) -> RouteCacheConfig | None:
     return section(route, "cache", RouteCacheConfig)
 
 
@@ -424,8 +424,11 @@ class RouteSettings:
     validation: ValidationConfig | None
 
 
-def route_settings(route: RouteConfig, config: GatewayConfig) -> RouteSettings:
-    """Merge the global sections with the route's; direct-response routes get nothing."""
+def route_settings(route: Any, config: Any) -> RouteSettings:
+    """Merge the global sections with the route's; direct-response routes get nothing.
+
+    `route` and `config` are a loaded route and config, or the same shapes rebuilt from a payload
+    (ext_proc/resource.py): only their attributes are read."""
     if route.direct_response is not None:
         return RouteSettings(None, None, None)
     transformations = _override(transformations_of(config), transformations_of(route), TransformationsConfig)
@@ -565,7 +568,7 @@ def check_ext_proc(config: GatewayConfig) -> Iterator[Problem]:
                        f"the route never matches '{rule.path}'")
 
 
-def _may_serve(route: RouteConfig, glob: str) -> bool:
+def _may_serve(route: Any, glob: str) -> bool:
     """Whether some path matched by the glob can reach this route (regex routes: assumed yes)."""
     literal = glob.split("*", 1)[0]
     if route.match.prefix is not None:

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from ext_proc.cache import CachePolicy
 from ext_proc.config import (
     Phases,
     RouteSettings,
     TransformationsConfig,
-    cache_of,
     native_headers,
     route_phases,
     route_settings,
-    transformations_of,
-    validation_of,
 )
 from ext_proc.transforms import RequestTransformer, ResponseTransformer
 from ext_proc.validation import RequestValidator
@@ -66,16 +65,24 @@ def compile_plan(name: str, settings: RouteSettings, native: bool) -> RoutePlan:
 
 
 def compile_plans(config: GatewayConfig) -> dict[str, RoutePlan]:
+    """Plans by route name, straight from a loaded config (the service itself goes through its payload:
+    ext_proc/resource.py, which gives the same plans)."""
+    return compile_route_plans(
+        {route.name: route_settings(route, config) for route in config.routes if route.direct_response is None},
+        global_settings(config))
+
+
+def compile_route_plans(routes: Mapping[str, RouteSettings], default: RouteSettings) -> dict[str, RoutePlan]:
     """Plans by route name. Unknown routes (an Envoy config of your own) get the global sections,
     with every header edit done by ext_proc since no route config does it natively."""
-    plans = {route.name: compile_plan(route.name, route_settings(route, config), native=True)
-             for route in config.routes if route.direct_response is None}
-    plans[DEFAULT_ROUTE] = compile_plan(DEFAULT_ROUTE, _global_settings(config), native=False)
+    plans = {name: compile_plan(name, settings, native=True) for name, settings in routes.items()}
+    plans[DEFAULT_ROUTE] = compile_plan(DEFAULT_ROUTE, default, native=False)
     return plans
 
 
-def _global_settings(config: GatewayConfig) -> RouteSettings:
-    t, cache, validation = transformations_of(config), cache_of(config), validation_of(config)
+def global_settings(sections: Any) -> RouteSettings:
+    """The global transformations/cache/validation sections (of a config or a payload) as settings."""
+    t, cache, validation = sections.transformations, sections.cache, sections.validation
     return RouteSettings(t if t is not None and t.enabled else None,
                          cache if cache is not None and cache.enabled and cache.rules else None,
                          validation if validation is not None and validation.enabled else None)

@@ -1,4 +1,4 @@
-"""ext_proc's service plugin (entry point `outrider.services`): its config sections, filter, process."""
+"""ext_proc's service plugin (entry point `outrider.services`): config sections, filter, process, payload."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ext_proc import resource
 from ext_proc.config import (
     SERVICE,
     CacheConfig,
@@ -24,8 +25,7 @@ from outrider.config.extensions import Section
 from outrider.config.model import GatewayConfig
 from outrider.plugins import CliCommand, ServicePlugin
 from outrider.process import ManagedProcess, http_ready
-
-TYPE_URL = "type.googleapis.com/outrider.config.v1.ExtProcConfig"
+from outrider.service_resource import EXT_PROC_TYPE_URL
 
 
 def _sections() -> dict[str, Section]:
@@ -42,7 +42,7 @@ def _route_fields() -> dict[str, Section]:
 @dataclass(frozen=True)
 class ExtProcPlugin:
     name: str = SERVICE
-    type_url: str = TYPE_URL
+    type_url: str = EXT_PROC_TYPE_URL
     # Last: it transforms what the authorizer and the rate limiter let through.
     filter_order: int = 300
     sections: Mapping[str, Section] = field(default_factory=_sections)
@@ -53,8 +53,7 @@ class ExtProcPlugin:
         return list(check_ext_proc(config))
 
     def payload(self, config: GatewayConfig) -> Mapping[str, Any]:
-        # ext_proc/resource.py builds it (written beside this in another branch; wired at merge).
-        raise NotImplementedError("ext_proc payload")
+        return resource.payload(config)
 
     def contribution(self) -> ExtProcContribution:
         return ExtProcContribution()

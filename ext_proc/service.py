@@ -115,54 +115,98 @@ def _phase_of(which: str) -> str:
         else "request_headers"
 
 
-class ExternalProcessorService(external_processor_pb2_grpc.ExternalProcessorServicer):
-    """envoy.service.ext_proc.v3.ExternalProcessor/Process: one Session per stream."""
+class Live:
+    """One applied config version as the service runs it. A stream keeps the one it started with, so a
+    new version never changes a request halfway; a retired version's cache closes once nothing uses it."""
 
-    def __init__(self, plans: Mapping[str, RoutePlan], cache: CacheBackend | None, decision_log: DecisionLog,
-                 failure_mode_allow: bool = False, clock: Callable[[], float] = time.time) -> None:
-        self._plans = plans
-        self._default = plans[DEFAULT_ROUTE]
-        self._cache = cache
+    def __init__(self, plans: Mapping[str, RoutePlan], cache: CacheBackend | None,
+                 failure_mode_allow: bool = False, version: str = "") -> None:
+        self.plans = plans
+        self.default = plans[DEFAULT_ROUTE]
+        self.cache = cache
+        self.failure_mode_allow = failure_mode_allow
+        self.version = version
+        self._users = 0
+        self._on_idle: Callable[[], None] | None = None
+
+    def hold(self) -> None:
+        self._users += 1
+
+    def release(self) -> None:
+        self._users -= 1
+        if self._users == 0 and self._on_idle is not None:
+            self._on_idle()
+            self._on_idle = None
+
+    def retire(self, on_idle: Callable[[], None]) -> None:
+        """Call on_idle once no stream (nor cache write) of this version is left — now, if none is."""
+        if self._users == 0:
+            on_idle()
+        else:
+            self._on_idle = on_idle
+
+
+class ExternalProcessorService(external_processor_pb2_grpc.ExternalProcessorServicer):
+    """envoy.service.ext_proc.v3.ExternalProcessor/Process: one Session per stream, on the live version."""
+
+    def __init__(self, live: Live | None, decision_log: DecisionLog, clock: Callable[[], float] = time.time) -> None:
+        self.live = live
         self._log = decision_log
-        self._allow_on_error = failure_mode_allow
         self._clock = clock
         self._streams = LabelCache(STREAMS)
         self._events = LabelCache(EVENTS)
         self._background: set[asyncio.Task[None]] = set()
 
-    def _plan_for(self, context: grpc.aio.ServicerContext) -> RoutePlan:
+    def use(self, live: Live) -> Live | None:
+        """Swap in a new version (one assignment: atomic for every stream that starts after it)."""
+        old, self.live = self.live, live
+        return old
+
+    @staticmethod
+    def _plan_for(live: Live, context: grpc.aio.ServicerContext) -> RoutePlan:
         for key, value in context.invocation_metadata() or ():
             if key == ROUTE_METADATA:
-                return self._plans.get(value, self._default)
-        return self._default
+                return live.plans.get(value, live.default)
+        return live.default
 
     async def Process(
         self, request_iterator: AsyncIterator[pb.ProcessingRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ProcessingResponse]:
-        plan = self._plan_for(context)
-        self._streams.inc(plan.name)
-        session = Session(plan)
-        async for message in request_iterator:
-            started = time.perf_counter()
-            which = message.WhichOneof("request") or "request_headers"
-            stores: list[StoreCache] = []
-            try:
-                response = await self._answer(session, to_event(message, which), stores)
-            except Exception:
-                # A bug must not kill the stream nor open the gateway: answer per the failure mode.
-                log.exception("message failed", extra={"route": plan.name, "phase": which})
-                ERRORS.inc()
-                response = self._on_error(session, which)
-            # Stores run beside the answer: the client never waits for the cache write, and Envoy
-            # closing the stream after its last answer must not cancel them.
-            for store in stores:
-                task = asyncio.create_task(self._store(store))
-                self._background.add(task)
-                task.add_done_callback(self._background.discard)
-            MESSAGE_SECONDS.observe(time.perf_counter() - started)
-            yield response
+        live = self.live
+        if live is None:
+            # No config version yet (health says NOT_SERVING): Envoy applies its failure mode.
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "no config version applied yet")
+            return
+        live.hold()
+        try:
+            plan = self._plan_for(live, context)
+            self._streams.inc(plan.name)
+            session = Session(plan)
+            async for message in request_iterator:
+                started = time.perf_counter()
+                which = message.WhichOneof("request") or "request_headers"
+                stores: list[StoreCache] = []
+                try:
+                    response = await self._answer(session, live, to_event(message, which), stores)
+                except Exception:
+                    # A bug must not kill the stream nor open the gateway: answer per the failure mode.
+                    log.exception("message failed", extra={"route": plan.name, "phase": which})
+                    ERRORS.inc()
+                    response = self._on_error(session, live, which)
+                # Stores run beside the answer: the client never waits for the cache write, and Envoy
+                # closing the stream after its last answer must not cancel them.
+                for store in stores:
+                    live.hold()
+                    task = asyncio.create_task(self._store(live, store))
+                    self._background.add(task)
+                    task.add_done_callback(self._background.discard)
+                MESSAGE_SECONDS.observe(time.perf_counter() - started)
+                yield response
+        finally:
+            live.release()
 
-    async def _answer(self, session: Session, event: Event, stores: list[StoreCache]) -> pb.ProcessingResponse:
+    async def _answer(self, session: Session, live: Live, event: Event,
+                      stores: list[StoreCache]) -> pb.ProcessingResponse:
         """Run the session's actions: invalidations before the answer, stores handed back for after it."""
         actions: list[Action] = session.handle(event, self._clock())
         while True:
@@ -178,18 +222,19 @@ class ExternalProcessorService(external_processor_pb2_grpc.ExternalProcessorServ
                 elif isinstance(action, StoreCache):
                     stores.append(action)
                 elif isinstance(action, InvalidateCache):
-                    await self._invalidate(action.resource)
+                    await self._invalidate(live.cache, action.resource)
                 elif isinstance(action, LookupCache):
                     lookup = action
             if answer is not None:
                 return answer
             if lookup is None:
                 raise RuntimeError("session produced no answer")
-            actions = session.handle(CacheResult(await self._get(lookup.key)), self._clock())
+            actions = session.handle(CacheResult(await self._get(live.cache, lookup.key)), self._clock())
 
-    def _on_error(self, session: Session, which: str) -> pb.ProcessingResponse:
+    @staticmethod
+    def _on_error(session: Session, live: Live, which: str) -> pb.ProcessingResponse:
         session.state = "done"
-        if self._allow_on_error:
+        if live.failure_mode_allow:
             return build_reply(Reply(_phase_of(which)))  # type: ignore[arg-type]
         return build_immediate(error_response(500, "internal_error", session.ctx.request_id, "internal_error"))
 
@@ -200,31 +245,34 @@ class ExternalProcessorService(external_processor_pb2_grpc.ExternalProcessorServ
                              "route": session.plan.name, "request_id": session.ctx.request_id,
                              "method": session.method, "path": session.path.split("?", 1)[0][:256]})
 
-    async def _get(self, key: str) -> bytes | None:
-        if self._cache is None:
+    @staticmethod
+    async def _get(cache: CacheBackend | None, key: str) -> bytes | None:
+        if cache is None:
             return None
         try:
-            return await self._cache.get(key)
+            return await cache.get(key)
         except CacheUnavailable as exc:
             CACHE_ERRORS.inc()
             log.warning("cache get failed", extra={"error": str(exc)})
             return None
 
-    async def _store(self, store: StoreCache) -> None:
-        if self._cache is None:
-            return
+    async def _store(self, live: Live, store: StoreCache) -> None:
         try:
-            await self._cache.put(store.key, store.resource, store.value, store.ttl_s)
+            if live.cache is None:
+                return
+            await live.cache.put(store.key, store.resource, store.value, store.ttl_s)
             self._events.inc("cache_store", "")
         except CacheUnavailable as exc:
             CACHE_ERRORS.inc()
             log.warning("cache put failed", extra={"error": str(exc)})
+        finally:
+            live.release()
 
-    async def _invalidate(self, resource: str) -> None:
-        if self._cache is None:
+    async def _invalidate(self, cache: CacheBackend | None, resource: str) -> None:
+        if cache is None:
             return
         try:
-            await self._cache.invalidate(resource)
+            await cache.invalidate(resource)
             self._events.inc("cache_invalidate", "")
         except CacheUnavailable as exc:
             CACHE_ERRORS.inc()

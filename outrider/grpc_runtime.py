@@ -1,4 +1,4 @@
-"""gRPC server bootstrap shared by the services: health service, GC freeze, graceful drain on SIGTERM."""
+"""gRPC server bootstrap shared by the services: health (gated on readiness), GC freeze, graceful drain."""
 
 from __future__ import annotations
 
@@ -29,13 +29,27 @@ async def serve(
     port: int,
     service_names: Sequence[str],
     drain_grace_s: float = 5.0,
+    ready: asyncio.Event | None = None,
 ) -> None:
-    """Run a grpc.aio server until SIGTERM/SIGINT, then report NOT_SERVING and drain in-flight calls."""
+    """Run a grpc.aio server until SIGTERM/SIGINT, then report NOT_SERVING and drain in-flight calls.
+
+    The port binds at once; with `ready`, health (the "" service and each named one) says NOT_SERVING
+    until it is set — a service without its first config version must not take traffic.
+    """
     options = [*SERVER_OPTIONS, ("grpc.so_reuseport", 1 if reuse_port_enabled() else 0)]
     server = grpc.aio.server(options=options)
     register(server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = ("", *service_names)
+
+    async def report(status: int) -> None:
+        for name in names:
+            await health_servicer.set(name, status)
+
+    gated = ready is not None and not ready.is_set()
+    # Set before the port opens: the health servicer answers SERVING for "" by default.
+    await report(health_pb2.HealthCheckResponse.NOT_SERVING if gated else health_pb2.HealthCheckResponse.SERVING)
     bound = server.add_insecure_port(f"{address}:{port}")
     if bound == 0:
         raise OSError(f"cannot bind gRPC server to {address}:{port}")
@@ -43,16 +57,35 @@ async def serve(
     # Everything built at start lives until exit: keep it out of the cyclic GC's full scans.
     gc.collect()
     gc.freeze()
-    for name in ("", *service_names):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    log.info("serving", extra={"address": address, "port": port})
 
+    async def serving_when_ready() -> None:
+        if gated:
+            assert ready is not None
+            log.info("bound; NOT_SERVING until the first config is applied",
+                     extra={"address": address, "port": port})
+            await ready.wait()
+            await report(health_pb2.HealthCheckResponse.SERVING)
+        log.info("serving", extra={"address": address, "port": port})
+
+    gate = asyncio.create_task(serving_when_ready())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    signals = (signal.SIGTERM, signal.SIGINT)
+    for sig in signals:
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    try:
+        await stop.wait()
+    except asyncio.CancelledError:
+        # Cancelled by the caller (a test, a supervisor task): no grace, but never leave the port bound.
+        gate.cancel()
+        await server.stop(None)
+        raise
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+    gate.cancel()
     log.info("draining", extra={"grace_s": drain_grace_s})
+    # After this, health stays NOT_SERVING whatever sets it (the gate is cancelled anyway).
     await health_servicer.enter_graceful_shutdown()
     # stop() refuses new RPCs at once and lets in-flight ones finish within the grace period.
     await server.stop(drain_grace_s)

@@ -81,6 +81,15 @@ class DecisionLog:
         self._flush_interval_s = flush_interval_s
         self._max_buffered = max_buffered
 
+    @property
+    def enabled(self) -> bool:
+        return self._enabled
+
+    @enabled.setter
+    def enabled(self, value: bool) -> None:
+        # A new config version may turn decision lines on or off without a new log.
+        self._enabled = value
+
     def write(self, fields: dict[str, Any]) -> None:
         if not self._enabled:
             return

@@ -1,8 +1,10 @@
-"""Prometheus /metrics endpoint for one service process."""
+"""Prometheus /metrics endpoint for one service process, and the kernel's own metrics (created at start)."""
 
 from __future__ import annotations
 
-from prometheus_client import start_http_server
+from functools import cache
+
+from prometheus_client import Counter, start_http_server
 
 from outrider.workers import metrics_served_by_parent
 
@@ -15,3 +17,14 @@ def start_metrics_server(address: str, port: int) -> None:
     if metrics_served_by_parent():
         return
     start_http_server(port, addr=address)
+
+
+@cache
+def config_reloads() -> Counter:
+    """outrider_config_reloads_total{service,result}: config versions applied or rejected, either mode.
+
+    Registered on first call (a service's start), never at import; cached, since a name registers once.
+    """
+    return Counter("outrider_config_reloads_total",
+                   "Config versions a service applied or rejected (from its file or from the control plane)",
+                   ["service", "result"])

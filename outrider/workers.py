@@ -124,8 +124,12 @@ def launch(section: str, target: str, argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--config")
+    # Control-plane mode has no file: the count and the /metrics endpoint come from flags.
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--address", default="127.0.0.1")
+    parser.add_argument("--metrics-port", type=int)
     known, _ = parser.parse_known_args(argv)
-    workers = 1
+    workers, address, metrics_port = known.workers, known.address, known.metrics_port
     if known.config:
         try:
             config = load_config(known.config)
@@ -133,7 +137,8 @@ def launch(section: str, target: str, argv: list[str] | None = None) -> None:
             raise SystemExit(str(exc)) from None
         service = getattr(config.services, section)
         workers = getattr(service, "workers", 1)
-    if workers <= 1:
+        address, metrics_port = service.address, service.metrics_port
+    if workers <= 1 or metrics_port is None:
         _entry(target)(argv)
         return
-    sys.exit(_supervise(workers, target, argv, service.address, service.metrics_port))
+    sys.exit(_supervise(workers, target, argv, address, metrics_port))

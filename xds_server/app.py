@@ -6,11 +6,12 @@ import argparse
 import asyncio
 import logging
 from pathlib import Path
+from typing import Any
 
 import grpc
 import yaml
 
-from outrider.config import ConfigError, GatewayConfig, load_config
+from outrider.config import ConfigError, GatewayConfig, load_config_data, load_config_given
 from outrider.config.xds import XdsService
 from outrider.grpc_runtime import serve
 from outrider.logs import setup_logging
@@ -20,19 +21,12 @@ from xds_server.admin import build_admin_app, start_admin
 from xds_server.cache import SnapshotCache
 from xds_server.control import Controller
 from xds_server.metrics import MetricsCallbacks
-from xds_server.protocol import Node
+from xds_server.nodes import NodePolicy
 from xds_server.service import SERVICE, AdsService
-from xds_server.store import Store
+from xds_server.store import FileStore, State
 from xds_server.watch import ConfigFileWatcher, file_digest
 
 log = logging.getLogger("xds_server")
-
-
-def node_key_of(settings: XdsService) -> tuple[str, Node]:
-    """The cache key the gateway's snapshot is stored under, and a node that maps to it."""
-    if settings.node_key == "cluster":
-        return settings.node_cluster, Node("", settings.node_cluster)
-    return settings.node_id, Node(settings.node_id, settings.node_cluster)
 
 
 def state_dir(settings: XdsService, config_path: Path) -> Path:
@@ -40,56 +34,68 @@ def state_dir(settings: XdsService, config_path: Path) -> Path:
     return path if path.is_absolute() else config_path.resolve().parent / path
 
 
-def persisted_fallback(config_path: Path, error: ConfigError) -> GatewayConfig:
+def persisted_fallback(config_path: Path, error: ConfigError) -> tuple[dict[str, Any], GatewayConfig]:
     """A broken config file at start: serve the last accepted state if there is one, else refuse to start."""
     try:
         raw = yaml.safe_load(config_path.read_text(encoding="utf-8"))
         settings = XdsService.model_validate(raw.get("services", {}).get("xds", {}))
     except Exception:
         raise SystemExit(str(error)) from None
-    state = Store(state_dir(settings, config_path)).load()
-    if state is None:
+    store = FileStore(state_dir(settings, config_path))
+    state = store.load()
+    loaded = _validated(state, store, config_path) if state is not None else None
+    if loaded is None:
         raise SystemExit(str(error))
     log.error("config file rejected; serving the persisted state",
-              extra={"version": state.version, "problems": [i.render(error.filename) for i in error.issues]})
-    return state.config
+              extra={"version": loaded[2], "problems": [i.render(error.filename) for i in error.issues]})
+    return loaded[0], loaded[1]
 
 
-def initial_state(config: GatewayConfig, digest: str, store: Store,
-                  file_ok: bool = True) -> tuple[GatewayConfig, int, bool]:
-    """(config, version, persist?): the persisted state if the file is unchanged since, else the file."""
+def _validated(state: State, store: FileStore, config_path: Path) -> tuple[dict[str, Any], GatewayConfig, int] | None:
+    """The persisted state validated as the file would be (paths relative to the config file's folder)."""
+    try:
+        config = load_config_data(state.given, str(store.path), config_path.resolve().parent)
+    except ConfigError as exc:
+        log.error("persisted state no longer validates; serving the config file",
+                  extra={"problems": [i.render(exc.filename) for i in exc.issues]})
+        return None
+    return state.given, config, state.version
+
+
+def initial_state(given: dict[str, Any], config: GatewayConfig, digest: str, store: FileStore,
+                  config_path: Path, file_ok: bool = True) -> tuple[dict[str, Any], GatewayConfig, int, bool]:
+    """(given, config, version, persist?): the persisted state if the file is unchanged since, else the file."""
     state = store.load()
-    if state is not None and not file_ok:
-        return state.config, state.version, False
     if state is None:
-        if store.path.exists():
+        if store.exists():
             log.error("state file unreadable; serving the config file", extra={"path": str(store.path)})
-        return config, 1, True
-    if state.file_digest == digest:
-        log.info("serving persisted state", extra={"version": state.version})
-        return state.config, state.version, False
+        return given, config, 1, True
+    if not file_ok or state.file_digest == digest:
+        loaded = _validated(state, store, config_path)
+        if loaded is not None:
+            log.info("serving persisted state", extra={"version": state.version})
+            return loaded[0], loaded[1], loaded[2], False
+        return given, config, state.version + 1, True
     log.info(
         "config file changed while stopped; it replaces the persisted state",
         extra={"previous_version": state.version},
     )
-    return config, state.version + 1, True
+    return given, config, state.version + 1, True
 
 
-async def run_service(config: GatewayConfig, config_path: Path, file_ok: bool = True) -> None:
+async def run_service(given: dict[str, Any], config: GatewayConfig, config_path: Path,
+                      file_ok: bool = True) -> None:
     settings = config.services.xds
-    key, _ = node_key_of(settings)
-
-    def node_key(node: Node) -> str:
-        return node.cluster if settings.node_key == "cluster" else node.id
-
-    cache = SnapshotCache(node_key, MetricsCallbacks())
-    store = Store(state_dir(settings, config_path))
+    nodes = NodePolicy.of(settings)
+    key = nodes.gateway_key
+    cache = SnapshotCache(nodes.key, MetricsCallbacks())
+    store = FileStore(state_dir(settings, config_path))
     digest = file_digest(config_path)
-    served, version, persist = initial_state(config, digest, store, file_ok)
-    controller = Controller(cache, store, key, served, version, digest, settings.ack_timeout_ms / 1000)
+    given, served, version, persist = initial_state(given, config, digest, store, config_path, file_ok)
+    controller = Controller(cache, store, key, served, given, version, digest, settings.ack_timeout_ms / 1000)
     # The snapshot exists before the first stream can open: a reconnecting Envoy never sees an empty one.
     controller.start(persist)
-    ads = AdsService(cache)
+    ads = AdsService(cache, admits=nodes.admits)
 
     def register(server: grpc.aio.Server) -> None:
         ads.register(server)
@@ -101,8 +107,8 @@ async def run_service(config: GatewayConfig, config_path: Path, file_ok: bool = 
     tasks = []
     if settings.watch_interval_ms > 0:
 
-        async def apply_file(new: GatewayConfig, new_digest: str) -> object:
-            return await controller.apply(new, "file", file_digest=new_digest)
+        async def apply_file(new_given: dict[str, Any], new: GatewayConfig, new_digest: str) -> object:
+            return await controller.apply(new, "file", new_given, file_digest=new_digest)
 
         watcher = ConfigFileWatcher(config_path, digest, settings.watch_interval_ms / 1000, apply_file)
         tasks.append(asyncio.create_task(watcher.run()))
@@ -119,11 +125,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     path = Path(args.config)
     try:
-        config, file_ok = load_config(path), True
+        (given, config), file_ok = load_config_given(path), True
     except ConfigError as exc:
         setup_logging("xds_server", "info")
-        config, file_ok = persisted_fallback(path, exc), False
+        (given, config), file_ok = persisted_fallback(path, exc), False
     setup_logging("xds_server", config.logging.level)
     import uvloop
 
-    uvloop.run(run_service(config, path, file_ok))
+    uvloop.run(run_service(given, config, path, file_ok))

@@ -27,7 +27,7 @@ from xds_server.protocol import (
     SotwResponse,
     Stale,
 )
-from xds_server.snapshot import ORDER, SHORT, Snapshot
+from xds_server.snapshot import Snapshot, rank, short
 from xds_server.sotw import SotwStream
 
 Response = SotwResponse | DeltaResponse
@@ -170,7 +170,7 @@ class SnapshotCache:
 
     def _send(self, stream: Stream, responses: list[Response]) -> None:
         push = self._pushes.get(stream.key)
-        for response in sorted(responses, key=lambda r: ORDER.index(r.type_url)):
+        for response in sorted(responses, key=lambda r: rank(r.type_url)):
             if push is not None and response.snapshot_version == push.version:
                 push.waiting.add((stream.id, response.nonce))
             stream.send(response)
@@ -186,13 +186,13 @@ class SnapshotCache:
         if push is not None and event.snapshot_version == push.version:
             push.waiting.discard((stream.id, event.nonce))
         if isinstance(event, Ack):
-            status.acked[SHORT.get(event.type_url, event.type_url)] = event.version
+            status.acked[short(event.type_url)] = event.version
             if push is not None and event.snapshot_version == push.version:
                 push.acked_by.add(stream.node.id)
             self._callbacks.ack(stream.id, stream.node, event.type_url, event.version)
         elif isinstance(event, Nack):
             status.last_nack = {
-                "type": SHORT.get(event.type_url, event.type_url),
+                "type": short(event.type_url),
                 "version": event.version,
                 "snapshot_version": event.snapshot_version,
                 "error": event.error,

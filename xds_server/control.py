@@ -6,6 +6,7 @@ Every change (API call, edited config file) goes through `apply`, one at a time.
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import time
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from outrider.envoy_protos import CompileError
 from xds_server.cache import InconsistentSnapshot, SnapshotCache
 from xds_server.metrics import BUILD_SECONDS, CHANGES, PUSH_SECONDS, VERSION
 from xds_server.resources import SnapshotBuilder
-from xds_server.snapshot import SHORT, Snapshot
+from xds_server.snapshot import Snapshot, short
 from xds_server.store import State, Store
 
 log = logging.getLogger("xds_server.control")
@@ -51,11 +52,25 @@ def _issues(error: ValidationError, prefix: Loc) -> list[dict[str, str]]:
     return out
 
 
-def public_shape(item: RouteConfig | UpstreamConfig) -> dict[str, Any]:
-    """A route or upstream as it would be written in the gateway config (defaults left out)."""
-    shape: dict[str, Any] = item.model_dump(mode="json", exclude_defaults=True)
-    shape["name"] = item.name
-    return shape
+def given_item(name: str, body: dict[str, Any]) -> dict[str, Any]:
+    """A route or cluster as the API was given it, with the URL's name first: what the store keeps."""
+    return {"name": name, **{k: copy.deepcopy(v) for k, v in body.items() if k != "name"}}
+
+
+def _name_of(item: Any) -> Any:
+    """The name of a validated item or of one as given."""
+    return item.get("name") if isinstance(item, dict) else item.name
+
+
+def _replace_named(items: list[Any], name: str, new: Any) -> list[Any]:
+    """items with the one named `name` replaced by new (or new appended: new ones match after the others)."""
+    out = list(items)
+    index = next((i for i, item in enumerate(out) if _name_of(item) == name), None)
+    if index is None:
+        out.append(new)
+    else:
+        out[index] = new
+    return out
 
 
 class Controller:
@@ -65,17 +80,21 @@ class Controller:
         store: Store,
         key: str,
         config: GatewayConfig,
+        given: dict[str, Any],
         version: int,
         file_digest: str,
         ack_timeout_s: float,
+        builder: SnapshotBuilder | None = None,
     ) -> None:
         self._cache = cache
         self._store = store
         self._key = key
-        self._builder = SnapshotBuilder()
+        self._builder = builder or SnapshotBuilder()
         self._lock = asyncio.Lock()
         self._ack_timeout_s = ack_timeout_s
         self.config = config
+        # The config as given (file values plus accepted API changes): what is persisted and listed.
+        self.given = given
         self.version = version
         self.file_digest = file_digest
         self._next_version = version + 1
@@ -90,7 +109,7 @@ class Controller:
         self._snapshot = snapshot
         VERSION.set(self.version)
         if persist:
-            self._store.save(State(self.version, self.file_digest, self.config))
+            self._store.save(State(self.version, self.file_digest, self.given))
 
     # --- the API's changes --------------------------------------------------------------------------
 
@@ -98,14 +117,10 @@ class Controller:
         route, problems = self._parse(route_model(), name, body, ("routes", name))
         if route is None:
             return Outcome(422, {"error": "invalid route", "problems": problems})
-        assert isinstance(route, RouteConfig)
-        routes = list(self.config.routes)
-        index = next((i for i, r in enumerate(routes) if r.name == name), None)
-        if index is None:
-            routes.append(route)  # new routes match after the existing ones
-        else:
-            routes[index] = route
-        return await self.apply(self.config.model_copy(update={"routes": routes}), "api")
+        given = {**self.given, "routes": _replace_named(self.given.get("routes", []), name,
+                                                        given_item(name, body))}
+        routes = _replace_named(list(self.config.routes), name, route)
+        return await self.apply(self.config.model_copy(update={"routes": routes}), "api", given)
 
     async def delete_route(self, name: str) -> Outcome:
         routes = [r for r in self.config.routes if r.name != name]
@@ -113,26 +128,25 @@ class Controller:
             return Outcome(404, {"error": f"no route named {name!r}"})
         if not routes:
             return Outcome(422, {"error": "the last route cannot be deleted (the config needs one)"})
-        return await self.apply(self.config.model_copy(update={"routes": routes}), "api")
+        given = {**self.given, "routes": [r for r in self.given.get("routes", []) if r.get("name") != name]}
+        return await self.apply(self.config.model_copy(update={"routes": routes}), "api", given)
 
     async def put_cluster(self, name: str, body: Any) -> Outcome:
         upstream, problems = self._parse(UpstreamConfig, name, body, ("upstreams", name))
         if upstream is None:
             return Outcome(422, {"error": "invalid cluster", "problems": problems})
-        assert isinstance(upstream, UpstreamConfig)
-        upstreams = list(self.config.upstreams)
-        index = next((i for i, u in enumerate(upstreams) if u.name == name), None)
-        if index is None:
-            upstreams.append(upstream)
-        else:
-            upstreams[index] = upstream
-        return await self.apply(self.config.model_copy(update={"upstreams": upstreams}), "api")
+        given = {**self.given, "upstreams": _replace_named(self.given.get("upstreams", []), name,
+                                                           given_item(name, body))}
+        upstreams = _replace_named(list(self.config.upstreams), name, upstream)
+        return await self.apply(self.config.model_copy(update={"upstreams": upstreams}), "api", given)
 
     async def delete_cluster(self, name: str) -> Outcome:
         upstreams = [u for u in self.config.upstreams if u.name != name]
         if len(upstreams) == len(self.config.upstreams):
             return Outcome(404, {"error": f"no cluster named {name!r}"})
-        return await self.apply(self.config.model_copy(update={"upstreams": upstreams}), "api")
+        given = {**self.given,
+                 "upstreams": [u for u in self.given.get("upstreams", []) if u.get("name") != name]}
+        return await self.apply(self.config.model_copy(update={"upstreams": upstreams}), "api", given)
 
     @staticmethod
     def _parse(
@@ -154,13 +168,16 @@ class Controller:
 
     # --- every change ------------------------------------------------------------------------------
 
-    async def apply(self, config: GatewayConfig, source: str, file_digest: str | None = None) -> Outcome:
+    async def apply(self, config: GatewayConfig, source: str, given: dict[str, Any],
+                    file_digest: str | None = None) -> Outcome:
+        """Apply `config`, which must be what `given` (the config as given) validates to."""
         async with self._lock:
-            outcome = await self._apply(config, source, file_digest)
+            outcome = await self._apply(config, source, given, file_digest)
         CHANGES.labels(source=source, outcome=str(outcome.status)).inc()
         return outcome
 
-    async def _apply(self, config: GatewayConfig, source: str, file_digest: str | None) -> Outcome:
+    async def _apply(self, config: GatewayConfig, source: str, given: dict[str, Any],
+                     file_digest: str | None) -> Outcome:
         problems = [{"field": format_loc(loc), "reason": reason} for loc, reason in check_references(config)]
         if problems:
             return Outcome(422, {"error": "invalid config", "problems": problems})
@@ -189,7 +206,7 @@ class Controller:
             self._cache.set_snapshot(self._key, previous)
             if push.nacks:
                 nacks = [
-                    {"node": n.node, "type": SHORT.get(n.type_url, n.type_url), "error": n.error}
+                    {"node": n.node, "type": short(n.type_url), "error": n.error}
                     for n in push.nacks
                 ]
                 log.error(
@@ -216,11 +233,12 @@ class Controller:
             )
         PUSH_SECONDS.observe(time.perf_counter() - pushed)
         self.config = config
+        self.given = given
         self.version = version
         self._snapshot = snapshot
         if file_digest is not None:
             self.file_digest = file_digest
-        self._store.save(State(version, self.file_digest, config))
+        self._store.save(State(version, self.file_digest, given))
         VERSION.set(version)
         log.info(
             "config changed", extra={"source": source, "version": version, "acked_by": sorted(push.acked_by)}
@@ -232,7 +250,8 @@ class Controller:
     # --- reads -------------------------------------------------------------------------------------
 
     def routes(self) -> dict[str, Any]:
-        return {"version": str(self.version), "routes": [public_shape(r) for r in self.config.routes]}
+        """The routes as given (file or API), in match order."""
+        return {"version": str(self.version), "routes": copy.deepcopy(self.given.get("routes", []))}
 
     def clusters(self) -> dict[str, Any]:
-        return {"version": str(self.version), "clusters": [public_shape(u) for u in self.config.upstreams]}
+        return {"version": str(self.version), "clusters": copy.deepcopy(self.given.get("upstreams", []))}

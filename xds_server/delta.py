@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from xds_server.protocol import Ack, DeltaRequest, DeltaResponse, Event, Nack, Nonces, Stale
-from xds_server.snapshot import CLUSTER, ENDPOINT, ORDER, Resource, Snapshot
+from xds_server.snapshot import CLUSTER, ENDPOINT, Resource, Snapshot
 
 # What the node was told about a subscribed name that does not exist.
 _ABSENT = ""
@@ -73,7 +73,7 @@ class DeltaStream:
 
     def on_snapshot(self, snapshot: Snapshot) -> list[DeltaResponse]:
         out: list[DeltaResponse] = []
-        for type_url in ORDER:
+        for type_url in snapshot.types:
             state = self._types.get(type_url)
             if state is not None and not (type_url == ENDPOINT and any(r.type_url == ENDPOINT for r in out)):
                 response = self._respond(type_url, state, snapshot)

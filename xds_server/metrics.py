@@ -8,9 +8,16 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from xds_server.callbacks import Callbacks
 from xds_server.protocol import DeltaResponse, Node, SotwResponse
-from xds_server.snapshot import SHORT
+from xds_server.snapshot import SHORT, short
 
 log = logging.getLogger("xds_server")
+SERVICE_TYPES = "type.googleapis.com/outrider.config.v1."
+
+
+def _label(type_url: str) -> str:
+    """A bounded label: a client names any type URL it likes, and each label value is a new time series."""
+    known = type_url in SHORT or (type_url.startswith(SERVICE_TYPES) and type_url.isascii() and len(type_url) < 96)
+    return short(type_url) if known else "other"
 
 STREAMS = Gauge("xds_streams", "Connected ADS streams", ["protocol"])
 REQUESTS = Counter("xds_requests_total", "Discovery requests received", ["type"])
@@ -51,10 +58,10 @@ class MetricsCallbacks(Callbacks):
         log.info("stream closed", extra={"stream": stream_id, "node": node.id})
 
     def request(self, stream_id: int, node: Node, type_url: str) -> None:
-        REQUESTS.labels(type=SHORT.get(type_url, "other")).inc()
+        REQUESTS.labels(type=_label(type_url)).inc()
 
     def response(self, stream_id: int, node: Node, response: SotwResponse | DeltaResponse) -> None:
-        kind = SHORT.get(response.type_url, "other")
+        kind = _label(response.type_url)
         RESPONSES.labels(type=kind).inc()
         log.debug(
             "response",
@@ -68,20 +75,20 @@ class MetricsCallbacks(Callbacks):
         )
 
     def ack(self, stream_id: int, node: Node, type_url: str, version: str) -> None:
-        ACKS.labels(type=SHORT.get(type_url, "other")).inc()
+        ACKS.labels(type=_label(type_url)).inc()
 
     def nack(self, stream_id: int, node: Node, type_url: str, version: str, error: str) -> None:
-        NACKS.labels(type=SHORT.get(type_url, "other")).inc()
+        NACKS.labels(type=_label(type_url)).inc()
         log.error(
             "config rejected by Envoy",
             extra={
                 "stream": stream_id,
                 "node": node.id,
-                "type": SHORT.get(type_url, type_url),
+                "type": short(type_url),
                 "version": version,
                 "error": error,
             },
         )
 
     def stale(self, stream_id: int, node: Node, type_url: str) -> None:
-        STALE.labels(type=SHORT.get(type_url, "other")).inc()
+        STALE.labels(type=_label(type_url)).inc()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import json
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 from envoy.config.cluster.v3 import cluster_pb2
@@ -82,14 +83,24 @@ def _same(a: object, b: object) -> bool:
     return a is b or a == b
 
 
+# The services' own resources of one version: type URL → name → resource (see xds_server/app.py).
+ServiceResources = Callable[[GatewayConfig, str], Mapping[str, Mapping[str, Resource]]]
+
+
+def no_service_resources(config: GatewayConfig, version: str) -> Mapping[str, Mapping[str, Resource]]:
+    return {}
+
+
 class SnapshotBuilder:
     """Builds snapshots; routes and upstreams that did not change are reused from the last build.
 
     A route is reused when it, its upstream and every other config section (listeners, services, …
-    which the per-route settings of the services may read) are unchanged.
+    which the per-route settings of the services may read) are unchanged. The services' resources come
+    from `service_resources` (their plugins), built for every version.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, service_resources: ServiceResources = no_service_resources) -> None:
+        self._service_resources = service_resources
         self._context: tuple[Any, ...] | None = None
         self._routes: dict[str, _RouteEntry] = {}
         self._upstreams: dict[str, _UpstreamEntry] = {}
@@ -129,6 +140,8 @@ class SnapshotBuilder:
         for listener in compile_listeners(config, route_config={"name": ROUTE_CONFIG_NAME}):
             resource = self._listener(xds_listener(listener))
             resources[LISTENER][resource.name] = resource
+        for type_url, items in self._service_resources(config, version).items():
+            resources.setdefault(type_url, {}).update(items)
         return Snapshot.build(version, resources, previous)
 
     # --- listeners --------------------------------------------------------------------------------

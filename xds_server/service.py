@@ -10,14 +10,14 @@ import asyncio
 import contextlib
 import logging
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
 from envoy.service.discovery.v3 import discovery_pb2
 
 from xds_server import wire
-from xds_server.cache import Response, SnapshotCache, Stream
+from xds_server.cache import Response, SnapshotCache
 from xds_server.protocol import DeltaRequest, DeltaResponse, Node, SotwRequest, SotwResponse
 
 log = logging.getLogger("xds_server.grpc")
@@ -111,9 +111,11 @@ def delta_request(message: discovery_pb2.DeltaDiscoveryRequest) -> DeltaRequest:
 
 
 class AdsService:
-    def __init__(self, cache: SnapshotCache, encoder: ResponseEncoder | None = None) -> None:
+    def __init__(self, cache: SnapshotCache, encoder: ResponseEncoder | None = None,
+                 admits: Callable[[Node], bool] | None = None) -> None:
         self._cache = cache
         self._encoder = encoder or ResponseEncoder()
+        self._admits = admits or (lambda node: True)
 
     def register(self, server: grpc.aio.Server) -> None:
         handlers = {
@@ -133,29 +135,39 @@ class AdsService:
     async def stream_sotw(
         self, requests: AsyncIterator[discovery_pb2.DiscoveryRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[bytes]:
-        async for item in self._serve(requests, delta=False):
+        async for item in self._serve(requests, context, delta=False):
             yield item
 
     async def stream_delta(
         self, requests: AsyncIterator[discovery_pb2.DeltaDiscoveryRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[bytes]:
-        async for item in self._serve(requests, delta=True):
+        async for item in self._serve(requests, context, delta=True):
             yield item
 
-    async def _serve(self, requests: AsyncIterator[Any], delta: bool) -> AsyncIterator[bytes]:
+    async def _serve(
+        self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext, delta: bool
+    ) -> AsyncIterator[bytes]:
         out: asyncio.Queue[bytes | None] = asyncio.Queue()
-        stream: Stream | None = None
+        messages = aiter(requests)
+        try:
+            first = await anext(messages)
+        except (StopAsyncIteration, Exception):  # closed before saying who it is
+            return
+        node = Node(first.node.id, first.node.cluster)
+        if not self._admits(node):
+            log.warning("ADS stream refused: node not expected", extra={"node": node.id, "cluster": node.cluster})
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                f"node {node.id!r} (cluster {node.cluster!r}) is not expected by this control plane")
 
         def send(response: Response) -> None:
             out.put_nowait(self._encoder.encode(response))
 
+        stream = self._cache.open_stream(node, delta, send)
+
         async def read() -> None:
-            nonlocal stream
             try:
-                async for message in requests:
-                    if stream is None:
-                        node = Node(message.node.id, message.node.cluster)
-                        stream = self._cache.open_stream(node, delta, send)
+                self._cache.on_request(stream, delta_request(first) if delta else sotw_request(first))
+                async for message in messages:
                     self._cache.on_request(stream, delta_request(message) if delta else sotw_request(message))
             except Exception as exc:  # the peer went away mid-read; the stream ends either way
                 log.debug("stream read ended", extra={"error": repr(exc)})
@@ -170,5 +182,4 @@ class AdsService:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
-            if stream is not None:
-                self._cache.close_stream(stream)
+            self._cache.close_stream(stream)

@@ -13,6 +13,17 @@ ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 # Push order that never leaves anything warming: a listener's routes and a route's clusters exist first.
 ORDER = (CLUSTER, ENDPOINT, LISTENER, ROUTE)
 SHORT = {CLUSTER: "cds", ENDPOINT: "eds", LISTENER: "lds", ROUTE: "rds"}
+
+
+def short(type_url: str) -> str:
+    """cds/eds/lds/rds for Envoy's types, the message name for the services' (…v1.ExtProcConfig → ExtProcConfig)."""
+    return SHORT.get(type_url) or type_url.rsplit(".", 1)[-1]
+
+
+def rank(type_url: str) -> int:
+    """Push order: the services' resources first (a service has a version before Envoy routes by it), then
+    Envoy's in ORDER."""
+    return ORDER.index(type_url) if type_url in SHORT else -1
 # Types whose SotW request lists no names because Envoy wants them all.
 WILDCARD_TYPES = frozenset({CLUSTER, LISTENER})
 
@@ -52,13 +63,19 @@ class Snapshot:
         cls, version: str, resources: Mapping[str, Mapping[str, Resource]], previous: Snapshot | None = None
     ) -> Snapshot:
         type_versions = {}
-        for type_url in ORDER:
+        types = _types(resources)
+        for type_url in types:
             current = resources.get(type_url, {})
             if previous is not None and _same(previous.resources.get(type_url, {}), current):
                 type_versions[type_url] = previous.type_versions.get(type_url, previous.version)
             else:
                 type_versions[type_url] = version
-        return cls(version, {t: dict(resources.get(t, {})) for t in ORDER}, type_versions)
+        return cls(version, {t: dict(resources.get(t, {})) for t in types}, type_versions)
+
+    @property
+    def types(self) -> tuple[str, ...]:
+        """Every type of this snapshot in push order."""
+        return _types(self.resources)
 
     def type_version(self, type_url: str) -> str:
         return self.type_versions.get(type_url, self.version)
@@ -69,13 +86,13 @@ class Snapshot:
     def inconsistencies(self) -> list[str]:
         """Every dangling reference: listener → routes/cluster, route → cluster, EDS cluster → endpoints."""
         problems = []
-        for type_url in ORDER:
+        for type_url in self.types:
             for resource in self.get(type_url).values():
                 for ref_type, ref_name in sorted(resource.refs):
                     if ref_name not in self.get(ref_type):
                         problems.append(
-                            f"{SHORT[type_url]} resource {resource.name!r} refers to "
-                            f"{SHORT[ref_type]} resource {ref_name!r}, which does not exist"
+                            f"{short(type_url)} resource {resource.name!r} refers to "
+                            f"{short(ref_type)} resource {ref_name!r}, which does not exist"
                         )
         return problems
 
@@ -83,7 +100,11 @@ class Snapshot:
         return not self.inconsistencies()
 
     def counts(self) -> dict[str, int]:
-        return {SHORT[t]: len(self.get(t)) for t in ORDER}
+        return {short(t): len(self.get(t)) for t in self.types}
+
+
+def _types(resources: Mapping[str, object]) -> tuple[str, ...]:
+    return tuple(sorted({*ORDER, *resources}, key=lambda t: (rank(t), t)))
 
 
 def _same(a: Mapping[str, Resource], b: Mapping[str, Resource]) -> bool:

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from xds_server.protocol import Ack, Event, Nack, Nonces, SotwRequest, SotwResponse, Stale
-from xds_server.snapshot import CLUSTER, ENDPOINT, ORDER, Resource, Snapshot
+from xds_server.snapshot import CLUSTER, ENDPOINT, Resource, Snapshot
 
 
 @dataclass
@@ -75,7 +75,7 @@ class SotwStream:
 
     def on_snapshot(self, snapshot: Snapshot) -> list[SotwResponse]:
         out: list[SotwResponse] = []
-        for type_url in ORDER:
+        for type_url in snapshot.types:
             state = self._types.get(type_url)
             if state is not None and not (type_url == ENDPOINT and any(r.type_url == ENDPOINT for r in out)):
                 response = self._respond(type_url, state, snapshot)

@@ -7,8 +7,9 @@ import hashlib
 import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
-from outrider.config import ConfigError, GatewayConfig, load_config
+from outrider.config import ConfigError, GatewayConfig, load_config_given
 from outrider.config.watch import FileChangeDetector
 from xds_server.metrics import CHANGES
 
@@ -27,7 +28,7 @@ class ConfigFileWatcher:
         path: Path,
         digest: str,
         interval_s: float,
-        apply: Callable[[GatewayConfig, str], Awaitable[object]],
+        apply: Callable[[dict[str, Any], GatewayConfig, str], Awaitable[object]],
     ) -> None:
         self._path = path
         self._digest = digest
@@ -46,7 +47,7 @@ class ConfigFileWatcher:
             return
         self._digest = digest
         try:
-            config = load_config(self._path)
+            given, config = load_config_given(self._path)
         except ConfigError as exc:
             CHANGES.labels(source="file", outcome="invalid").inc()
             log.error(
@@ -54,7 +55,7 @@ class ConfigFileWatcher:
                 extra={"problems": [issue.render(exc.filename) for issue in exc.issues]},
             )
             return
-        await self._apply(config, digest)
+        await self._apply(given, config, digest)
 
     async def run(self) -> None:
         while True:

@@ -87,15 +87,18 @@ def extensions() -> tuple[ConfigExtension, ...]:
     return tuple(out)
 
 
-def section(owner: BaseModel, name: str, model: type[M]) -> M | None:
-    """A plugin's section (of the config, or a field of a route), typed; None when absent."""
+def section(owner: object, name: str, model: type[M]) -> M | None:
+    """A plugin's section (of the config, or a field of a route), typed; None when absent.
+
+    `owner` is a loaded config or route, or any object with the same attribute (a service rebuilding
+    one from its payload)."""
     value = getattr(owner, name, None)
     if value is None or isinstance(value, model):
         return value
     raise TypeError(f"`{name}` holds a {type(value).__name__}, not a {model.__name__}")
 
 
-def required_section(owner: BaseModel, name: str, model: type[M]) -> M:
+def required_section(owner: object, name: str, model: type[M]) -> M:
     """A section the plugin declares required: present in every config the loader accepted."""
     value = section(owner, name, model)
     if value is None:

@@ -41,6 +41,10 @@ class FileChangeDetector:
         self._stats = [_stat(p) for p in self._paths]
         self.digest = digest_of(self._paths)
 
+    @property
+    def paths(self) -> list[Path]:
+        return list(self._paths)
+
     def changed(self) -> bool:
         stats = [_stat(p) for p in self._paths]
         if stats == self._stats:

@@ -28,8 +28,12 @@ class XdsService(BaseModel):
     protocol: Literal["sotw", "delta"] = "sotw"
     # Snapshots are kept per node id or per node cluster (several Envoys of one cluster share one).
     node_key: Literal["id", "cluster"] = "id"
-    node_id: Annotated[str, Field(min_length=1)] = "outrider-gateway"
+    node_id: Annotated[str, Field(min_length=1, pattern=r"^[^/]+$")] = "outrider-gateway"
     node_cluster: Annotated[str, Field(min_length=1)] = "outrider"
+    # The ADS clients that belong to the gateway (shell patterns over node ids); any other is refused and
+    # cannot read the config or veto a change. Empty: the gateway's Envoy (node_id) and its services
+    # (node_id/<service>); with node_key "cluster", every node of node_cluster.
+    expected_nodes: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
     # How long an API change waits for the Envoys' ACK before it is rolled back.
     ack_timeout_ms: Annotated[int, Field(ge=100, le=60_000)] = 5_000
     # How often the config file is checked for edits (0 = never).

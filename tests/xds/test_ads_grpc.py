@@ -200,3 +200,36 @@ def test_node_matching_by_cluster() -> None:
     cache = SnapshotCache(lambda node: node.cluster)
     stream = cache.open_stream(Node("any-id", "edge"), False, lambda response: None)
     assert stream.key == "edge"
+
+
+async def test_only_expected_nodes_may_open_a_stream_and_services_read_their_gateway() -> None:
+    from outrider.config.xds import XdsService
+    from xds_server.nodes import NodePolicy
+
+    policy = NodePolicy.of(XdsService(node_id="gw-1", node_cluster="outrider"))
+    cache = SnapshotCache(policy.key)
+    grpc_server = grpc.aio.server()
+    AdsService(cache, admits=policy.admits).register(grpc_server)
+    port = free_port()
+    grpc_server.add_insecure_port(f"127.0.0.1:{port}")
+    await grpc_server.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
+    cache.set_snapshot(policy.gateway_key, SnapshotBuilder().build(gateway(), "1"))
+    try:
+        for node in (base_pb2.Node(id="intruder", cluster="outrider"), base_pb2.Node(id="gw-10", cluster="outrider"),
+                     base_pb2.Node(id="", cluster="outrider")):
+            call = stub.StreamAggregatedResources(iter([discovery_pb2.DiscoveryRequest(node=node, type_url=CLUSTER)]))
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await asyncio.wait_for(call.read(), 5)
+            assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED, node.id
+        assert cache.status() == {}  # a refused node left no trace and answers for nothing
+        # A service of the gateway (gw-1/<service>) reads the gateway's snapshot.
+        service = base_pb2.Node(id="gw-1/ext_proc", cluster="outrider")
+        call = stub.StreamAggregatedResources(iter([discovery_pb2.DiscoveryRequest(node=service, type_url=CLUSTER)]))
+        response = await asyncio.wait_for(call.read(), 5)
+        assert response.version_info == "1" and response.type_url == CLUSTER
+        call.cancel()
+    finally:
+        await channel.close()
+        await grpc_server.stop(0)

@@ -1,0 +1,144 @@
+"""ext_proc's share of a gateway config: the payload of its xDS resource, and the plans built from one.
+
+The payload keeps every section *as given* (only the fields the config sets): a route's section
+overrides exactly the fields it sets of the global one, so "set to the default" and "not set" must
+stay apart all the way to the service. Both modes build from it: the control plane sends it, and
+standalone mode computes it from the file with the same `payload()`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from ext_proc.config import (
+    CacheConfig,
+    ExtProcService,
+    RouteCacheConfig,
+    TransformationsConfig,
+    ValidationConfig,
+    cache_of,
+    route_cache_of,
+    route_settings,
+    settings_of,
+    transformations_of,
+    validation_of,
+)
+from ext_proc.plan import RoutePlan, compile_route_plans, global_settings
+from outrider.config.errors import format_loc
+from outrider.config.model import GatewayConfig, RouteMatch
+from outrider.xds_client import ConfigRejected
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _given(section: BaseModel | None) -> dict[str, Any] | None:
+    return None if section is None else section.model_dump(mode="json", exclude_unset=True)
+
+
+def payload(config: GatewayConfig) -> dict[str, Any]:
+    """Everything ext_proc reads of a validated config, as plain JSON values (deterministic)."""
+    return {
+        "routes": [
+            {
+                "name": route.name,
+                "upstream": route.upstream is not None,
+                # Only what decides which cache rules a route can serve (its path match).
+                "match": route.match.model_dump(mode="json", include={"prefix", "path", "regex"}, exclude_none=True),
+                "transformations": _given(transformations_of(route)),
+                "cache": _given(route_cache_of(route)),
+                "validation": _given(validation_of(route)),
+            }
+            for route in config.routes
+        ],
+        "transformations": _given(transformations_of(config)),
+        "cache": _given(cache_of(config)),
+        "validation": _given(validation_of(config)),
+        "logging": {"decisions": config.logging.decisions},
+        "services": {"ext_proc": settings_of(config).model_dump(mode="json")},
+    }
+
+
+@dataclass(frozen=True)
+class _Route:
+    """A route as route_settings() reads it."""
+
+    name: str
+    match: RouteMatch
+    direct_response: object | None
+    transformations: TransformationsConfig | None
+    cache: RouteCacheConfig | None
+    validation: ValidationConfig | None
+
+
+@dataclass(frozen=True)
+class _Sections:
+    """The global sections as route_settings() reads them."""
+
+    transformations: TransformationsConfig | None
+    cache: CacheConfig | None
+    validation: ValidationConfig | None
+
+
+@dataclass(frozen=True)
+class ExtProcBuild:
+    """One payload, compiled: what the service swaps in as a whole."""
+
+    plans: dict[str, RoutePlan]
+    # The cache backend's settings when some plan caches, else None (no backend at all).
+    cache: CacheConfig | None
+    decisions: bool
+    failure_mode_allow: bool
+
+
+def _model(cls: type[M], value: Any, where: str) -> M:
+    try:
+        return cls.model_validate(value)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        loc = format_loc((where, *(p for p in first["loc"] if not str(p).startswith("function-"))))
+        raise ConfigRejected(f"{loc}: {first['msg'].removeprefix('Value error, ')}") from None
+
+
+def _optional(cls: type[M], value: Any, where: str) -> M | None:
+    return None if value is None else _model(cls, value, where)
+
+
+def build(data: Mapping[str, Any]) -> ExtProcBuild:
+    """Validate a payload with ext_proc's config models and compile its plans; ConfigRejected says why not."""
+    try:
+        sections = _Sections(
+            _optional(TransformationsConfig, data["transformations"], "transformations"),
+            _optional(CacheConfig, data["cache"], "cache"),
+            _optional(ValidationConfig, data["validation"], "validation"),
+        )
+        routes = []
+        for index, item in enumerate(data["routes"]):
+            where = f"routes[{index}]"
+            routes.append(_Route(
+                name=str(item["name"]),
+                match=_model(RouteMatch, item["match"], f"{where}.match"),
+                direct_response=None if item["upstream"] else True,
+                transformations=_optional(TransformationsConfig, item["transformations"], f"{where}.transformations"),
+                cache=_optional(RouteCacheConfig, item["cache"], f"{where}.cache"),
+                validation=_optional(ValidationConfig, item["validation"], f"{where}.validation"),
+            ))
+        decisions = bool(data["logging"]["decisions"])
+        service = _model(ExtProcService, data["services"]["ext_proc"], "services.ext_proc")
+    except (KeyError, TypeError) as exc:
+        raise ConfigRejected(f"malformed ext_proc payload: {type(exc).__name__}: {exc}") from None
+    names = [route.name for route in routes]
+    if len(set(names)) != len(names):
+        raise ConfigRejected("route names repeat")
+    try:
+        plans = compile_route_plans(
+            {route.name: route_settings(route, sections) for route in routes if route.direct_response is None},
+            global_settings(sections))
+    except ValueError as exc:  # a rule the models accepted but the compilers cannot use
+        raise ConfigRejected(f"cannot compile ext_proc plans: {exc}") from None
+    caches = any(plan.cache is not None for plan in plans.values())
+    return ExtProcBuild(plans, (sections.cache or CacheConfig()) if caches else None, decisions,
+                        service.failure_mode_allow)

@@ -1,0 +1,66 @@
+"""A scripted ADS server for the client tests: records every request, sends what the test pushes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import grpc
+from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+from google.protobuf import any_pb2
+
+from outrider.service_resource import pack
+
+
+class ScriptedAds(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
+    def __init__(self) -> None:
+        self.requests: asyncio.Queue[discovery_pb2.DiscoveryRequest] = asyncio.Queue()
+        self.streams = 0
+        self._outbox: asyncio.Queue[discovery_pb2.DiscoveryResponse | None] | None = None
+        self.stream_open = asyncio.Event()
+
+    async def StreamAggregatedResources(
+        self, request_iterator: AsyncIterator[discovery_pb2.DiscoveryRequest], context: Any
+    ) -> AsyncIterator[discovery_pb2.DiscoveryResponse]:
+        self.streams += 1
+        outbox: asyncio.Queue[discovery_pb2.DiscoveryResponse | None] = asyncio.Queue()
+        self._outbox = outbox
+        self.stream_open.set()
+
+        async def read() -> None:
+            async for request in request_iterator:
+                await self.requests.put(request)
+
+        reader = asyncio.create_task(read())
+        try:
+            while True:
+                response = await outbox.get()
+                if response is None:
+                    return
+                yield response
+        finally:
+            reader.cancel()
+
+    def send(self, response: discovery_pb2.DiscoveryResponse) -> None:
+        assert self._outbox is not None, "no stream open"
+        self._outbox.put_nowait(response)
+
+    def push(self, type_url: str, version: str, payload: Mapping[str, Any] | None, nonce: str,
+             resources: list[any_pb2.Any] | None = None) -> None:
+        """One response with the service's resource (payload None: no resource at all)."""
+        if resources is None:
+            resources = [] if payload is None else [pack(type_url, version, payload)]
+        self.send(discovery_pb2.DiscoveryResponse(version_info=version, nonce=nonce, type_url=type_url,
+                                                  resources=resources))
+
+    async def next_request(self, wait_s: float = 5.0) -> discovery_pb2.DiscoveryRequest:
+        return await asyncio.wait_for(self.requests.get(), wait_s)
+
+
+async def start_ads(port: int, servicer: ScriptedAds) -> grpc.aio.Server:
+    server = grpc.aio.server()
+    ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(servicer, server)
+    assert server.add_insecure_port(f"127.0.0.1:{port}") == port
+    await server.start()
+    return server
