@@ -2,28 +2,36 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ext_authz import devcli
-from ext_authz.config import SERVICE, AuthConfig, ExtAuthzService, RbacConfig, check_auth, settings_of
+from ext_authz.config import (
+    SERVICE,
+    AuthConfig,
+    ExtAuthzService,
+    RbacConfig,
+    auth_of,
+    check_auth,
+    rbac_of,
+    settings_of,
+)
 from ext_authz.envoy import ExtAuthzContribution
 from outrider.config.errors import Problem
 from outrider.config.extensions import Section
 from outrider.config.model import GatewayConfig
 from outrider.plugins import CliCommand, ServicePlugin
-from outrider.process import ManagedProcess, http_ready
-
-TYPE_URL = "type.googleapis.com/outrider.config.v1.ExtAuthzConfig"
+from outrider.process import ManagedProcess
+from outrider.service_process import service_process
+from outrider.service_resource import EXT_AUTHZ_TYPE_URL
 
 
 @dataclass(frozen=True)
 class ExtAuthzPlugin:
     name: str = SERVICE
-    type_url: str = TYPE_URL
+    type_url: str = EXT_AUTHZ_TYPE_URL
     # First of the services' filters: the rate limiter keys on the identity it leaves in metadata.
     filter_order: int = 100
     sections: Mapping[str, Section] = field(default_factory=lambda: {
@@ -38,18 +46,17 @@ class ExtAuthzPlugin:
         return list(check_auth(config))
 
     def payload(self, config: GatewayConfig) -> Mapping[str, Any]:
-        # ext_authz/resource.py builds it (written beside this in another branch; wired at merge).
-        raise NotImplementedError("ext_authz payload")
+        # Placeholder until ext_authz/resource.py (another branch) is merged: take its payload() then.
+        # The control plane publishes it already; no ext_authz subscribes to it on this branch.
+        return {"auth": auth_of(config).model_dump(mode="json"), "rbac": rbac_of(config).model_dump(mode="json")}
 
     def contribution(self) -> ExtAuthzContribution:
         return ExtAuthzContribution()
 
     def processes(self, config: GatewayConfig, config_path: Path) -> Sequence[ManagedProcess]:
         # Always: every protected route asks it, and without it Envoy fails closed.
-        settings = settings_of(config)
-        return [ManagedProcess(
-            "ext_authz", [sys.executable, "-m", "ext_authz", "--config", str(config_path)],
-            ready=http_ready(f"http://{settings.address}:{settings.metrics_port}/metrics"))]
+        return [service_process(SERVICE, "ext_authz", settings_of(config), config, config_path,
+                                from_control_plane=False)]
 
     def cli_commands(self) -> Sequence[CliCommand]:
         return [CliCommand("token", "print a DEVELOPMENT-ONLY token signed with the example key",

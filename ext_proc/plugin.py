@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,8 @@ from outrider.config.errors import Problem
 from outrider.config.extensions import Section
 from outrider.config.model import GatewayConfig
 from outrider.plugins import CliCommand, ServicePlugin
-from outrider.process import ManagedProcess, http_ready
+from outrider.process import ManagedProcess
+from outrider.service_process import service_process
 from outrider.service_resource import EXT_PROC_TYPE_URL
 
 
@@ -61,10 +61,9 @@ class ExtProcPlugin:
     def processes(self, config: GatewayConfig, config_path: Path) -> Sequence[ManagedProcess]:
         if not ext_proc_enabled(config):
             return []  # no route needs it: no filter, no cluster, no process
-        settings = settings_of(config)
-        return [ManagedProcess(
-            "ext_proc", [sys.executable, "-m", "ext_proc", "--config", str(config_path)],
-            ready=http_ready(f"http://{settings.address}:{settings.metrics_port}/metrics"))]
+        # With the control plane it is an ADS client of it (ready once it has applied a version).
+        return [service_process(SERVICE, "ext_proc", settings_of(config), config, config_path,
+                                from_control_plane=config.services.xds.enabled)]
 
     def cli_commands(self) -> Sequence[CliCommand]:
         return []

@@ -41,6 +41,23 @@ def http_ready(url: str, expect_status: int = 200) -> Callable[[], bool]:
     return check
 
 
+def grpc_serving(address: str, port: int, service: str = "") -> Callable[[], bool]:
+    """Ready once the gRPC health service says SERVING (a service in control-plane mode: it has its config)."""
+
+    def check() -> bool:
+        import grpc
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        try:
+            with grpc.insecure_channel(f"{address}:{port}") as channel:
+                answer = health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(service=service), timeout=0.5)
+            return bool(answer.status == health_pb2.HealthCheckResponse.SERVING)
+        except grpc.RpcError:
+            return False
+    return check
+
+
 class ProcessFailed(RuntimeError):
     pass
 

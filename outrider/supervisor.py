@@ -37,10 +37,10 @@ def envoy_argv(bootstrap_path: Path, log_level: str = "warning") -> list[str]:
 
 def plan_processes(config: GatewayConfig, config_path: Path, run_dir: Path,
                    log_dir: Path | None = None) -> list[ManagedProcess]:
-    """The processes of the stack, in start order (Envoy last, once what it calls is up).
+    """The processes of the stack, in start order: the control plane, the services, Envoy last.
 
-    Each service plugin says what it needs started; logs go to log_dir/<name>.log when given (tests), else
-    the terminal.
+    Each service plugin says what it needs started (outrider/service_process.py); logs go to
+    log_dir/<name>.log when given (tests), else the terminal.
     """
     run_dir.mkdir(parents=True, exist_ok=True)
     python = sys.executable
@@ -51,14 +51,16 @@ def plan_processes(config: GatewayConfig, config_path: Path, run_dir: Path,
             "demo-upstream",
             [python, "-m", "outrider.demo_upstream", "--address", demo.address, "--port", str(demo.port)],
             ready=tcp_ready(demo.address, demo.port)))
-    for plugin in ordered_plugins():
-        procs.extend(plugin.processes(config, config_path))
     xds = config.services.xds
     if xds.enabled:
-        # Envoy starts from the small ADS bootstrap; everything else comes from xds_server.
+        # The control plane first: the services and Envoy take their config from it.
         procs.append(ManagedProcess(
             "xds_server", [python, "-m", "xds_server", "--config", str(config_path)],
             ready=http_ready(f"http://{xds.admin_address}:{xds.admin_port}/v1/status")))
+    for plugin in ordered_plugins():
+        procs.extend(plugin.processes(config, config_path))
+    if xds.enabled:
+        # Envoy starts from the small ADS bootstrap; everything else comes from xds_server.
         bootstrap = run_dir / "envoy-bootstrap-xds.yaml"
         bootstrap.write_text(yaml.safe_dump(compile_ads_bootstrap(config), sort_keys=False))
     else:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,7 +11,9 @@ from outrider.config.errors import Problem
 from outrider.config.extensions import Section
 from outrider.config.model import GatewayConfig
 from outrider.plugins import CliCommand, ServicePlugin
-from outrider.process import ManagedProcess, http_ready
+from outrider.process import ManagedProcess
+from outrider.service_process import service_process
+from outrider.service_resource import RATELIMIT_TYPE_URL
 from ratelimit_service.config import (
     SERVICE,
     RateLimitsConfig,
@@ -23,13 +24,11 @@ from ratelimit_service.config import (
 )
 from ratelimit_service.envoy import RateLimitContribution
 
-TYPE_URL = "type.googleapis.com/outrider.config.v1.RateLimitServiceConfig"
-
 
 @dataclass(frozen=True)
 class RateLimitPlugin:
     name: str = SERVICE
-    type_url: str = TYPE_URL
+    type_url: str = RATELIMIT_TYPE_URL
     # After ext_authz (its descriptors carry the caller's tier and id from ext_authz's metadata).
     filter_order: int = 200
     sections: Mapping[str, Section] = field(default_factory=lambda: {"rate_limits": Section(RateLimitsConfig)})
@@ -40,19 +39,19 @@ class RateLimitPlugin:
         return list(check_rate_limits(config))
 
     def payload(self, config: GatewayConfig) -> Mapping[str, Any]:
-        # ratelimit_service/resource.py builds it (written beside this in another branch; wired at merge).
-        raise NotImplementedError("ratelimit payload")
+        # Placeholder until ratelimit_service/resource.py (another branch) is merged: take its payload()
+        # then. The control plane publishes it already; no rate limiter subscribes to it on this branch.
+        rl = rate_limits_of(config)
+        return {"rate_limits": rl.model_dump(mode="json") if rl is not None else None}
 
     def contribution(self) -> RateLimitContribution:
         return RateLimitContribution()
 
     def processes(self, config: GatewayConfig, config_path: Path) -> Sequence[ManagedProcess]:
         if rate_limits_of(config) is None:
-            return []
-        settings = settings_of(config)
-        return [ManagedProcess(
-            "ratelimit", [sys.executable, "-m", "ratelimit_service", "--config", str(config_path)],
-            ready=http_ready(f"http://{settings.address}:{settings.metrics_port}/metrics"))]
+            return []  # nothing limited: no filter, no cluster, no process
+        return [service_process(SERVICE, "ratelimit_service", settings_of(config), config, config_path,
+                                from_control_plane=False)]
 
     def cli_commands(self) -> Sequence[CliCommand]:
         return []

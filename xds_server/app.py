@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +17,17 @@ from outrider.config.xds import XdsService
 from outrider.grpc_runtime import serve
 from outrider.logs import setup_logging
 from outrider.metrics import start_metrics_server
+from outrider.plugins import ServicePlugin, discover
 from outrider.service_main import cancel_tasks
+from outrider.service_resource import encode
 from xds_server.admin import build_admin_app, start_admin
 from xds_server.cache import SnapshotCache
 from xds_server.control import Controller
 from xds_server.metrics import MetricsCallbacks
 from xds_server.nodes import NodePolicy
+from xds_server.resources import ServiceResources, SnapshotBuilder
 from xds_server.service import SERVICE, AdsService
+from xds_server.snapshot import Resource
 from xds_server.store import FileStore, State
 from xds_server.watch import ConfigFileWatcher, file_digest
 
@@ -83,6 +88,19 @@ def initial_state(given: dict[str, Any], config: GatewayConfig, digest: str, sto
     return given, config, state.version + 1, True
 
 
+def plugin_resources(plugins: Sequence[ServicePlugin]) -> ServiceResources:
+    """Each service's share of a version, in its own resource type (one resource, named after the service)."""
+
+    def build(config: GatewayConfig, version: str) -> dict[str, dict[str, Resource]]:
+        return {
+            plugin.type_url: {plugin.name: Resource.of(plugin.name, encode(plugin.type_url, version,
+                                                                           plugin.payload(config)))}
+            for plugin in plugins
+        }
+
+    return build
+
+
 async def run_service(given: dict[str, Any], config: GatewayConfig, config_path: Path,
                       file_ok: bool = True) -> None:
     settings = config.services.xds
@@ -92,7 +110,9 @@ async def run_service(given: dict[str, Any], config: GatewayConfig, config_path:
     store = FileStore(state_dir(settings, config_path))
     digest = file_digest(config_path)
     given, served, version, persist = initial_state(given, config, digest, store, config_path, file_ok)
-    controller = Controller(cache, store, key, served, given, version, digest, settings.ack_timeout_ms / 1000)
+    builder = SnapshotBuilder(plugin_resources(discover()))
+    controller = Controller(cache, store, key, served, given, version, digest, settings.ack_timeout_ms / 1000,
+                            builder)
     # The snapshot exists before the first stream can open: a reconnecting Envoy never sees an empty one.
     controller.start(persist)
     ads = AdsService(cache, admits=nodes.admits)

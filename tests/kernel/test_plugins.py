@@ -82,7 +82,7 @@ def test_envoy_filters_come_from_the_plugins_in_their_order() -> None:
 
 def test_outrider_run_starts_what_the_plugins_ask_for(tmp_path: Path) -> None:
     full = [p.name for p in plan_processes(load_config(EXAMPLE), EXAMPLE, tmp_path)]
-    assert full == ["demo-upstream", "ext_authz", "ratelimit", "ext_proc", "xds_server", "envoy"]
+    assert full == ["demo-upstream", "xds_server", "ext_authz", "ratelimit", "ext_proc", "envoy"]
     # No rate limits, no ext_proc sections: only the authorizer is asked for.
     minimal = [p.name for p in plan_processes(load_config(MINIMAL), MINIMAL, tmp_path)]
     assert minimal == ["demo-upstream", "ext_authz", "envoy"]
