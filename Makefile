@@ -39,9 +39,11 @@ run: install
 test: install test-deps
 	$(BIN)/python -m pytest
 
+# ruff, mypy strict, and the layout rules as import-linter contracts ([tool.importlinter] in pyproject.toml).
 check: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy outrider ext_authz ratelimit_service ext_proc xds_server
+	$(BIN)/lint-imports
 
 # Regenerate outrider/protos/ from proto/ (tests/kernel/test_protos_current.py checks it is current).
 protos: install

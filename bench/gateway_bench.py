@@ -81,7 +81,7 @@ class Bench:
         self.ports: Ports = free_ports()
         self.configs = write_configs(workdir, self.ports)
         # One Envoy per worker count, idle while the other is measured: Envoy's settings for a gRPC
-        # cluster follow the service's `workers` (see outrider.envoy_config.grpc_service_cluster).
+        # cluster follow the service's `workers` (see outrider.envoy_contribution.grpc_service_cluster).
         self.envoys = {
             workers: ManagedProcess(f"envoy-w{workers}",
                                     envoy_argv(write_bootstrap(workdir, self.configs[workers], self.ports, workers)),

@@ -27,7 +27,7 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from outrider.config.model import GatewayConfig
+from outrider.config import GatewayConfig, config_from_data
 from outrider.envoy_ads import compile_ads_bootstrap
 from outrider.process import ManagedProcess, free_port, http_ready, tcp_ready
 from outrider.supervisor import envoy_argv
@@ -93,10 +93,10 @@ def encode_all(snapshot: Snapshot) -> int:
 def bench_build(n_routes: int, n_clusters: int) -> tuple[GatewayConfig, Snapshot]:
     # Once per process: imports of the proto packages the Any payloads name, the encoder's field tables.
     started = time.perf_counter()
-    encode_all(SnapshotBuilder().build(GatewayConfig.model_validate(config_data(10, 10)), "0"))
+    encode_all(SnapshotBuilder().build(config_from_data(config_data(10, 10)), "0"))
     row("process warm-up: first build (10 routes)", f"{(time.perf_counter() - started) * 1e3:.0f} ms",
         "proto imports and encoder tables, once per process")
-    config = GatewayConfig.model_validate(config_data(n_routes, n_clusters))
+    config = config_from_data(config_data(n_routes, n_clusters))
     builder = SnapshotBuilder()
     started = time.perf_counter()
     first = builder.build(config, "1")
@@ -117,7 +117,7 @@ def bench_build(n_routes: int, n_clusters: int) -> tuple[GatewayConfig, Snapshot
         f"{(time.perf_counter() - started) * 1e3:.0f} ms",
         "what an API change costs",
     )
-    reparsed = GatewayConfig.model_validate(changed.model_dump(mode="json"))
+    reparsed = config_from_data(changed.model_dump(mode="json"))
     started = time.perf_counter()
     builder.build(reparsed, "3", second)
     row(
@@ -270,7 +270,7 @@ def bench_envoy(n_routes: int, n_clusters: int) -> None:
         data["services"] = {"xds": xds, "ext_authz": {"port": free_port(), "metrics_port": free_port()}}
         path = work / "gateway.yaml"
         path.write_text(yaml.safe_dump(data))
-        config = GatewayConfig.model_validate(data)
+        config = config_from_data(data)
         bootstrap = work / "bootstrap.yaml"
         bootstrap.write_text(yaml.safe_dump(compile_ads_bootstrap(config)))
         procs = [

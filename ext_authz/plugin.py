@@ -1,21 +1,68 @@
-"""ext_authz's service plugin: its name, its resource type and its payload (entry point `outrider.services`)."""
+"""ext_authz's service plugin (entry point `outrider.services`): its config sections, Envoy filter, process."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from ext_authz import resource
+from ext_authz import devcli, resource
+from ext_authz.config import (
+    SERVICE,
+    AuthConfig,
+    ExtAuthzService,
+    RbacConfig,
+    check_auth,
+    settings_of,
+)
+from ext_authz.envoy import ExtAuthzContribution
+from outrider.config.errors import Problem
+from outrider.config.extensions import Section
 from outrider.config.model import GatewayConfig
+from outrider.plugins import CliCommand, ServicePlugin
+from outrider.process import ManagedProcess
+from outrider.service_process import service_process
 from outrider.service_resource import EXT_AUTHZ_TYPE_URL
 
 
+@dataclass(frozen=True)
 class ExtAuthzPlugin:
-    name = "ext_authz"
-    type_url = EXT_AUTHZ_TYPE_URL
+    name: str = SERVICE
+    type_url: str = EXT_AUTHZ_TYPE_URL
+    # First of the services' filters: the rate limiter keys on the identity it leaves in metadata.
+    filter_order: int = 100
+    sections: Mapping[str, Section] = field(default_factory=lambda: {
+        "auth": Section(AuthConfig, required=True),
+        "rbac": Section(RbacConfig, required=True),
+    })
+    # A route's `public` / `resource` are the kernel's (every service keys on whether a route is protected).
+    route_fields: Mapping[str, Section] = field(default_factory=dict)
+    settings: type[ExtAuthzService] = ExtAuthzService
+    # Reuses each unchanged route's JSON between versions (10,000 routes: see resource.PayloadJson).
+    _payload_json: resource.PayloadJson = field(default_factory=resource.PayloadJson, repr=False, compare=False)
+
+    def check(self, config: GatewayConfig) -> list[Problem]:
+        return list(check_auth(config))
 
     def payload(self, config: GatewayConfig) -> Mapping[str, Any]:
         return resource.payload(config)
 
+    def payload_json(self, config: GatewayConfig) -> str:
+        return self._payload_json(config)
 
-PLUGIN = ExtAuthzPlugin()
+    def contribution(self) -> ExtAuthzContribution:
+        return ExtAuthzContribution()
+
+    def processes(self, config: GatewayConfig, config_path: Path) -> Sequence[ManagedProcess]:
+        # Always: every protected route asks it, and without it Envoy fails closed.
+        # With the control plane it is an ADS client of it (ready once it has applied a version).
+        return [service_process(SERVICE, "ext_authz", settings_of(config), config, config_path,
+                                from_control_plane=config.services.xds.enabled)]
+
+    def cli_commands(self) -> Sequence[CliCommand]:
+        return [CliCommand("token", "print a DEVELOPMENT-ONLY token signed with the example key",
+                           devcli.add_arguments, devcli.cmd_token)]
+
+
+PLUGIN: ServicePlugin = ExtAuthzPlugin()

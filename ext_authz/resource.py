@@ -12,13 +12,15 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
+from ext_authz.config import AuthConfig, RbacConfig, auth_of, rbac_of
 from ext_authz.decision import Authorizer, PathRule
-from ext_authz.jwks import JwksFileSource, JwksUrlSource, KeySet
+from ext_authz.jwks import KeySet
+from ext_authz.jwks_sources import JwksFileSource, JwksUrlSource
 from ext_authz.jwt_verifier import ProviderSettings, TokenVerifier
 from ext_authz.metrics import JWKS_REFRESHES
 from ext_authz.rbac import Grant, RbacPolicy
 from ext_authz.token_cache import TokenCache
-from outrider.config.model import AuthConfig, GatewayConfig, Name, RbacConfig, RouteConfig
+from outrider.config.model import GatewayConfig, Name, RouteConfig
 from outrider.service_resource import PerItemJson, canonical_json_with_items
 
 log = logging.getLogger("ext_authz")
@@ -92,8 +94,8 @@ def _rule(route: RouteConfig) -> dict[str, Any] | None:
 
 def _head(config: GatewayConfig) -> dict[str, Any]:
     return {
-        "auth": config.auth.model_dump(mode="json"),
-        "rbac": config.rbac.model_dump(mode="json"),
+        "auth": auth_of(config).model_dump(mode="json"),
+        "rbac": rbac_of(config).model_dump(mode="json"),
         "logging": {"decisions": config.logging.decisions},
     }
 

@@ -12,10 +12,10 @@ import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc
 
 from ext_proc.cache_backends import CacheBackend, MemoryCache, RedisCache
+from ext_proc.config import CacheConfig
 from ext_proc.plugin import PLUGIN
 from ext_proc.resource import build
 from ext_proc.service import ExternalProcessorService, Live
-from outrider.config.ext_proc import CacheConfig
 from outrider.logs import DecisionLog
 from outrider.service_main import ServiceSpec, StartupSettings, cancel_tasks, run_main
 

@@ -8,7 +8,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from outrider.config.ext_proc import CacheConfig, glob_to_regex
+from ext_proc.config import CacheConfig, glob_to_regex
 
 # Never replayed from the cache: per-connection, per-response or per-user state.
 _NOT_STORED = frozenset({"set-cookie", "content-length", "transfer-encoding", "connection", "date", "age",

@@ -6,7 +6,7 @@ import json
 import math
 from typing import Any
 
-from outrider.config.ext_proc import WILDCARD, PathStep
+from ext_proc.config import WILDCARD, PathStep
 
 MISSING = object()
 

@@ -7,9 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ext_proc.cache import CachePolicy
-from ext_proc.transforms import RequestTransformer, ResponseTransformer
-from ext_proc.validation import RequestValidator
-from outrider.config.ext_proc import (
+from ext_proc.config import (
     Phases,
     RouteSettings,
     TransformationsConfig,
@@ -17,6 +15,8 @@ from outrider.config.ext_proc import (
     route_phases,
     route_settings,
 )
+from ext_proc.transforms import RequestTransformer, ResponseTransformer
+from ext_proc.validation import RequestValidator
 from outrider.config.model import GatewayConfig
 
 DEFAULT_ROUTE = ""

@@ -14,16 +14,21 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from ext_proc.plan import RoutePlan, compile_route_plans, global_settings
-from outrider.config.errors import format_loc
-from outrider.config.ext_proc import (
+from ext_proc.config import (
     CacheConfig,
     ExtProcService,
     RouteCacheConfig,
     TransformationsConfig,
     ValidationConfig,
+    cache_of,
+    route_cache_of,
     route_settings,
+    settings_of,
+    transformations_of,
+    validation_of,
 )
+from ext_proc.plan import RoutePlan, compile_route_plans, global_settings
+from outrider.config.errors import format_loc
 from outrider.config.model import GatewayConfig, RouteConfig, RouteMatch
 from outrider.service_resource import PerItemJson, canonical_json_with_items
 from outrider.xds_client import ConfigRejected
@@ -41,19 +46,19 @@ def _route_item(route: RouteConfig) -> dict[str, Any]:
         "upstream": route.upstream is not None,
         # Only what decides which cache rules a route can serve (its path match).
         "match": route.match.model_dump(mode="json", include={"prefix", "path", "regex"}, exclude_none=True),
-        "transformations": _given(route.transformations),
-        "cache": _given(route.cache),
-        "validation": _given(route.validation),
+        "transformations": _given(transformations_of(route)),
+        "cache": _given(route_cache_of(route)),
+        "validation": _given(validation_of(route)),
     }
 
 
 def _head(config: GatewayConfig) -> dict[str, Any]:
     return {
-        "transformations": _given(config.transformations),
-        "cache": _given(config.cache),
-        "validation": _given(config.validation),
+        "transformations": _given(transformations_of(config)),
+        "cache": _given(cache_of(config)),
+        "validation": _given(validation_of(config)),
         "logging": {"decisions": config.logging.decisions},
-        "services": {"ext_proc": config.services.ext_proc.model_dump(mode="json")},
+        "services": {"ext_proc": settings_of(config).model_dump(mode="json")},
     }
 
 

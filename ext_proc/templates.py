@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from outrider.config.ext_proc import TemplatePart, parse_template
+from ext_proc.config import TemplatePart, parse_template
 
 
 @dataclass(frozen=True, slots=True)

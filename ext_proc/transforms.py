@@ -9,8 +9,7 @@ from typing import Any
 from urllib.parse import quote, unquote_plus
 
 from ext_proc import jsonbody
-from ext_proc.templates import Context, Template
-from outrider.config.ext_proc import (
+from ext_proc.config import (
     MUTATION_DISALLOW_REGEX,
     REQUEST_VARS,
     RESPONSE_VARS,
@@ -24,6 +23,7 @@ from outrider.config.ext_proc import (
     parse_jsonpath,
     parse_template,
 )
+from ext_proc.templates import Context, Template
 
 SetHeader = tuple[str, str, bool]  # name, value, only if absent
 _FORBIDDEN = re.compile(MUTATION_DISALLOW_REGEX)

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, unquote
 
-from outrider.config.ext_proc import ValidationConfig
+from ext_proc.config import ValidationConfig
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from outrider.config.model import GatewayConfig
-from outrider.envoy_config import HTTP2_OPTIONS
+from outrider.envoy_contribution import HTTP2_OPTIONS
 
 XDS_CLUSTER = "outrider_xds"
 

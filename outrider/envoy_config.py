@@ -1,46 +1,32 @@
 """Compile the gateway config into Envoy v3 resources (plain dicts in Envoy's JSON form) and a bootstrap.
 
-Each outrider service adds its HTTP filter, per-route settings and cluster through a FilterContribution
-(outrider/envoy_authz.py is the first); this module owns listeners, routes, upstream clusters and order.
+Each outrider service adds its HTTP filter, per-route settings and cluster through the FilterContribution
+its plugin gives (outrider/envoy_contribution.py); this module owns listeners, routes, upstream clusters
+and order, and names no service.
 """
 
 from __future__ import annotations
 
 import functools
 import ipaddress
-from typing import Any, Protocol
+from typing import Any
 
 from outrider.config.model import GatewayConfig, RouteConfig, UpstreamConfig
-from outrider.envoy_traffic import cluster_fields, header_matcher, route_action_fields, upstream_of
+from outrider.envoy_contribution import FilterContribution, load_assignment
+from outrider.envoy_traffic import CorsContribution, cluster_fields, header_matcher, route_action_fields, upstream_of
 from outrider.identity import IDENTITY_HEADERS
+from outrider.plugins import ordered_plugins
 
 READY_PATH = "/health/ready"
 HCM_TYPE = ("type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
             ".HttpConnectionManager")
 
 
-class FilterContribution(Protocol):
-    """What one outrider service adds to the Envoy config."""
-
-    filter_name: str
-
-    def http_filter(self, config: GatewayConfig) -> dict[str, Any] | None: ...
-    def per_route(self, route: RouteConfig | None, config: GatewayConfig) -> dict[str, Any] | None:
-        """typed_per_filter_config for a route (None = the catch-all 404 route)."""
-    def route_fields(self, route: RouteConfig, config: GatewayConfig) -> dict[str, Any]:
-        """Extra fields merged into the route's `route` action (e.g. rate_limits)."""
-    def clusters(self, config: GatewayConfig) -> list[dict[str, Any]]: ...
-
-
 def contributions() -> list[FilterContribution]:
-    """In HTTP filter order: authorization first, then rate limiting, then processing."""
-    from outrider.envoy_authz import ExtAuthzContribution
-    from outrider.envoy_ext_proc import ExtProcContribution
-    from outrider.envoy_ratelimit import RateLimitContribution
-    from outrider.envoy_traffic import CorsContribution
-
+    """In HTTP filter order: CORS (the kernel's) first, then the service plugins' by their filter_order."""
     # CORS first: a preflight is answered by Envoy before any check runs.
-    return [CorsContribution(), ExtAuthzContribution(), RateLimitContribution(), ExtProcContribution()]
+    return [CorsContribution(), *(plugin.contribution() for plugin in ordered_plugins())]
+
 
 _LB_POLICY = {
     "round_robin": "ROUND_ROBIN",
@@ -48,24 +34,6 @@ _LB_POLICY = {
     "random": "RANDOM",
     "ring_hash": "RING_HASH",
     "maglev": "MAGLEV",
-}
-HTTP2_OPTIONS = {
-    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-        "explicit_http_config": {"http2_protocol_options": {}},
-    }
-}
-# To a gRPC service with several workers on one port (SO_REUSEPORT): the kernel deals each new connection
-# to one worker, and Envoy keeps one HTTP/2 connection per thread for ever, so 2 workers may get both
-# connections on one of them (measured: one ext_proc worker took all the load). Few streams per connection
-# open more connections under load, and recycling a connection every 250 streams re-deals them, so the
-# workers' shares even out. One worker keeps plain multiplexing (fewer connections cost less CPU).
-GRPC_WORKERS_HTTP2_OPTIONS = {
-    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-        "common_http_protocol_options": {"max_requests_per_connection": 250},
-        "explicit_http_config": {"http2_protocol_options": {"max_concurrent_streams": 4}},
-    }
 }
 
 
@@ -87,18 +55,6 @@ def _socket_address(address: str, port: int) -> dict[str, Any]:
     return {"socket_address": {"address": address, "port_value": port}}
 
 
-def _load_assignment(name: str, endpoints: list[tuple[str, int, int]]) -> dict[str, Any]:
-    return {
-        "cluster_name": name,
-        "endpoints": [{
-            "lb_endpoints": [
-                {"endpoint": {"address": _socket_address(a, p)}, "load_balancing_weight": w}
-                for a, p, w in endpoints
-            ]
-        }],
-    }
-
-
 def compile_upstream_cluster(upstream: UpstreamConfig) -> dict[str, Any]:
     """One upstream → one Envoy cluster."""
     static = all(_is_ip(e.address) for e in upstream.endpoints)
@@ -107,29 +63,10 @@ def compile_upstream_cluster(upstream: UpstreamConfig) -> dict[str, Any]:
         "type": "STATIC" if static else "STRICT_DNS",
         "connect_timeout": _duration_ms(upstream.connect_timeout_ms),
         "lb_policy": _LB_POLICY[upstream.lb_policy],
-        "load_assignment": _load_assignment(
+        "load_assignment": load_assignment(
             upstream.name, [(e.address, e.port, e.weight) for e in upstream.endpoints]
         ),
         **cluster_fields(upstream),
-    }
-
-
-def grpc_service_cluster(name: str, address: str, port: int, workers: int = 1) -> dict[str, Any]:
-    """A cluster for one of outrider's gRPC services, health checked so /health/ready means something."""
-    return {
-        "name": name,
-        "type": "STATIC",
-        "connect_timeout": "0.25s",
-        "typed_extension_protocol_options": HTTP2_OPTIONS if workers <= 1 else GRPC_WORKERS_HTTP2_OPTIONS,
-        "load_assignment": _load_assignment(name, [(address, port, 1)]),
-        "health_checks": [{
-            "timeout": "0.5s",
-            "interval": "1s",
-            "no_traffic_interval": "1s",
-            "unhealthy_threshold": 1,
-            "healthy_threshold": 1,
-            "grpc_health_check": {},
-        }],
     }
 
 

@@ -8,16 +8,14 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Protocol
 
 import yaml
 
 from outrider.config.model import GatewayConfig
 from outrider.envoy_ads import compile_ads_bootstrap
 from outrider.envoy_config import compile_bootstrap
-from outrider.envoy_ext_proc import ext_proc_enabled
-from outrider.process import ManagedProcess, grpc_serving, http_ready, tcp_ready
-from outrider.xds_client import service_node_id
+from outrider.plugins import ordered_plugins
+from outrider.process import ManagedProcess, http_ready, tcp_ready
 
 
 def envoy_binary() -> str:
@@ -37,43 +35,12 @@ def envoy_argv(bootstrap_path: Path, log_level: str = "warning") -> list[str]:
             "--concurrency", "2"]
 
 
-class ListenSettings(Protocol):
-    """What the supervisor reads of a service's `services.<name>` section."""
-
-    @property
-    def address(self) -> str: ...
-    @property
-    def port(self) -> int: ...
-    @property
-    def metrics_port(self) -> int: ...
-    @property
-    def workers(self) -> int: ...
-
-
-def service_process(name: str, module: str, settings: ListenSettings, config: GatewayConfig,
-                    config_path: Path, from_control_plane: bool) -> ManagedProcess:
-    """One outrider service: a client of the control plane when there is one, else standalone on the file.
-
-    On the control plane the service is ready once its gRPC health says SERVING, which it says only
-    after it has applied its first config version.
-    """
-    python = sys.executable
-    if not from_control_plane:
-        return ManagedProcess(name, [python, "-m", module, "--config", str(config_path)],
-                              ready=http_ready(f"http://{settings.address}:{settings.metrics_port}/metrics"))
-    xds = config.services.xds
-    argv = [python, "-m", module, "--xds", f"{xds.address}:{xds.port}",
-            "--node-id", service_node_id(xds.node_id, name), "--node-cluster", xds.node_cluster,
-            "--address", settings.address, "--port", str(settings.port), "--metrics-port", str(settings.metrics_port),
-            "--log-level", config.logging.level, "--workers", str(settings.workers)]
-    return ManagedProcess(name, argv, ready=grpc_serving(settings.address, settings.port))
-
-
 def plan_processes(config: GatewayConfig, config_path: Path, run_dir: Path,
                    log_dir: Path | None = None) -> list[ManagedProcess]:
     """The processes of the stack, in start order: the control plane, the services, Envoy last.
 
-    Logs go to log_dir/<name>.log when given (tests), else the terminal.
+    Each service plugin says what it needs started (outrider/service_process.py); logs go to
+    log_dir/<name>.log when given (tests), else the terminal.
     """
     run_dir.mkdir(parents=True, exist_ok=True)
     python = sys.executable
@@ -90,14 +57,8 @@ def plan_processes(config: GatewayConfig, config_path: Path, run_dir: Path,
         procs.append(ManagedProcess(
             "xds_server", [python, "-m", "xds_server", "--config", str(config_path)],
             ready=http_ready(f"http://{xds.admin_address}:{xds.admin_port}/v1/status")))
-    procs.append(service_process("ext_authz", "ext_authz", config.services.ext_authz, config, config_path,
-                                 xds.enabled))
-    if config.rate_limits is not None:
-        procs.append(service_process("ratelimit", "ratelimit_service", config.services.ratelimit, config,
-                                     config_path, xds.enabled))
-    if ext_proc_enabled(config):
-        procs.append(service_process("ext_proc", "ext_proc", config.services.ext_proc, config, config_path,
-                                     xds.enabled))
+    for plugin in ordered_plugins():
+        procs.extend(plugin.processes(config, config_path))
     if xds.enabled:
         # Envoy starts from the small ADS bootstrap; everything else comes from xds_server.
         bootstrap = run_dir / "envoy-bootstrap-xds.yaml"

@@ -11,13 +11,13 @@ from typing import Any
 import grpc
 
 from outrider.config import GatewayConfig
-from outrider.config.ratelimit import RateLimitsConfig
 from outrider.logs import DecisionLog
 from outrider.service_main import ServiceSpec, StartupSettings, cancel_tasks, run_main
 from outrider.xds_client import ConfigRejected
 from ratelimit_service.backends.base import Backend
 from ratelimit_service.backends.memory import MemoryBackend
 from ratelimit_service.backends.redis_backend import RedisBackend, RedisClusterBackend
+from ratelimit_service.config import RateLimitsConfig, rate_limits_of
 from ratelimit_service.guard import GuardedBackend
 from ratelimit_service.plugin import PLUGIN
 from ratelimit_service.resource import PayloadError, build
@@ -89,7 +89,8 @@ class RateLimitRuntime:
 
 def descriptor_files(config: GatewayConfig) -> Sequence[Path]:
     """The envoyproxy-format files the payload carries: standalone mode watches them beside the config."""
-    return list(config.rate_limits.files) if config.rate_limits is not None else []
+    rl = rate_limits_of(config)
+    return list(rl.files) if rl is not None else []
 
 
 SPEC = ServiceSpec(PLUGIN, "outrider rate limit service", RateLimitRuntime, watch_paths=descriptor_files)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from outrider.config.ratelimit import (
+from ratelimit_service.config import (
     UNIT_SECONDS,
     DescriptorFile,
     RateLimitsConfig,

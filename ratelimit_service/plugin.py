@@ -1,21 +1,61 @@
-"""The rate limit service's plugin: its name, its resource type and its payload (entry point `outrider.services`)."""
+"""The rate limiter's service plugin (entry point `outrider.services`): its config section, filter, process."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from outrider.config.errors import Problem
+from outrider.config.extensions import Section
 from outrider.config.model import GatewayConfig
-from outrider.service_resource import RATELIMIT_TYPE_URL
+from outrider.plugins import CliCommand, ServicePlugin
+from outrider.process import ManagedProcess
+from outrider.service_process import service_process
+from outrider.service_resource import RATELIMIT_TYPE_URL, canonical_json
 from ratelimit_service import resource
+from ratelimit_service.config import (
+    SERVICE,
+    RateLimitsConfig,
+    RateLimitServiceSettings,
+    check_rate_limits,
+    rate_limits_of,
+    settings_of,
+)
+from ratelimit_service.envoy import RateLimitContribution
 
 
+@dataclass(frozen=True)
 class RateLimitPlugin:
-    name = "ratelimit"
-    type_url = RATELIMIT_TYPE_URL
+    name: str = SERVICE
+    type_url: str = RATELIMIT_TYPE_URL
+    # After ext_authz (its descriptors carry the caller's tier and id from ext_authz's metadata).
+    filter_order: int = 200
+    sections: Mapping[str, Section] = field(default_factory=lambda: {"rate_limits": Section(RateLimitsConfig)})
+    route_fields: Mapping[str, Section] = field(default_factory=dict)
+    settings: type[RateLimitServiceSettings] = RateLimitServiceSettings
+
+    def check(self, config: GatewayConfig) -> list[Problem]:
+        return list(check_rate_limits(config))
 
     def payload(self, config: GatewayConfig) -> Mapping[str, Any]:
         return resource.payload(config)
 
+    def payload_json(self, config: GatewayConfig) -> str:
+        return canonical_json(resource.payload(config))  # small: no route-sized list in it
 
-PLUGIN = RateLimitPlugin()
+    def contribution(self) -> RateLimitContribution:
+        return RateLimitContribution()
+
+    def processes(self, config: GatewayConfig, config_path: Path) -> Sequence[ManagedProcess]:
+        if rate_limits_of(config) is None:
+            return []  # nothing limited: no filter, no cluster, no process
+        return [service_process(SERVICE, "ratelimit_service", settings_of(config), config, config_path,
+                                from_control_plane=config.services.xds.enabled)]
+
+    def cli_commands(self) -> Sequence[CliCommand]:
+        return []
+
+
+PLUGIN: ServicePlugin = RateLimitPlugin()

@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from outrider.config.model import GatewayConfig
-from outrider.config.ratelimit import DescriptorFile, RateLimitsConfig, load_descriptor_file
+from ratelimit_service.config import DescriptorFile, RateLimitsConfig, load_descriptor_file, rate_limits_of
 from ratelimit_service.limits import LimitTable, compile_table
 from ratelimit_service.service import Settings
 
@@ -59,7 +59,7 @@ def payload(config: GatewayConfig) -> dict[str, Any]:
     The `rate_limits` section goes as given except `files`: each descriptor file is read here and
     carried by content, under its file name (for error messages).
     """
-    rl = config.rate_limits
+    rl = rate_limits_of(config)
     files = [
         {"name": str(path), "config": load_descriptor_file(path).model_dump(mode="json", exclude_defaults=True)}
         for path in (rl.files if rl is not None else [])

@@ -19,7 +19,7 @@ from outrider.logs import setup_logging
 from outrider.metrics import start_metrics_server
 from outrider.plugins import ServicePlugin, discover
 from outrider.service_main import cancel_tasks
-from outrider.service_resource import encode
+from outrider.service_resource import encode_json
 from xds_server.admin import build_admin_app, start_admin
 from xds_server.cache import SnapshotCache
 from xds_server.control import Controller
@@ -93,8 +93,8 @@ def plugin_resources(plugins: Sequence[ServicePlugin]) -> ServiceResources:
 
     def build(config: GatewayConfig, version: str) -> dict[str, dict[str, Resource]]:
         return {
-            plugin.type_url: {plugin.name: Resource.of(plugin.name, encode(plugin.type_url, version,
-                                                                           plugin.payload(config)))}
+            plugin.type_url: {plugin.name: Resource.of(plugin.name, encode_json(plugin.type_url, version,
+                                                                                plugin.payload_json(config)))}
             for plugin in plugins
         }
 

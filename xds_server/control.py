@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from outrider.config.errors import Loc, format_loc
 from outrider.config.model import GatewayConfig, RouteConfig, UpstreamConfig
+from outrider.config.schema import route_model
 from outrider.config.semantic import check_references
 from outrider.envoy_protos import CompileError
 from xds_server.cache import InconsistentSnapshot, SnapshotCache
@@ -113,7 +114,7 @@ class Controller:
     # --- the API's changes --------------------------------------------------------------------------
 
     async def put_route(self, name: str, body: Any) -> Outcome:
-        route, problems = self._parse(RouteConfig, name, body, ("routes", name))
+        route, problems = self._parse(route_model(), name, body, ("routes", name))
         if route is None:
             return Outcome(422, {"error": "invalid route", "problems": problems})
         given = {**self.given, "routes": _replace_named(self.given.get("routes", []), name,

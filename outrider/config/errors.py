@@ -39,3 +39,7 @@ class ConfigError(Exception):
         self.filename = filename
         self.issues = tuple(issues)
         super().__init__("\n".join(issue.render(filename) for issue in self.issues))
+
+
+# A rule a parsed config breaks: the field path and the reason (the loader adds file and line).
+Problem = tuple[Loc, str]

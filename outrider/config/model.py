@@ -1,20 +1,20 @@
-"""Typed model of the gateway config file; field-level rules live here, cross-references in semantic.py."""
+"""The kernel's typed model of the gateway config: listeners, routes, upstreams, services, logging.
+
+Service plugins add their own sections, route fields and `services.<name>` settings (see
+outrider/config/extensions.py); the model the loader validates with is built from both (schema.py).
+Field-level rules live here, cross-references in semantic.py.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-from outrider.config.ext_proc import (
-    CacheConfig,
-    ExtProcService,
-    RouteCacheConfig,
-    TransformationsConfig,
-    ValidationConfig,
-)
-from outrider.config.ratelimit import RateLimitsConfig
+# Re-exported: the services' models are built from the same blocks.
+from outrider.config.base import Name as Name
+from outrider.config.base import Port as Port
+from outrider.config.base import StrictModel as StrictModel
 from outrider.config.traffic import (
     CircuitBreaker,
     CorsPolicy,
@@ -26,18 +26,6 @@ from outrider.config.traffic import (
     Rewrite,
 )
 from outrider.config.xds import XdsService
-
-Port = Annotated[int, Field(ge=1, le=65535)]
-Name = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
-Algorithm = Literal["RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA", "HS256"]
-Action = Literal["read", "write", "delete", "*"]
-DEFAULT_ALGORITHMS: tuple[Algorithm, ...] = ("RS256",)
-
-
-class StrictModel(BaseModel):
-    """Unknown keys are errors: a typo must never be silently ignored."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class ListenerConfig(StrictModel):
@@ -105,7 +93,11 @@ class DirectResponse(StrictModel):
 
 
 class RouteConfig(StrictModel):
-    """One route. Protected unless `public: true`; a protected route names its RBAC resource."""
+    """One route. Protected unless `public: true`; a protected route names its RBAC resource.
+
+    Whether a route is protected is the kernel's: it strips client-sent identity headers where nothing
+    checks, and every service keys on it (the authorizer, the rate limiter's per-IP and tier plans).
+    """
 
     name: Name
     match: RouteMatch
@@ -118,10 +110,6 @@ class RouteConfig(StrictModel):
     rewrite: Rewrite | None = None
     retry: RetryPolicy | None = None
     cors: CorsPolicy | None = None
-    # ext_proc: a section here overrides the fields it sets of the global section (see config/ext_proc.py).
-    transformations: TransformationsConfig | None = None
-    cache: RouteCacheConfig | None = None
-    validation: ValidationConfig | None = None
 
     @model_validator(mode="after")
     def _target(self) -> RouteConfig:
@@ -134,56 +122,6 @@ class RouteConfig(StrictModel):
         return self
 
 
-class JwtProviderConfig(StrictModel):
-    """Who may issue tokens, with which algorithms, and where their public keys are."""
-
-    name: Name
-    issuer: Annotated[str, Field(min_length=1)]
-    audiences: list[str] = Field(default_factory=list)
-    algorithms: Annotated[list[Algorithm], Field(min_length=1)] = Field(
-        default_factory=lambda: list(DEFAULT_ALGORITHMS))
-    jwks_file: Path | None = None
-    jwks_url: str | None = None
-    jwks_refresh_s: Annotated[float, Field(gt=0)] = 300.0
-    jwks_cooldown_s: Annotated[float, Field(ge=0)] = 30.0
-    # HS256 secrets never live in the config file: name an environment variable instead.
-    hs256_secret_env: str | None = None
-    roles_claim: str = "roles"
-    tier_claim: str = "tier"
-    email_claim: str = "email"
-    default_tier: str = "free"
-
-    @model_validator(mode="after")
-    def _keys(self) -> JwtProviderConfig:
-        asymmetric = [a for a in self.algorithms if a != "HS256"]
-        if asymmetric and (self.jwks_file is None) == (self.jwks_url is None):
-            raise ValueError("give exactly one of jwks_file, jwks_url for the asymmetric algorithms")
-        if "HS256" in self.algorithms and not self.hs256_secret_env:
-            raise ValueError("HS256 needs hs256_secret_env (the variable holding the shared secret)")
-        if self.hs256_secret_env and "HS256" not in self.algorithms:
-            raise ValueError("hs256_secret_env is set but HS256 is not in algorithms")
-        if self.jwks_url is not None and not self.jwks_url.startswith(("https://", "http://")):
-            raise ValueError("jwks_url must be an http(s) URL")
-        return self
-
-
-class AuthConfig(StrictModel):
-    providers: Annotated[list[JwtProviderConfig], Field(min_length=1)]
-    leeway_s: Annotated[float, Field(ge=0, le=300)] = 30.0
-    max_token_bytes: Annotated[int, Field(ge=256, le=65_536)] = 8192
-    token_cache_entries: Annotated[int, Field(ge=0)] = 10_000
-    token_cache_ttl_s: Annotated[float, Field(ge=0)] = 300.0
-
-
-class Grant(StrictModel):
-    resource: Name | Literal["*"]
-    actions: Annotated[list[Action], Field(min_length=1)]
-
-
-class RbacConfig(StrictModel):
-    roles: dict[Name, list[Grant]]
-
-
 class ServiceEndpoint(StrictModel):
     """Where one outrider service listens (gRPC) and exposes /metrics."""
 
@@ -192,21 +130,6 @@ class ServiceEndpoint(StrictModel):
     metrics_port: Port
     # Processes sharing the port (SO_REUSEPORT); the first one serves everyone's /metrics.
     workers: Annotated[int, Field(ge=1, le=32)] = 1
-
-
-class ExtAuthzService(ServiceEndpoint):
-    port: Port = 18081
-    metrics_port: Port = 19081
-    timeout_ms: Annotated[int, Field(ge=10, le=10_000)] = 250
-    # Fail closed by default: an unreachable authorizer must never open the gateway.
-    failure_mode_allow: bool = False
-
-
-class RateLimitService(ServiceEndpoint):
-    port: Port = 18082
-    metrics_port: Port = 19082
-    # Envoy's deadline for one ShouldRateLimit call (the service answers within rate_limits.budget_ms).
-    timeout_ms: Annotated[int, Field(ge=5, le=10_000)] = 100
 
 
 class DemoUpstreamService(StrictModel):
@@ -218,11 +141,10 @@ class DemoUpstreamService(StrictModel):
 
 
 class ServicesConfig(StrictModel):
-    ext_authz: ExtAuthzService = Field(default_factory=ExtAuthzService)
-    ratelimit: RateLimitService = Field(default_factory=RateLimitService)
+    """The processes the kernel itself knows; each service plugin adds `services.<its name>`."""
+
     demo_upstream: DemoUpstreamService = Field(default_factory=DemoUpstreamService)
     xds: XdsService = Field(default_factory=XdsService)
-    ext_proc: ExtProcService = Field(default_factory=ExtProcService)
 
 
 class LoggingConfig(StrictModel):
@@ -231,18 +153,17 @@ class LoggingConfig(StrictModel):
     decisions: bool = True
 
 
+# The routes field, shared with the model schema.py extends (which swaps in the plugins' route model).
+ROUTES_MIN_LENGTH = 1
+
+
 class GatewayConfig(StrictModel):
-    """The whole gateway."""
+    """The kernel's part of the gateway; a loaded config is an instance of the subclass that the plugins'
+    sections extend (outrider.config.schema.gateway_model), so `GatewayConfig` stays the type to annotate."""
 
     listeners: Annotated[list[ListenerConfig], Field(min_length=1)]
     admin: AdminConfig = Field(default_factory=AdminConfig)
     services: ServicesConfig = Field(default_factory=ServicesConfig)
     upstreams: list[UpstreamConfig] = Field(default_factory=list)
-    routes: Annotated[list[RouteConfig], Field(min_length=1)]
-    auth: AuthConfig
-    rbac: RbacConfig
+    routes: Annotated[list[RouteConfig], Field(min_length=ROUTES_MIN_LENGTH)]
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
-    rate_limits: RateLimitsConfig | None = None
-    transformations: TransformationsConfig | None = None
-    cache: CacheConfig | None = None
-    validation: ValidationConfig | None = None

@@ -38,7 +38,10 @@ CASES: dict[str, tuple[int, str, str]] = {
     "bad_action": (19, "rbac.roles.user[0].actions[1]", "'read', 'write', 'delete'"),
     "jwks_url_scheme": (13, "auth.providers[0]", "jwks_url must be an http(s) URL"),
     "leeway_negative": (12, "auth.leeway_s", "greater than or equal to 0"),
-    # ext_proc (outrider/config/ext_proc.py)
+    # sections the kernel does not know: a typo'd one, and a typo inside a plugin's section
+    "unknown_section": (20, "transformationz", "unknown field"),
+    "plugin_section_unknown_field": (25, "rate_limits.budget", "unknown field"),
+    # ext_proc (ext_proc/config.py)
     "ext_proc_identity_header": (23, "transformations.request.add_headers", "identity headers are set by ext_authz"),
     "ext_proc_set_authorization": (22, "routes[0].transformations.request.add_headers",
                                    "may not set 'Authorization'"),

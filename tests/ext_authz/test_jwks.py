@@ -16,14 +16,13 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from ext_authz.jwks import (
     JwksError,
-    JwksFileSource,
-    JwksUrlSource,
     KeySet,
     RefreshGate,
     b64url_decode_strict,
     backoff_delay,
     parse_jwks,
 )
+from ext_authz.jwks_sources import JwksFileSource, JwksUrlSource
 from tests.ext_authz.conftest import KeyRing, b64url, public_jwk
 
 # --- parsing ---------------------------------------------------------------------------------------
@@ -292,7 +291,7 @@ async def test_file_source_loads_and_detects_rewrite(
 
     # A corrupt rewrite (e.g. half-written) keeps the last good keys and warns once.
     path.write_text('{"keys": [')
-    with caplog.at_level(logging.WARNING, logger="ext_authz.jwks"):
+    with caplog.at_level(logging.WARNING, logger="ext_authz.jwks_sources"):
         assert source.poll_once() is False
         assert source.poll_once() is False
     assert source.current is not None and list(source.current.keys) == ["two"]

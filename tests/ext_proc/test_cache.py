@@ -8,7 +8,7 @@ import pytest
 
 from ext_proc.cache import CacheEntry, CachePolicy, cache_control, hit_headers
 from ext_proc.cache_backends import CacheUnavailable, MemoryCache, RedisCache
-from outrider.config.ext_proc import CacheConfig
+from ext_proc.config import CacheConfig
 
 POLICY = CachePolicy(CacheConfig(rules=[
     {"path": "/catalog/**", "ttl_s": 300, "vary_by": ["Accept-Language"]},  # type: ignore[list-item]

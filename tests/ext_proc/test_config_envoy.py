@@ -11,7 +11,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from outrider.config.ext_proc import (
+from ext_proc.config import (
     MUTATION_DISALLOW_REGEX,
     Phases,
     RequestTransforms,
@@ -21,8 +21,8 @@ from outrider.config.ext_proc import (
     route_phases,
     route_settings,
 )
+from ext_proc.envoy import EXT_PROC_CLUSTER, ExtProcContribution
 from outrider.envoy_config import compile_bootstrap, compile_route_configuration
-from outrider.envoy_ext_proc import EXT_PROC_CLUSTER, ExtProcContribution
 from outrider.supervisor import envoy_binary, plan_processes
 from tests.ext_proc.conftest import config_from, ext_proc_config_dict
 

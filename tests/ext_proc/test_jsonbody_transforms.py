@@ -8,15 +8,15 @@ from typing import Any
 import pytest
 
 from ext_proc import jsonbody
-from ext_proc.templates import Context, Template, iso_time
-from ext_proc.transforms import RequestTransformer, ResponseTransformer, add_query
-from outrider.config.ext_proc import (
+from ext_proc.config import (
     REQUEST_VARS,
     RESPONSE_VARS,
     RequestTransforms,
     ResponseTransforms,
     parse_jsonpath,
 )
+from ext_proc.templates import Context, Template, iso_time
+from ext_proc.transforms import RequestTransformer, ResponseTransformer, add_query
 
 DOC: dict[str, Any] = {"request": {"userId": "u1", "tags": ["a", "b"]},
                        "items": [{"id": 1, "password": "x"}, {"id": 2, "password": "y"}]}

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from ext_proc.config import ValidationConfig
 from ext_proc.validation import RequestValidator, header_bytes
-from outrider.config.ext_proc import ValidationConfig
 
 V = RequestValidator(ValidationConfig())
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from outrider.config.ratelimit import parse_descriptor_file
 from ratelimit_service.backends.base import Backend
+from ratelimit_service.config import parse_descriptor_file
 from ratelimit_service.decision import Decision, DescriptorInput, decide, plan
 from ratelimit_service.limits import LimitTable, compile_table
 

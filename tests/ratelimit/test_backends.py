@@ -84,7 +84,7 @@ async def test_shadow_mode_answers_ok_and_still_counts(backend: Backend) -> None
 
 
 async def test_several_windows_on_one_descriptor(backend: Backend) -> None:
-    from outrider.config.ratelimit import RateLimitsConfig
+    from ratelimit_service.config import RateLimitsConfig
     from ratelimit_service.decision import DescriptorInput, decide, plan
     from ratelimit_service.limits import compile_table
 

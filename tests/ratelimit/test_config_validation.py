@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from outrider.config import ConfigError, load_config
-from outrider.config.ratelimit import load_descriptor_file
+from ratelimit_service.config import load_descriptor_file
 from tests.harness import EXAMPLE_CONFIG, example_config_dict
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from outrider.config.ratelimit import RateLimitsConfig, load_descriptor_file
 from ratelimit_service.backends.memory import MemoryBackend
+from ratelimit_service.config import RateLimitsConfig, load_descriptor_file
 from ratelimit_service.decision import OK, UNLIMITED_REMAINING, Decision, DescriptorInput, plan
 from ratelimit_service.limits import LimitTable, compile_table
 from tests.ratelimit.helpers import T0, desc, run

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from outrider.config import GatewayConfig, load_config
-from outrider.config.ratelimit import load_descriptor_file
 from outrider.plugins import ServicePlugin
+from ratelimit_service.config import load_descriptor_file
 from ratelimit_service.limits import compile_table
 from ratelimit_service.plugin import PLUGIN
 from ratelimit_service.resource import PayloadError, build, payload

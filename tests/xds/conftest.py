@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from outrider.config.model import GatewayConfig
+from outrider.config import GatewayConfig, config_from_data
 from outrider.process import ManagedProcess, free_port, tcp_ready
 from tests.conftest import start_stack
 from tests.harness import ROOT, Stack, example_config_dict, with_free_ports
@@ -31,7 +31,7 @@ def gateway(
         data["auth"]["providers"][0]["jwks_url"] = "https://keys.example/jwks.json"
     data["routes"].extend(routes or [])
     data["upstreams"].extend(upstreams or [])
-    return GatewayConfig.model_validate(data)
+    return config_from_data(data)
 
 
 def big_gateway(n_routes: int, n_clusters: int) -> GatewayConfig:

@@ -16,7 +16,7 @@ from google.protobuf import message_factory
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
-from outrider.config.model import GatewayConfig
+from outrider.config import GatewayConfig, config_from_data
 from outrider.envoy_config import (
     compile_bootstrap,
     compile_listeners,
@@ -142,7 +142,7 @@ def featured_gateway(n_routes: int, n_upstreams: int) -> GatewayConfig:
         routes.append(route)
     data["routes"].extend(routes)
     data["upstreams"].extend(upstreams)
-    return GatewayConfig.model_validate(data)
+    return config_from_data(data)
 
 
 @pytest.mark.parametrize("full", [False, True], ids=["routing", "whole-example"])

@@ -11,7 +11,7 @@ import httpx
 import pytest
 import yaml
 
-from outrider.config.model import GatewayConfig
+from outrider.config import config_from_data
 from outrider.envoy_ads import compile_ads_bootstrap
 from outrider.process import ManagedProcess, free_port, http_ready
 from outrider.supervisor import envoy_argv
@@ -105,7 +105,7 @@ def _dump(admin_url: str) -> dict[str, Any]:
 
 
 def test_delta_and_state_of_the_world_envoys_converge(stack: Stack, tmp_path: Path) -> None:
-    config = GatewayConfig.model_validate(stack.data)  # the file itself was left broken above
+    config = config_from_data(stack.data)  # the file itself was left broken above
     admin_port = free_port()
     bootstrap = compile_ads_bootstrap(config, delta=True)
     bootstrap["admin"]["address"]["socket_address"]["port_value"] = admin_port

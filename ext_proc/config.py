@@ -1,4 +1,5 @@
-"""Config model of ext_proc: the `transformations`, `cache` and `validation` sections, globally and per route.
+"""Config model of ext_proc: the `transformations`, `cache` and `validation` sections, globally and per route,
+and `services.ext_proc`.
 
 Also the pure knowledge both sides need: template and JSONPath syntax, protected headers, a route's
 effective settings, which header edits Envoy can do natively and which phases ext_proc must see.
@@ -11,10 +12,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from outrider.config.errors import Loc
+from outrider.config.base import Port, StrictModel
+from outrider.config.errors import Problem
+from outrider.config.extensions import section, service_settings
+from outrider.config.model import GatewayConfig, ServiceEndpoint
 from outrider.identity import IDENTITY_HEADERS
+
+SERVICE = "ext_proc"
 
 HeaderName = Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")]
 JsonValue = str | int | float | bool | None
@@ -27,11 +33,6 @@ _FRAMING = ("content-length", "transfer-encoding", "connection", "keep-alive", "
 # `:path` stays allowed (query parameters are added through it); other routing headers do not.
 MUTATION_DISALLOW_REGEX = ("^(:authority|:method|:scheme|:status|:protocol|host|authorization|x-envoy-.*|"
                            "x-user-id|x-user-email|x-user-roles|x-user-tier)$")
-
-
-class _Strict(BaseModel):
-    # Same rules as outrider.config.model.StrictModel (not imported: model.py imports this module).
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 # ---- templates and JSONPath ------------------------------------------------------------------------------
@@ -154,7 +155,7 @@ def protection_reason(name: str, *, removing: bool = False) -> str | None:
 # ---- the sections ------------------------------------------------------------------------------------------
 
 
-class HeaderValue(_Strict):
+class HeaderValue(StrictModel):
     """A header value template; `if_absent: true` adds it only when the message has none."""
 
     value: str
@@ -194,7 +195,7 @@ def _check_fields(mapping: dict[str, JsonValue], allowed: frozenset[str]) -> dic
     return mapping
 
 
-class RequestTransforms(_Strict):
+class RequestTransforms(StrictModel):
     add_headers: dict[HeaderName, HeaderSpec] = Field(default_factory=dict)
     remove_headers: list[HeaderName] = Field(default_factory=list)
     # from → to: the upstream gets the value under the new name only.
@@ -237,7 +238,7 @@ class RequestTransforms(_Strict):
         return _check_fields(value, REQUEST_VARS)
 
 
-class ResponseTransforms(_Strict):
+class ResponseTransforms(StrictModel):
     add_headers: dict[HeaderName, HeaderSpec] = Field(default_factory=dict)
     remove_headers: list[HeaderName] = Field(default_factory=list)
     # A plain name is removed at any depth (inside arrays too); `$.a[*].b` removes at that path only.
@@ -268,7 +269,7 @@ class ResponseTransforms(_Strict):
         return _check_fields(value, RESPONSE_VARS)
 
 
-class TransformationsConfig(_Strict):
+class TransformationsConfig(StrictModel):
     """Header, query and JSON body rules; a route's section overrides the fields it sets."""
 
     enabled: bool = True
@@ -279,7 +280,7 @@ class TransformationsConfig(_Strict):
     oversize_body: Literal["pass", "reject"] = "pass"
 
 
-class CacheRule(_Strict):
+class CacheRule(StrictModel):
     """GET responses under `path` (glob: `*` one segment, `**` any rest) kept `ttl_s`, one per vary_by value."""
 
     path: Annotated[str, Field(min_length=1)]
@@ -308,7 +309,7 @@ def glob_to_regex(glob: str) -> str:
     return "^" + "".join(out) + "$"
 
 
-class CacheConfig(_Strict):
+class CacheConfig(StrictModel):
     """The response cache: where entries live, and which GET responses are kept."""
 
     enabled: bool = True
@@ -328,7 +329,7 @@ class CacheConfig(_Strict):
         return self
 
 
-class RouteCacheConfig(_Strict):
+class RouteCacheConfig(StrictModel):
     """A route's cache: `enabled: false` turns it off; `rules` replace the global rules for this route."""
 
     enabled: bool = True
@@ -338,7 +339,7 @@ class RouteCacheConfig(_Strict):
 DEFAULT_CONTENT_TYPES = ("application/json", "application/x-www-form-urlencoded", "multipart/form-data")
 
 
-class ValidationConfig(_Strict):
+class ValidationConfig(StrictModel):
     """Request limits and attack patterns; a route's section overrides the fields it sets."""
 
     enabled: bool = True
@@ -361,24 +362,45 @@ class ValidationConfig(_Strict):
         return [item.lower() for item in value]
 
 
-class ExtProcService(_Strict):
-    """Where ext_proc listens, and how Envoy treats it."""
+class ExtProcService(ServiceEndpoint):
+    """`services.ext_proc`: where ext_proc listens, and how Envoy treats it."""
 
-    address: str = "127.0.0.1"
-    port: Annotated[int, Field(ge=1, le=65535)] = 18083
-    metrics_port: Annotated[int, Field(ge=1, le=65535)] = 19083
-    # Processes sharing the port (SO_REUSEPORT, outrider/workers.py); the parent serves their /metrics.
-    workers: Annotated[int, Field(ge=1, le=32)] = 1
+    port: Port = 18083
+    metrics_port: Port = 19083
     # Envoy's deadline for each message of a stream; a late answer is an error (→ failure mode).
     message_timeout_ms: Annotated[int, Field(ge=10, le=60_000)] = 500
     # Fail closed by default: without the processor, validation and response filtering cannot run.
     failure_mode_allow: bool = False
 
 
+# ---- the sections of a loaded config, typed ---------------------------------------------------------------
+
+
+def transformations_of(owner: object) -> TransformationsConfig | None:
+    """The global section (of the config) or a route's override (of a route)."""
+    return section(owner, "transformations", TransformationsConfig)
+
+
+def validation_of(owner: object) -> ValidationConfig | None:
+    return section(owner, "validation", ValidationConfig)
+
+
+def cache_of(config: object) -> CacheConfig | None:
+    return section(config, "cache", CacheConfig)
+
+
+def route_cache_of(route: object) -> RouteCacheConfig | None:
+    return section(route, "cache", RouteCacheConfig)
+
+
+def settings_of(config: GatewayConfig) -> ExtProcService:
+    return service_settings(config, SERVICE, ExtProcService)
+
+
 # ---- a route's effective settings --------------------------------------------------------------------------
 
 
-def _override(base: _Strict | None, route: _Strict | None, cls: type[_Strict]) -> Any:
+def _override(base: StrictModel | None, route: StrictModel | None, cls: type[StrictModel]) -> Any:
     """Fields the route section sets win over the global section's, at any depth (maps and lists are
     replaced, not merged); None when neither section exists."""
     if route is None:
@@ -388,8 +410,8 @@ def _override(base: _Strict | None, route: _Strict | None, cls: type[_Strict]) -
     update = {}
     for key in route.model_fields_set:
         mine, theirs = getattr(route, key), getattr(base, key)
-        update[key] = _override(theirs, mine, type(mine)) if isinstance(mine, _Strict) and isinstance(
-            theirs, _Strict) else mine
+        update[key] = _override(theirs, mine, type(mine)) if isinstance(mine, StrictModel) and isinstance(
+            theirs, StrictModel) else mine
     return base.model_copy(update=update)
 
 
@@ -403,13 +425,16 @@ class RouteSettings:
 
 
 def route_settings(route: Any, config: Any) -> RouteSettings:
-    """Merge the global sections with the route's; direct-response routes get nothing."""
-    if getattr(route, "direct_response", None) is not None:
+    """Merge the global sections with the route's; direct-response routes get nothing.
+
+    `route` and `config` are a loaded route and config, or the same shapes rebuilt from a payload
+    (ext_proc/resource.py): only their attributes are read."""
+    if route.direct_response is not None:
         return RouteSettings(None, None, None)
-    transformations = _override(config.transformations, route.transformations, TransformationsConfig)
-    validation = _override(config.validation, route.validation, ValidationConfig)
-    cache: CacheConfig | None = config.cache
-    route_cache: RouteCacheConfig | None = route.cache
+    transformations = _override(transformations_of(config), transformations_of(route), TransformationsConfig)
+    validation = _override(validation_of(config), validation_of(route), ValidationConfig)
+    cache = cache_of(config)
+    route_cache = route_cache_of(route)
     if route_cache is not None:
         if not route_cache.enabled:
             cache = None
@@ -417,7 +442,7 @@ def route_settings(route: Any, config: Any) -> RouteSettings:
             cache = cache or CacheConfig()
             if route_cache.rules is not None:
                 cache = cache.model_copy(update={"rules": route_cache.rules})
-    if cache is not None and getattr(route, "match", None) is not None:
+    if cache is not None:
         # Only the rules this route can serve: a route no rule covers never buffers for the cache.
         cache = cache.model_copy(update={"rules": [r for r in cache.rules if _may_serve(route, r.path)]})
     return RouteSettings(
@@ -518,22 +543,26 @@ def route_phases(settings: RouteSettings) -> Phases:
     return Phases(request_headers, request_body, response_headers, response_body)
 
 
-def check_ext_proc(config: Any) -> Iterator[tuple[Loc, str]]:
-    """Cross-reference rules of the ext_proc sections (called from semantic.py with the GatewayConfig)."""
+def check_ext_proc(config: GatewayConfig) -> Iterator[Problem]:
+    """Cross-reference rules of the ext_proc sections: nothing on direct responses, cache rules served."""
     for index, route in enumerate(config.routes):
         if route.direct_response is None:
             continue
-        for section in ("transformations", "cache", "validation"):
-            if getattr(route, section, None) is not None:
-                yield ("routes", index, section), "a direct_response route has no upstream to process"
-    if config.cache is not None:
-        for index, rule in enumerate(config.cache.rules):
+        given = {"transformations": transformations_of(route), "cache": route_cache_of(route),
+                 "validation": validation_of(route)}
+        for key, value in given.items():
+            if value is not None:
+                yield ("routes", index, key), "a direct_response route has no upstream to process"
+    cache = cache_of(config)
+    if cache is not None:
+        for index, rule in enumerate(cache.rules):
             if not any(_may_serve(r, rule.path) for r in config.routes if r.direct_response is None):
                 yield ("cache", "rules", index, "path"), f"no route with an upstream serves '{rule.path}'"
     for index, route in enumerate(config.routes):
-        if route.cache is None or route.cache.rules is None:
+        route_cache = route_cache_of(route)
+        if route_cache is None or route_cache.rules is None:
             continue
-        for rule_index, rule in enumerate(route.cache.rules):
+        for rule_index, rule in enumerate(route_cache.rules):
             if not _may_serve(route, rule.path):
                 yield (("routes", index, "cache", "rules", rule_index, "path"),
                        f"the route never matches '{rule.path}'")

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from outrider.config.ext_proc import (
+from ext_proc.config import (
     MUTATION_DISALLOW_REGEX,
     NativeHeaders,
     Phases,
     native_headers,
     route_phases,
     route_settings,
+    settings_of,
+    transformations_of,
 )
 from outrider.config.model import GatewayConfig, RouteConfig
-from outrider.envoy_config import grpc_service_cluster
+from outrider.envoy_contribution import grpc_service_cluster
 
 EXT_PROC_CLUSTER = "outrider_ext_proc"
 ROUTE_METADATA = "x-outrider-route"  # how the processor learns the route (ext_proc/service.py reads it)
@@ -57,7 +59,7 @@ _CONFIG_HEADERS: list[Any] = [None, _NO_HEADERS]
 def _native_headers(route: RouteConfig, config: GatewayConfig) -> NativeHeaders:
     """The route's native header edits; those of a route without its own transformations come from the
     config alone and are computed once per (frozen) config object. [xds_server perf fix]"""
-    if route.transformations is not None or route.direct_response is not None:
+    if transformations_of(route) is not None or route.direct_response is not None:
         return native_headers(route_settings(route, config).transformations)
     if _CONFIG_HEADERS[0] is not config:
         found = native_headers(route_settings(route, config).transformations)
@@ -72,12 +74,14 @@ def _header_option(name: str, value: str, if_absent: bool) -> dict[str, Any]:
 
 
 class ExtProcContribution:
+    """ext_proc's FilterContribution (outrider/envoy_contribution.py), with the optional route_headers."""
+
     filter_name = "envoy.filters.http.ext_proc"
 
     def http_filter(self, config: GatewayConfig) -> dict[str, Any] | None:
         if not ext_proc_enabled(config):
             return None
-        settings = config.services.ext_proc
+        settings = settings_of(config)
         timeout = f"{settings.message_timeout_ms / 1000:.3f}s"
         return {
             "name": self.filter_name,
@@ -130,5 +134,5 @@ class ExtProcContribution:
     def clusters(self, config: GatewayConfig) -> list[dict[str, Any]]:
         if not ext_proc_enabled(config):
             return []
-        settings = config.services.ext_proc
+        settings = settings_of(config)
         return [grpc_service_cluster(EXT_PROC_CLUSTER, settings.address, settings.port, settings.workers)]

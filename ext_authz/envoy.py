@@ -4,18 +4,21 @@ from __future__ import annotations
 
 from typing import Any
 
+from ext_authz.config import settings_of
 from outrider.config.model import GatewayConfig, RouteConfig
-from outrider.envoy_config import grpc_service_cluster
+from outrider.envoy_contribution import grpc_service_cluster
 
 EXT_AUTHZ_CLUSTER = "outrider_ext_authz"
 PER_ROUTE_TYPE = "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute"
 
 
 class ExtAuthzContribution:
+    """ext_authz's FilterContribution (outrider/envoy_contribution.py)."""
+
     filter_name = "envoy.filters.http.ext_authz"
 
     def http_filter(self, config: GatewayConfig) -> dict[str, Any]:
-        authz = config.services.ext_authz
+        authz = settings_of(config)
         return {
             "name": self.filter_name,
             "typed_config": {
@@ -41,5 +44,5 @@ class ExtAuthzContribution:
         return {}
 
     def clusters(self, config: GatewayConfig) -> list[dict[str, Any]]:
-        authz = config.services.ext_authz
+        authz = settings_of(config)
         return [grpc_service_cluster(EXT_AUTHZ_CLUSTER, authz.address, authz.port, authz.workers)]

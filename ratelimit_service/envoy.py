@@ -12,8 +12,8 @@ import re
 from typing import Any
 
 from outrider.config.model import GatewayConfig, RouteConfig
-from outrider.config.ratelimit import EndpointLimit, route_covers
-from outrider.envoy_config import grpc_service_cluster
+from outrider.envoy_contribution import grpc_service_cluster
+from ratelimit_service.config import EndpointLimit, rate_limits_of, route_covers, settings_of
 
 RATELIMIT_CLUSTER = "outrider_ratelimit"
 AUTHZ_NAMESPACE = "envoy.filters.http.ext_authz"
@@ -37,13 +37,15 @@ def _path_regex(endpoint: EndpointLimit) -> str:
 
 
 class RateLimitContribution:
+    """The rate limiter's FilterContribution (outrider/envoy_contribution.py)."""
+
     filter_name = "envoy.filters.http.ratelimit"
 
     def http_filter(self, config: GatewayConfig) -> dict[str, Any] | None:
-        rl = config.rate_limits
+        rl = rate_limits_of(config)
         if rl is None:
             return None
-        service = config.services.ratelimit
+        service = settings_of(config)
         return {
             "name": self.filter_name,
             "typed_config": {
@@ -63,7 +65,7 @@ class RateLimitContribution:
         return None
 
     def route_fields(self, route: RouteConfig, config: GatewayConfig) -> dict[str, Any]:
-        rl = config.rate_limits
+        rl = rate_limits_of(config)
         if rl is None:
             return {}
         limits: list[dict[str, Any]] = []
@@ -83,7 +85,7 @@ class RateLimitContribution:
         return {"rate_limits": limits} if limits else {}
 
     def clusters(self, config: GatewayConfig) -> list[dict[str, Any]]:
-        if config.rate_limits is None:
+        if rate_limits_of(config) is None:
             return []
-        service = config.services.ratelimit
+        service = settings_of(config)
         return [grpc_service_cluster(RATELIMIT_CLUSTER, service.address, service.port, service.workers)]

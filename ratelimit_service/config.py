@@ -1,4 +1,5 @@
-"""Config model of rate limiting: the gateway's `rate_limits` section and envoyproxy/ratelimit YAML files."""
+"""Config model of rate limiting: the gateway's `rate_limits` section, `services.ratelimit`, and
+envoyproxy/ratelimit YAML files."""
 
 from __future__ import annotations
 
@@ -8,10 +9,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
-from outrider.config.errors import ConfigError, ConfigIssue, Loc
+from outrider.config.base import ConfigPath, Name, Port, StrictModel
+from outrider.config.errors import ConfigError, Problem
+from outrider.config.extensions import section, service_settings
+from outrider.config.model import GatewayConfig, RouteConfig, ServiceEndpoint
+from outrider.config.yamlfile import parse_mapping, pydantic_issues, read_text
+
+SERVICE = "ratelimit"
 
 Unit = Literal["second", "minute", "hour", "day", "week", "month", "year"]
 AlgorithmName = Literal["fixed_window", "sliding_window", "token_bucket"]
@@ -21,14 +27,9 @@ UNIT_SECONDS: dict[str, int] = {
     "week": 7 * 86_400, "month": 30 * 86_400, "year": 365 * 86_400,
 }
 Count = Annotated[int, Field(ge=0, le=4_294_967_295)]
-Name = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class _LimitRules(_Strict):
+class _LimitRules(StrictModel):
     """Rules shared by a gateway plan window and an envoyproxy-format `rate_limit`."""
 
     requests_per_unit: Count = 0
@@ -62,7 +63,7 @@ class _LimitRules(_Strict):
 # ---- envoyproxy/ratelimit file format -----------------------------------------------------------------
 
 
-class YamlReplaces(_Strict):
+class YamlReplaces(StrictModel):
     name: str
 
 
@@ -87,7 +88,7 @@ def _duplicate_composite_keys(descriptors: list[YamlDescriptor]) -> None:
         raise ValueError(f"duplicate descriptor composite key '{dupes[0]}'")
 
 
-class YamlDescriptor(_Strict):
+class YamlDescriptor(StrictModel):
     key: Annotated[str, Field(min_length=1)]
     value: str = ""
     rate_limit: YamlRateLimit | None = None
@@ -102,7 +103,7 @@ class YamlDescriptor(_Strict):
         return value
 
 
-class DescriptorFile(_Strict):
+class DescriptorFile(StrictModel):
     """One envoyproxy/ratelimit config file: a domain and its descriptor tree."""
 
     domain: Annotated[str, Field(min_length=1)]
@@ -117,34 +118,15 @@ class DescriptorFile(_Strict):
 
 def parse_descriptor_file(text: str, filename: str) -> DescriptorFile:
     """Parse envoyproxy/ratelimit YAML; raises ConfigError with the file, field path, line and reason."""
-    # Imported here: the loader imports the gateway model, which imports this module.
-    from outrider.config.loader import _duplicate_keys, _LineIndex, _pydantic_issues
-
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data: Any = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        reason = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(filename, [ConfigIssue((), f"invalid YAML: {reason}",
-                                                 mark.line + 1 if mark is not None else None)]) from None
-    duplicates = _duplicate_keys(root)
-    if duplicates:
-        raise ConfigError(filename, duplicates)
-    if not isinstance(data, dict):
-        raise ConfigError(filename, [ConfigIssue((), "the file must hold a mapping with `domain`", 1)])
+    data, lines = parse_mapping(text, filename, "the file must hold a mapping with `domain`")
     try:
         return DescriptorFile.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(filename, _pydantic_issues(exc, _LineIndex(root))) from None
+        raise ConfigError(filename, pydantic_issues(exc, lines)) from None
 
 
 def load_descriptor_file(path: Path) -> DescriptorFile:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(str(path), [ConfigIssue((), f"cannot read file: {exc}")]) from None
-    return parse_descriptor_file(text, str(path))
+    return parse_descriptor_file(read_text(path), str(path))
 
 
 # ---- the gateway's `rate_limits` section --------------------------------------------------------------
@@ -163,7 +145,7 @@ class PerIpLimit(WindowLimit):
     apply_to: Literal["public", "all"] = "public"
 
 
-class EndpointLimit(_Strict):
+class EndpointLimit(StrictModel):
     """A limit shared by every caller of one path (exact, query string ignored) or path prefix."""
 
     path: str | None = None
@@ -184,7 +166,7 @@ class EndpointLimit(_Strict):
         return self.path if self.path is not None else f"{self.prefix}*"
 
 
-class RedisBackendConfig(_Strict):
+class RedisBackendConfig(StrictModel):
     url: Annotated[str, Field(pattern=r"^(redis|rediss|unix)://")]
     # true: `url` names one node of a Redis Cluster; the others are discovered.
     cluster: bool = False
@@ -192,7 +174,7 @@ class RedisBackendConfig(_Strict):
     max_connections: Annotated[int, Field(ge=1, le=1024)] = 32
 
 
-class RateLimitsConfig(_Strict):
+class RateLimitsConfig(StrictModel):
     """Rate limits of the gateway; tier plans compile into the same model as envoyproxy/ratelimit files."""
 
     domain: Name = "outrider"
@@ -208,7 +190,7 @@ class RateLimitsConfig(_Strict):
     unknown_tier: Name | None = None
     endpoints: list[EndpointLimit] = Field(default_factory=list)
     # envoyproxy/ratelimit YAML files, relative to the gateway config file.
-    files: list[Path] = Field(default_factory=list)
+    files: list[ConfigPath] = Field(default_factory=list)
     reload_interval_s: Annotated[float, Field(gt=0, le=3600)] = 1.0
 
     @field_validator("tiers")
@@ -222,15 +204,34 @@ class RateLimitsConfig(_Strict):
         return value
 
 
-def check_rate_limits(config: Any) -> Iterator[tuple[Loc, str]]:
-    """Cross-reference rules of `rate_limits` (called from semantic.py with the GatewayConfig)."""
-    rl: RateLimitsConfig | None = getattr(config, "rate_limits", None)
+class RateLimitServiceSettings(ServiceEndpoint):
+    """`services.ratelimit`: where the rate limit service listens, and Envoy's deadline for it."""
+
+    port: Port = 18082
+    metrics_port: Port = 19082
+    # Envoy's deadline for one ShouldRateLimit call (the service answers within rate_limits.budget_ms).
+    timeout_ms: Annotated[int, Field(ge=5, le=10_000)] = 100
+
+
+def rate_limits_of(config: GatewayConfig) -> RateLimitsConfig | None:
+    """The `rate_limits` section; None when the gateway limits nothing (no filter, no service)."""
+    return section(config, "rate_limits", RateLimitsConfig)
+
+
+def settings_of(config: GatewayConfig) -> RateLimitServiceSettings:
+    return service_settings(config, SERVICE, RateLimitServiceSettings)
+
+
+def check_rate_limits(config: GatewayConfig) -> Iterator[Problem]:
+    """Cross-reference rules of `rate_limits`: plans named, budget under Envoy's deadline, endpoints
+    served by a route, descriptor files valid and not clashing with the generated descriptors."""
+    rl = rate_limits_of(config)
     if rl is None:
         return
     if rl.unknown_tier is not None and rl.unknown_tier not in rl.tiers:
         yield ("rate_limits", "unknown_tier"), f"no plan named '{rl.unknown_tier}' in tiers"
-    service = getattr(config.services, "ratelimit", None)
-    if service is not None and rl.budget_ms >= service.timeout_ms:
+    service = settings_of(config)
+    if rl.budget_ms >= service.timeout_ms:
         yield (("rate_limits", "budget_ms"), f"budget {rl.budget_ms} ms must be below "
                f"services.ratelimit.timeout_ms ({service.timeout_ms} ms)")
     paths = [e.value for e in rl.endpoints]
@@ -267,7 +268,7 @@ def _generated_keys(rl: RateLimitsConfig) -> set[str]:
     return keys
 
 
-def route_covers(route: Any, endpoint: EndpointLimit) -> bool:
+def route_covers(route: RouteConfig, endpoint: EndpointLimit) -> bool:
     match = route.match
     target = endpoint.path if endpoint.path is not None else endpoint.prefix
     assert target is not None

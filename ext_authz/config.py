@@ -1,0 +1,121 @@
+"""ext_authz's part of the gateway config: the `auth` and `rbac` sections, `services.ext_authz`, their checks."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Iterator
+from typing import Annotated, Literal
+
+from pydantic import Field, model_validator
+
+from outrider.config.base import ConfigPath, Name, Port, StrictModel
+from outrider.config.errors import Problem
+from outrider.config.extensions import required_section, service_settings
+from outrider.config.model import GatewayConfig, ServiceEndpoint
+
+SERVICE = "ext_authz"
+Algorithm = Literal["RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA", "HS256"]
+Action = Literal["read", "write", "delete", "*"]
+DEFAULT_ALGORITHMS: tuple[Algorithm, ...] = ("RS256",)
+
+
+class JwtProviderConfig(StrictModel):
+    """Who may issue tokens, with which algorithms, and where their public keys are."""
+
+    name: Name
+    issuer: Annotated[str, Field(min_length=1)]
+    audiences: list[str] = Field(default_factory=list)
+    algorithms: Annotated[list[Algorithm], Field(min_length=1)] = Field(
+        default_factory=lambda: list(DEFAULT_ALGORITHMS))
+    jwks_file: ConfigPath | None = None
+    jwks_url: str | None = None
+    jwks_refresh_s: Annotated[float, Field(gt=0)] = 300.0
+    jwks_cooldown_s: Annotated[float, Field(ge=0)] = 30.0
+    # HS256 secrets never live in the config file: name an environment variable instead.
+    hs256_secret_env: str | None = None
+    roles_claim: str = "roles"
+    tier_claim: str = "tier"
+    email_claim: str = "email"
+    default_tier: str = "free"
+
+    @model_validator(mode="after")
+    def _keys(self) -> JwtProviderConfig:
+        asymmetric = [a for a in self.algorithms if a != "HS256"]
+        if asymmetric and (self.jwks_file is None) == (self.jwks_url is None):
+            raise ValueError("give exactly one of jwks_file, jwks_url for the asymmetric algorithms")
+        if "HS256" in self.algorithms and not self.hs256_secret_env:
+            raise ValueError("HS256 needs hs256_secret_env (the variable holding the shared secret)")
+        if self.hs256_secret_env and "HS256" not in self.algorithms:
+            raise ValueError("hs256_secret_env is set but HS256 is not in algorithms")
+        if self.jwks_url is not None and not self.jwks_url.startswith(("https://", "http://")):
+            raise ValueError("jwks_url must be an http(s) URL")
+        return self
+
+
+class AuthConfig(StrictModel):
+    providers: Annotated[list[JwtProviderConfig], Field(min_length=1)]
+    leeway_s: Annotated[float, Field(ge=0, le=300)] = 30.0
+    max_token_bytes: Annotated[int, Field(ge=256, le=65_536)] = 8192
+    token_cache_entries: Annotated[int, Field(ge=0)] = 10_000
+    token_cache_ttl_s: Annotated[float, Field(ge=0)] = 300.0
+
+
+class Grant(StrictModel):
+    resource: Name | Literal["*"]
+    actions: Annotated[list[Action], Field(min_length=1)]
+
+
+class RbacConfig(StrictModel):
+    roles: dict[Name, list[Grant]]
+
+
+class ExtAuthzService(ServiceEndpoint):
+    """`services.ext_authz`: where the authorizer listens, and how Envoy treats it."""
+
+    port: Port = 18081
+    metrics_port: Port = 19081
+    timeout_ms: Annotated[int, Field(ge=10, le=10_000)] = 250
+    # Fail closed by default: an unreachable authorizer must never open the gateway.
+    failure_mode_allow: bool = False
+
+
+def auth_of(config: GatewayConfig) -> AuthConfig:
+    return required_section(config, "auth", AuthConfig)
+
+
+def rbac_of(config: GatewayConfig) -> RbacConfig:
+    return required_section(config, "rbac", RbacConfig)
+
+
+def settings_of(config: GatewayConfig) -> ExtAuthzService:
+    return service_settings(config, SERVICE, ExtAuthzService)
+
+
+def _duplicates(values: list[str]) -> set[str]:
+    return {value for value, count in Counter(values).items() if count > 1}
+
+
+def check_auth(config: GatewayConfig) -> Iterator[Problem]:
+    """Rules across `auth`, `rbac` and the routes: unique providers, keys and secrets there, resources granted."""
+    auth, rbac = auth_of(config), rbac_of(config)
+    names = _duplicates([p.name for p in auth.providers])
+    issuers = _duplicates([p.issuer for p in auth.providers])
+    for index, provider in enumerate(auth.providers):
+        if provider.name in names:
+            yield ("auth", "providers", index, "name"), f"duplicate name '{provider.name}'"
+        if provider.issuer in issuers:
+            yield ("auth", "providers", index, "issuer"), f"issuer '{provider.issuer}' is used by two providers"
+        if provider.jwks_file is not None and not provider.jwks_file.is_file():
+            yield ("auth", "providers", index, "jwks_file"), f"file not found: {provider.jwks_file}"
+        if provider.hs256_secret_env and not os.environ.get(provider.hs256_secret_env):
+            yield (("auth", "providers", index, "hs256_secret_env"),
+                   f"environment variable {provider.hs256_secret_env} is not set or empty")
+        elif provider.hs256_secret_env and len(os.environ[provider.hs256_secret_env].encode()) < 32:
+            # RFC 7518 §3.2: an HS256 key must be at least as long as the hash output.
+            yield (("auth", "providers", index, "hs256_secret_env"),
+                   f"the secret in {provider.hs256_secret_env} is shorter than 32 bytes")
+    granted = {g.resource for grants in rbac.roles.values() for g in grants}
+    for index, route in enumerate(config.routes):
+        if route.resource is not None and route.resource not in granted and "*" not in granted:
+            yield ("routes", index, "resource"), f"resource '{route.resource}' is granted to no role"

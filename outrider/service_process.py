@@ -1,0 +1,46 @@
+"""How `outrider run` starts one outrider service: standalone on the file, or as a client of the control plane.
+
+The service plugins call this from their `processes` hook; the supervisor never names a service.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Protocol
+
+from outrider.config.model import GatewayConfig
+from outrider.process import ManagedProcess, grpc_serving, http_ready
+from outrider.xds_client import service_node_id
+
+
+class ListenSettings(Protocol):
+    """What the supervisor reads of a service's `services.<name>` section."""
+
+    @property
+    def address(self) -> str: ...
+    @property
+    def port(self) -> int: ...
+    @property
+    def metrics_port(self) -> int: ...
+    @property
+    def workers(self) -> int: ...
+
+
+def service_process(name: str, module: str, settings: ListenSettings, config: GatewayConfig,
+                    config_path: Path, from_control_plane: bool) -> ManagedProcess:
+    """One outrider service: a client of the control plane when there is one, else standalone on the file.
+
+    On the control plane the service is ready once its gRPC health says SERVING, which it says only
+    after it has applied its first config version.
+    """
+    python = sys.executable
+    if not from_control_plane:
+        return ManagedProcess(name, [python, "-m", module, "--config", str(config_path)],
+                              ready=http_ready(f"http://{settings.address}:{settings.metrics_port}/metrics"))
+    xds = config.services.xds
+    argv = [python, "-m", module, "--xds", f"{xds.address}:{xds.port}",
+            "--node-id", service_node_id(xds.node_id, name), "--node-cluster", xds.node_cluster,
+            "--address", settings.address, "--port", str(settings.port), "--metrics-port", str(settings.metrics_port),
+            "--log-level", config.logging.level, "--workers", str(settings.workers)]
+    return ManagedProcess(name, argv, ready=grpc_serving(settings.address, settings.port))
