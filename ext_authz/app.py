@@ -16,7 +16,7 @@ from envoy.service.auth.v3 import external_auth_pb2_grpc
 from ext_authz.decision import Authorizer, PathRule
 from ext_authz.jwks import JwksFileSource, JwksUrlSource, KeySet
 from ext_authz.jwt_verifier import ProviderSettings, TokenVerifier
-from ext_authz.metrics import CONFIG_RELOADS, JWKS_REFRESHES
+from ext_authz.metrics import service_metrics
 from ext_authz.rbac import Grant, RbacPolicy
 from ext_authz.service import AuthorizationService
 from ext_authz.token_cache import TokenCache
@@ -82,7 +82,7 @@ class KeyManager:
             self._verifier.set_keys(provider, keys)
             # A removed key must stop working now, not when cached tokens expire.
             self._cache.clear()
-            JWKS_REFRESHES.labels(provider=provider).inc()
+            service_metrics().jwks_refreshes.labels(provider=provider).inc()
             log.info("keys loaded", extra={"provider": provider, "kids": sorted(str(k) for k in keys.keys)})
         return on_keys
 
@@ -139,12 +139,12 @@ class PolicyReloader:
             config = load_config(self._path)
             policy = await build_policy(config)
         except ConfigError as exc:
-            CONFIG_RELOADS.labels(outcome="invalid").inc()
+            service_metrics().config_reloads.labels(outcome="invalid").inc()
             log.error("config rejected; the running config stays",
                       extra={"problems": [issue.render(exc.filename) for issue in exc.issues]})
             return False
         except Exception as exc:  # e.g. a JWKS file that no longer parses
-            CONFIG_RELOADS.labels(outcome="invalid").inc()
+            service_metrics().config_reloads.labels(outcome="invalid").inc()
             log.error("config rejected; the running config stays", extra={"problems": [str(exc)]})
             return False
         if config.services.ext_authz != self._config.services.ext_authz:
@@ -152,7 +152,7 @@ class PolicyReloader:
         old, self.policy, self._config = self.policy, policy, config
         self._service.use(policy.authorizer)
         await cancel_tasks(old.tasks)
-        CONFIG_RELOADS.labels(outcome="applied").inc()
+        service_metrics().config_reloads.labels(outcome="applied").inc()
         log.info("config reloaded", extra={"file": str(self._path)})
         return True
 

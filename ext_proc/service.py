@@ -31,7 +31,7 @@ from ext_proc.events import (
     StoreCache,
     Trailers,
 )
-from ext_proc.metrics import CACHE_ERRORS, ERRORS, EVENTS, MESSAGE_SECONDS, STREAMS, LabelCache
+from ext_proc.metrics import ExtProcMetrics, LabelCache, service_metrics
 from ext_proc.plan import DEFAULT_ROUTE, RoutePlan
 from ext_proc.session import Session, error_response
 from outrider.logs import DecisionLog
@@ -119,15 +119,17 @@ class ExternalProcessorService(external_processor_pb2_grpc.ExternalProcessorServ
     """envoy.service.ext_proc.v3.ExternalProcessor/Process: one Session per stream."""
 
     def __init__(self, plans: Mapping[str, RoutePlan], cache: CacheBackend | None, decision_log: DecisionLog,
-                 failure_mode_allow: bool = False, clock: Callable[[], float] = time.time) -> None:
+                 failure_mode_allow: bool = False, clock: Callable[[], float] = time.time,
+                 metrics: ExtProcMetrics | None = None) -> None:
         self._plans = plans
         self._default = plans[DEFAULT_ROUTE]
         self._cache = cache
         self._log = decision_log
         self._allow_on_error = failure_mode_allow
         self._clock = clock
-        self._streams = LabelCache(STREAMS)
-        self._events = LabelCache(EVENTS)
+        self._metrics = metrics or service_metrics()
+        self._streams = LabelCache(self._metrics.streams)
+        self._events = LabelCache(self._metrics.events)
         self._background: set[asyncio.Task[None]] = set()
 
     def _plan_for(self, context: grpc.aio.ServicerContext) -> RoutePlan:
@@ -151,7 +153,7 @@ class ExternalProcessorService(external_processor_pb2_grpc.ExternalProcessorServ
             except Exception:
                 # A bug must not kill the stream nor open the gateway: answer per the failure mode.
                 log.exception("message failed", extra={"route": plan.name, "phase": which})
-                ERRORS.inc()
+                self._metrics.errors.inc()
                 response = self._on_error(session, which)
             # Stores run beside the answer: the client never waits for the cache write, and Envoy
             # closing the stream after its last answer must not cancel them.
@@ -159,7 +161,7 @@ class ExternalProcessorService(external_processor_pb2_grpc.ExternalProcessorServ
                 task = asyncio.create_task(self._store(store))
                 self._background.add(task)
                 task.add_done_callback(self._background.discard)
-            MESSAGE_SECONDS.observe(time.perf_counter() - started)
+            self._metrics.message_seconds.observe(time.perf_counter() - started)
             yield response
 
     async def _answer(self, session: Session, event: Event, stores: list[StoreCache]) -> pb.ProcessingResponse:
@@ -206,7 +208,7 @@ class ExternalProcessorService(external_processor_pb2_grpc.ExternalProcessorServ
         try:
             return await self._cache.get(key)
         except CacheUnavailable as exc:
-            CACHE_ERRORS.inc()
+            self._metrics.cache_errors.inc()
             log.warning("cache get failed", extra={"error": str(exc)})
             return None
 
@@ -217,7 +219,7 @@ class ExternalProcessorService(external_processor_pb2_grpc.ExternalProcessorServ
             await self._cache.put(store.key, store.resource, store.value, store.ttl_s)
             self._events.inc("cache_store", "")
         except CacheUnavailable as exc:
-            CACHE_ERRORS.inc()
+            self._metrics.cache_errors.inc()
             log.warning("cache put failed", extra={"error": str(exc)})
 
     async def _invalidate(self, resource: str) -> None:
@@ -227,5 +229,5 @@ class ExternalProcessorService(external_processor_pb2_grpc.ExternalProcessorServ
             await self._cache.invalidate(resource)
             self._events.inc("cache_invalidate", "")
         except CacheUnavailable as exc:
-            CACHE_ERRORS.inc()
+            self._metrics.cache_errors.inc()
             log.warning("cache invalidate failed", extra={"error": str(exc)})

@@ -12,7 +12,7 @@ from outrider.config.errors import ConfigIssue, format_loc
 from outrider.config.ratelimit import load_descriptor_file
 from outrider.config.watch import FileChangeDetector
 from ratelimit_service.limits import LimitTable, compile_table
-from ratelimit_service.metrics import CONFIG_RELOADS
+from ratelimit_service.metrics import service_metrics
 
 log = logging.getLogger("ratelimit_service.reload")
 
@@ -53,7 +53,7 @@ class ConfigWatcher:
             config = load_config(self._path)
             table = build_table(config, str(self._path))
         except ConfigError as exc:
-            CONFIG_RELOADS.labels(result="rejected").inc()
+            service_metrics().config_reloads.labels(result="rejected").inc()
             log.error("config change rejected; the previous config stays live", extra={
                 "file": exc.filename,
                 "issues": [{"field": format_loc(i.loc), "line": i.line, "reason": i.message}
@@ -64,7 +64,7 @@ class ConfigWatcher:
         self._files = self._watched(config)
         self._detector.watch(self._files)
         self._on_change(config, table)
-        CONFIG_RELOADS.labels(result="applied").inc()
+        service_metrics().config_reloads.labels(result="applied").inc()
         log.info("config reloaded", extra={"files": [str(p) for p in self._files]})
         return True
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from outrider.config import ConfigError, GatewayConfig, load_config
 from outrider.config.watch import FileChangeDetector
-from xds_server.metrics import CHANGES
+from xds_server.metrics import service_metrics
 
 log = logging.getLogger("xds_server.watch")
 
@@ -48,7 +48,7 @@ class ConfigFileWatcher:
         try:
             config = load_config(self._path)
         except ConfigError as exc:
-            CHANGES.labels(source="file", outcome="invalid").inc()
+            service_metrics().changes.labels(source="file", outcome="invalid").inc()
             log.error(
                 "config file rejected; the running config stays",
                 extra={"problems": [issue.render(exc.filename) for issue in exc.issues]},
