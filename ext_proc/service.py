@@ -39,6 +39,8 @@ from outrider.logs import DecisionLog
 log = logging.getLogger("ext_proc.service")
 
 ROUTE_METADATA = "x-outrider-route"
+# The Envoy attribute the ext_proc filter is configured to send (request_attributes in its config).
+CLIENT_ADDRESS_ATTRIBUTE = "source.address"
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 _IF_ABSENT = base_pb2.HeaderValueOption.ADD_IF_ABSENT
 _PM = processing_mode_pb2.ProcessingMode
@@ -59,9 +61,38 @@ def headers_of(header_map: Any) -> dict[str, str]:
     return out
 
 
+def address_without_port(address: str) -> str:
+    """"10.0.0.7:5555" → "10.0.0.7", "[::1]:5555" → "::1"; anything without a port (a pipe path) as it is."""
+    if address.startswith("["):
+        end = address.find("]")
+        return address[1:end] if end > 0 else address
+    host, sep, port = address.rpartition(":")
+    if sep and port.isdigit() and ":" not in host:
+        return host
+    return address
+
+
+def client_ip_of(message: pb.ProcessingRequest) -> str:
+    """The downstream address Envoy saw for this request, without the port; "" if Envoy did not send it.
+
+    The filter asks for the `source.address` attribute (`request_attributes`, see the ext_proc filter
+    config); Envoy sends the values of the request attributes with the request_headers message, in
+    ProcessingRequest.attributes, a map of Structs keyed by the filter's name ("The values of properties
+    selected by the request_attributes or response_attributes list in the configuration", Envoy API
+    envoy/service/ext_proc/v3/external_processor.proto). It is the address Envoy's
+    %DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT% gives, so `${client_ip}` agrees with the native header edits.
+    """
+    for attributes in message.attributes.values():
+        value = attributes.fields.get(CLIENT_ADDRESS_ATTRIBUTE)
+        if value is not None:
+            return address_without_port(value.string_value)
+    return ""
+
+
 def to_event(message: pb.ProcessingRequest, which: str) -> Event:
     if which == "request_headers":
-        return RequestHeaders(headers_of(message.request_headers.headers), message.request_headers.end_of_stream)
+        return RequestHeaders(headers_of(message.request_headers.headers), message.request_headers.end_of_stream,
+                              client_ip_of(message))
     if which == "response_headers":
         return ResponseHeaders(headers_of(message.response_headers.headers), message.response_headers.end_of_stream)
     if which == "request_body":

@@ -38,6 +38,19 @@ def test_request_header_and_query_transforms_reach_upstream(ep_stack: Stack) -> 
     assert re.fullmatch(r"\d+ms", response.headers["x-response-time"])
 
 
+def test_client_ip_in_ext_proc_is_envoys_downstream_address(ep_stack: Stack) -> None:
+    # A client-written X-Forwarded-For must not matter; and for a loopback peer Envoy appends its own
+    # local address to X-Forwarded-For, not the peer's: only Envoy's downstream address is the client.
+    response = ep_stack.request("POST", "/api/v1/lab/client-ip/x", json={"a": 1},
+                                headers={"x-forwarded-for": "6.6.6.6"})
+    assert response.status_code == 200, response.text
+    seen = response.json()
+    native = seen["headers"]["x-native-client-ip"]  # %DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%
+    assert native == "127.0.0.1"
+    assert seen["json"]["client_ip"] == native  # ${client_ip} rendered by ext_proc for the same request
+    assert seen["json"]["a"] == 1
+
+
 def test_authorization_renamed_after_authorization(ep_stack: Stack) -> None:
     auth = bearer(ep_stack)
     response = ep_stack.get("/api/v1/users/profile", headers=auth)
