@@ -6,7 +6,7 @@ object, the way pytest finds its plugins, and everything service-specific is ask
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from functools import lru_cache
 from importlib.metadata import entry_points
 from typing import Any, Protocol, runtime_checkable
@@ -33,6 +33,10 @@ class ServicePlugin(Protocol):
         """
         ...
 
+    # Optional hook, looked up with getattr (a plugin need not define it):
+    #     def warnings(self, config: GatewayConfig) -> list[str]
+    # settings that are valid but likely not what was meant; `outrider validate` prints them.
+
 
 @lru_cache(maxsize=1)
 def discover() -> tuple[ServicePlugin, ...]:
@@ -51,3 +55,13 @@ def plugin_named(name: str) -> ServicePlugin:
         if plugin.name == name:
             return plugin
     raise LookupError(f"no outrider service plugin named {name!r} is installed")
+
+
+def config_warnings(config: GatewayConfig, plugins: Iterable[object] | None = None) -> list[str]:
+    """What the services (their optional `warnings(config)` hook) advise about a valid config."""
+    found: list[str] = []
+    for plugin in discover() if plugins is None else plugins:
+        hook = getattr(plugin, "warnings", None)
+        if hook is not None:
+            found.extend(str(w) for w in hook(config))
+    return found

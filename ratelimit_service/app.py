@@ -17,6 +17,7 @@ from outrider.service_main import cancel_tasks, service_main
 from ratelimit_service.backends.base import Backend
 from ratelimit_service.backends.memory import MemoryBackend
 from ratelimit_service.backends.redis_backend import RedisBackend, RedisClusterBackend
+from ratelimit_service.config_warnings import config_warnings
 from ratelimit_service.guard import GuardedBackend
 from ratelimit_service.limits import LimitTable
 from ratelimit_service.reload import ConfigWatcher, build_table
@@ -63,6 +64,8 @@ async def run_service(config: GatewayConfig, config_path: Path) -> None:
     settings = config.services.ratelimit
     start_metrics_server(settings.address, settings.metrics_port)
     log.info("rate limit store", extra={"backend": type(backend).__name__, "domain": rl.domain})
+    for warning in config_warnings(config):
+        log.warning(warning)
     try:
         await serve(register, settings.address, settings.port, [SERVICE_NAME])
     finally:
