@@ -5,8 +5,8 @@ this process forks the workers before anything imports gRPC or creates a metric,
 supervises them: it forwards SIGTERM/SIGINT, restarts a worker that dies, and serves the workers'
 aggregated Prometheus metrics (prometheus_client's multiprocess mode) on the service's metrics port.
 
-That port is also the service's readiness (`outrider run` polls it), so the parent opens it only once
-every worker has said, through a pipe, that its gRPC port is bound (`notify_bound()`).
+That port is also the service's readiness (`outrider run` polls it), so it opens only once gRPC is bound:
+a single process opens it from `notify_bound()`, the parent once every worker has said so through a pipe.
 """
 
 from __future__ import annotations
@@ -42,8 +42,31 @@ def metrics_served_by_parent() -> bool:
     return WORKER_ENV in os.environ
 
 
+class _BoundSignal:
+    """What waits for this process's gRPC port to be bound (its metrics endpoint: the readiness probe)."""
+
+    def __init__(self) -> None:
+        self.bound = False
+        self.waiting: list[Callable[[], object]] = []
+
+
+_BOUND = _BoundSignal()
+
+
+def when_bound(callback: Callable[[], object]) -> None:
+    """Run `callback` once this process's gRPC port is bound (at once if it already is)."""
+    if _BOUND.bound:
+        callback()
+    else:
+        _BOUND.waiting.append(callback)
+
+
 def notify_bound() -> None:
-    """In a worker of a multi-worker service: tell the parent this worker's gRPC port is bound (else no-op)."""
+    """The gRPC port is bound (grpc_runtime.serve): run what waited for it, and tell a supervising parent."""
+    _BOUND.bound = True
+    waiting, _BOUND.waiting = _BOUND.waiting, []
+    for callback in waiting:
+        callback()
     fd = os.environ.pop(READY_FD_ENV, None)
     if fd is None:
         return

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -23,7 +24,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from outrider.process import ManagedProcess, http_ready
+from outrider.process import ManagedProcess, free_port, http_ready
 from tests.harness import KEYS_DIR, ROOT, Stack, example_config_dict, with_free_ports, write_config
 
 MODULES = {"ext_authz": "ext_authz", "ratelimit": "ratelimit_service", "ext_proc": "ext_proc"}
@@ -175,6 +176,31 @@ def test_ready_only_once_every_worker_is_bound(tmp_path: Path, section: str,
     wait_for(lambda: metrics_up(svc["metrics_port"]), "readiness after the held worker went on")
     # The first moment the service reports ready, both workers listen on the shared port.
     assert listening(svc["port"], {held, other}) == {held, other}
+
+
+ONE_PROCESS = """
+import sys, urllib.request
+from outrider.metrics import start_metrics_server
+from outrider.workers import notify_bound
+
+def up():
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/metrics", timeout=2):
+            return True
+    except OSError:
+        return False
+
+start_metrics_server("127.0.0.1", int(sys.argv[1]))  # what a service does before serve() binds gRPC
+print(up())
+notify_bound()  # what serve() does once the port is bound
+print(up())
+"""
+
+
+def test_one_process_opens_metrics_only_once_grpc_is_bound(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-c", ONE_PROCESS, str(free_port())], capture_output=True, text=True,
+                            cwd=ROOT, timeout=60, check=True)
+    assert result.stdout.split() == ["False", "True"]
 
 
 def test_a_worker_that_cannot_start_fails_the_start(tmp_path: Path, running: list[ManagedProcess]) -> None:
