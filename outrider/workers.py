@@ -118,18 +118,18 @@ def _serve_aggregated_metrics(address: str, port: int) -> None:
 class _Workers:
     """The parent's view of its workers: which are alive, which have bound their port, which wait to restart."""
 
-    def __init__(self, count: int, target: str, argv: list[str], ready_pipe: tuple[int, int]) -> None:
+    def __init__(self, target: str, argv: list[str], ready_pipe: tuple[int, int]) -> None:
         self._target = target
         self._argv = argv
         self._ready_pipe = ready_pipe
         self.pids: dict[int, int] = {}  # pid → worker index
         self.bound: set[int] = set()  # pids that said their gRPC port is bound
         self.restart_at: dict[int, float] = {}  # worker index → when to fork it again
-        for index in range(count):
-            self.fork(index)
 
-    def fork(self, index: int) -> None:
-        self.pids[_fork_worker(index, self._target, self._argv, self._ready_pipe)] = index
+    def fork(self, index: int) -> int:
+        pid = _fork_worker(index, self._target, self._argv, self._ready_pipe)
+        self.pids[pid] = index
+        return pid
 
     @property
     def all_bound(self) -> bool:
@@ -159,7 +159,7 @@ def _supervise(count: int, target: str, argv: list[str], address: str, metrics_p
     os.environ[MULTIPROC_ENV] = metrics_dir
     os.environ[REUSE_PORT_ENV] = "1"
     read_fd, write_fd = os.pipe()  # both ends stay open here: a restarted worker inherits the write end too
-    workers = _Workers(count, target, argv, (read_fd, write_fd))
+    workers = _Workers(target, argv, (read_fd, write_fd))
     stopping = False
     serving = False
 
@@ -169,8 +169,16 @@ def _supervise(count: int, target: str, argv: list[str], address: str, metrics_p
         workers.restart_at.clear()
         workers.signal_all(signal.SIGTERM)
 
+    def fork(index: int) -> None:
+        pid = workers.fork(index)
+        if stopping:  # the stop signal came while this one was being forked: it missed the SIGTERM
+            os.kill(pid, signal.SIGTERM)
+
+    # Handlers first: a SIGTERM during the forks must reach every worker, not kill this process alone.
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    for first in range(count):
+        fork(first)
     from prometheus_client import multiprocess
 
     code = 0
@@ -208,9 +216,9 @@ def _supervise(count: int, target: str, argv: list[str], address: str, metrics_p
                     workers.restart_at[index] = time.monotonic() + RESTART_DELAY_S
             now = time.monotonic()
             for index, when in list(workers.restart_at.items()):
-                if now >= when:
+                if now >= when and not stopping:
                     del workers.restart_at[index]
-                    workers.fork(index)
+                    fork(index)
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
     return code
