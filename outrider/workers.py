@@ -31,6 +31,7 @@ WORKER_ENV = "OUTRIDER_WORKER_INDEX"
 READY_FD_ENV = "OUTRIDER_READY_FD"
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 RESTART_DELAY_S = 0.5
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 
 def reuse_port_enabled() -> bool:
@@ -81,14 +82,18 @@ def _entry(target: str) -> Callable[[list[str]], None]:
     return entry
 
 
-def _fork_worker(index: int, target: str, argv: list[str], ready_pipe: tuple[int, int]) -> int:
+def _fork_worker(index: int, target: str, argv: list[str], ready_pipe: tuple[int, int],
+                 mask: set[int | signal.Signals]) -> int:
+    """Fork a worker (called with STOP_SIGNALS blocked; `mask` is the signal mask to restore in it)."""
     pid = os.fork()
     if pid == 0:  # the worker: a fresh service process in all but name
+        # The parent's handlers are no business of a worker: reset them before a stop signal can arrive.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         os.close(ready_pipe[0])
         os.environ[WORKER_ENV] = str(index)
         os.environ[READY_FD_ENV] = str(ready_pipe[1])
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
         code = 0
         try:
             _entry(target)(argv)
@@ -126,10 +131,14 @@ class _Workers:
         self.bound: set[int] = set()  # pids that said their gRPC port is bound
         self.restart_at: dict[int, float] = {}  # worker index → when to fork it again
 
-    def fork(self, index: int) -> int:
-        pid = _fork_worker(index, self._target, self._argv, self._ready_pipe)
-        self.pids[pid] = index
-        return pid
+    def fork(self, index: int) -> None:
+        # Stop signals wait until the new pid is known here (so a SIGTERM reaches it) and, in the child,
+        # until it has dropped this process's handlers.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            self.pids[_fork_worker(index, self._target, self._argv, self._ready_pipe, mask)] = index
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
     @property
     def all_bound(self) -> bool:
@@ -169,16 +178,11 @@ def _supervise(count: int, target: str, argv: list[str], address: str, metrics_p
         workers.restart_at.clear()
         workers.signal_all(signal.SIGTERM)
 
-    def fork(index: int) -> None:
-        pid = workers.fork(index)
-        if stopping:  # the stop signal came while this one was being forked: it missed the SIGTERM
-            os.kill(pid, signal.SIGTERM)
-
     # Handlers first: a SIGTERM during the forks must reach every worker, not kill this process alone.
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     for first in range(count):
-        fork(first)
+        workers.fork(first)
     from prometheus_client import multiprocess
 
     code = 0
@@ -218,7 +222,7 @@ def _supervise(count: int, target: str, argv: list[str], address: str, metrics_p
             for index, when in list(workers.restart_at.items()):
                 if now >= when and not stopping:
                     del workers.restart_at[index]
-                    fork(index)
+                    workers.fork(index)
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
     return code

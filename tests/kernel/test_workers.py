@@ -139,6 +139,19 @@ def total(scraped: Scraped, sample: str, **labels: str) -> float:
 # ---- readiness ------------------------------------------------------------------------------------------
 
 
+def hold_one_worker(proc: ManagedProcess, port: int) -> tuple[int, int]:
+    """SIGSTOP one of the two workers right after the fork, long before its imports are done: (held, other)."""
+    assert proc.proc is not None
+    deadline = time.monotonic() + 20
+    while len(workers := children(proc.proc.pid)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.002)
+    assert len(workers) == 2, f"{proc.name} did not fork 2 workers"
+    held = max(workers)
+    os.kill(held, signal.SIGSTOP)
+    assert not listening(port, {held}), "the worker bound before it could be held; test inconclusive"
+    return held, min(workers)
+
+
 @pytest.mark.parametrize("section", sorted(MODULES))
 def test_ready_only_once_every_worker_is_bound(tmp_path: Path, section: str,
                                                running: list[ManagedProcess]) -> None:
@@ -146,17 +159,7 @@ def test_ready_only_once_every_worker_is_bound(tmp_path: Path, section: str,
     svc = data["services"][section]
     proc = service_process(tmp_path, section, data)
     running.append(proc.start())
-    assert proc.proc is not None
-    parent = proc.proc.pid
-    # Hold one worker before it can bind: stopped right after the fork, long before its imports are done.
-    deadline = time.monotonic() + 20
-    while len(workers := children(parent)) < 2 and time.monotonic() < deadline:
-        time.sleep(0.002)
-    assert len(workers) == 2, f"{section} did not fork 2 workers"
-    held = max(workers)
-    os.kill(held, signal.SIGSTOP)
-    other = min(workers)
-    assert not listening(svc["port"], {held}), "the worker bound before it could be held; test inconclusive"
+    held, other = hold_one_worker(proc, svc["port"])
 
     def other_serves() -> bool:
         with grpc.insecure_channel(f"127.0.0.1:{svc['port']}") as channel:
@@ -176,6 +179,19 @@ def test_ready_only_once_every_worker_is_bound(tmp_path: Path, section: str,
     wait_for(lambda: metrics_up(svc["metrics_port"]), "readiness after the held worker went on")
     # The first moment the service reports ready, both workers listen on the shared port.
     assert listening(svc["port"], {held, other}) == {held, other}
+
+
+def test_a_stop_while_a_worker_is_held_stops_every_worker(tmp_path: Path, running: list[ManagedProcess]) -> None:
+    data = with_free_ports(example_config_dict())
+    proc = service_process(tmp_path, "ext_authz", data)
+    running.append(proc.start())
+    held, other = hold_one_worker(proc, data["services"]["ext_authz"]["port"])
+    assert proc.proc is not None
+    proc.proc.send_signal(signal.SIGTERM)
+    proc.proc.wait(20)  # the parent reaps its workers before it exits: the held one too must have ended
+    assert not {held, other} & children(proc.proc.pid)
+    for pid in (held, other):
+        assert not os.path.exists(f"/proc/{pid}")
 
 
 ONE_PROCESS = """
