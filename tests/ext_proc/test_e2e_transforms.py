@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -185,7 +186,7 @@ def test_direct_response_and_not_found_routes_skip_the_processor(ep_stack: Stack
 
 
 def test_chunked_json_body_beyond_envoys_buffer_is_refused(ep_stack: Stack) -> None:
-    def chunks():  # type: ignore[no-untyped-def]
+    def chunks() -> Iterator[bytes]:
         yield b'{"a": "'
         for _ in range(40):
             yield b"x" * 65536
