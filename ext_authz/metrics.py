@@ -17,9 +17,13 @@ class AuthzMetrics:
     errors: Counter
 
 
-@functools.cache
-def service_metrics(registry: CollectorRegistry = REGISTRY) -> AuthzMetrics:
+def service_metrics(registry: CollectorRegistry | None = None) -> AuthzMetrics:
     """The service's metrics in `registry`: registered by the first call (the service's start), shared after."""
+    return _build(REGISTRY if registry is None else registry)
+
+
+@functools.cache  # once per registry: every later caller gets the same objects
+def _build(registry: CollectorRegistry) -> AuthzMetrics:
     metrics = AuthzMetrics(
         checks=Counter("authz_checks_total", "ext_authz Check decisions", ["decision", "reason"],
                        registry=registry),

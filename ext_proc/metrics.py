@@ -17,9 +17,13 @@ class ExtProcMetrics:
     message_seconds: Histogram
 
 
-@functools.cache
-def service_metrics(registry: CollectorRegistry = REGISTRY) -> ExtProcMetrics:
+def service_metrics(registry: CollectorRegistry | None = None) -> ExtProcMetrics:
     """The service's metrics in `registry`: registered by the first call (the service's start), shared after."""
+    return _build(REGISTRY if registry is None else registry)
+
+
+@functools.cache  # once per registry: every later caller gets the same objects
+def _build(registry: CollectorRegistry) -> ExtProcMetrics:
     return ExtProcMetrics(
         streams=Counter("ext_proc_streams_total", "Processing streams opened by Envoy", ["route"],
                         registry=registry),

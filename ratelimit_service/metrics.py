@@ -38,9 +38,13 @@ class RateLimitMetrics:
     decision_seconds: Histogram
 
 
-@functools.cache
-def service_metrics(registry: CollectorRegistry = REGISTRY) -> RateLimitMetrics:
+def service_metrics(registry: CollectorRegistry | None = None) -> RateLimitMetrics:
     """The service's metrics in `registry`: registered by the first call (the service's start), shared after."""
+    return _build(REGISTRY if registry is None else registry)
+
+
+@functools.cache  # once per registry: every later caller gets the same objects
+def _build(registry: CollectorRegistry) -> RateLimitMetrics:
     metrics = RateLimitMetrics(
         hits=Counter("rate_limit_hits_total", "Hits (hits_addend summed) per matched descriptor",
                      DESCRIPTOR_LABELS, registry=registry),

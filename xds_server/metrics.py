@@ -29,9 +29,13 @@ class XdsMetrics:
     push_seconds: Histogram
 
 
-@functools.cache
-def service_metrics(registry: CollectorRegistry = REGISTRY) -> XdsMetrics:
+def service_metrics(registry: CollectorRegistry | None = None) -> XdsMetrics:
     """The control plane's metrics in `registry`: registered by the first call (its start), shared after."""
+    return _build(REGISTRY if registry is None else registry)
+
+
+@functools.cache  # once per registry: every later caller gets the same objects
+def _build(registry: CollectorRegistry) -> XdsMetrics:
     return XdsMetrics(
         # Gauges say how processes combine should the control plane ever run as several (multiprocess mode).
         streams=Gauge("xds_streams", "Connected ADS streams", ["protocol"], multiprocess_mode="livesum",

@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import REGISTRY, CollectorRegistry
 
 from ext_authz.metrics import service_metrics as authz_metrics
 from ext_proc.metrics import service_metrics as ext_proc_metrics
@@ -50,3 +50,4 @@ def test_metrics_are_built_once_per_registry() -> None:
     for factory in FACTORIES:
         assert factory(first) is factory(first)  # a second caller shares them (no duplicate registration)
         assert factory(first) is not factory(second)
+        assert factory() is factory(REGISTRY)  # the default is the process registry, the same objects
