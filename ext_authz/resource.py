@@ -17,7 +17,7 @@ from ext_authz.decision import Authorizer, PathRule
 from ext_authz.jwks import KeySet
 from ext_authz.jwks_sources import JwksFileSource, JwksUrlSource
 from ext_authz.jwt_verifier import ProviderSettings, TokenVerifier
-from ext_authz.metrics import JWKS_REFRESHES
+from ext_authz.metrics import service_metrics
 from ext_authz.rbac import Grant, RbacPolicy
 from ext_authz.token_cache import TokenCache
 from outrider.config.model import GatewayConfig, Name, RouteConfig
@@ -185,7 +185,7 @@ class KeyManager:
             self._verifier.set_keys(provider, keys)
             # A removed key must stop working now, not when cached tokens expire.
             self._cache.clear()
-            JWKS_REFRESHES.labels(provider=provider).inc()
+            service_metrics().jwks_refreshes.labels(provider=provider).inc()
             log.info("keys loaded", extra={"provider": provider, "kids": sorted(str(k) for k in keys.keys)})
         return on_keys
 

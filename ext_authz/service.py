@@ -15,7 +15,7 @@ from google.rpc import code_pb2, status_pb2
 
 from ext_authz.decision import Authorizer, CheckInput, Decision
 from ext_authz.jwt_verifier import Identity
-from ext_authz.metrics import CHECK_SECONDS, ERRORS, DecisionCounter
+from ext_authz.metrics import AuthzMetrics, DecisionCounter, service_metrics
 from outrider.identity import IDENTITY_HEADERS
 from outrider.logs import DecisionLog
 
@@ -76,11 +76,12 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):
     """envoy.service.auth.v3.Authorization/Check."""
 
     def __init__(self, authorizer: Authorizer | None, decision_log: DecisionLog,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, metrics: AuthzMetrics | None = None) -> None:
         self._authorizer = authorizer
         self._log = decision_log
         self._clock = clock
-        self._counter = DecisionCounter()
+        self._metrics = metrics or service_metrics()
+        self._counter = DecisionCounter(self._metrics.checks)
         # An identity's allow response never changes, so build it once (bounded like the token cache).
         self._ok_cache: dict[Identity, external_auth_pb2.CheckResponse] = {}
         self._public_ok = build_ok(Decision(True, 200, "public", public=True))
@@ -118,11 +119,11 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):
         except Exception:
             # A bug must not open the gateway nor surface as a 500: deny, and say so in the log.
             log.exception("check failed", extra={"request_id": request_id})
-            ERRORS.inc()
+            self._metrics.errors.inc()
             decision = Decision(False, 403, "internal_error")
             response = build_denied(decision, request_id)
         self._counter.inc("allow" if decision.allowed else "deny", decision.reason)
-        CHECK_SECONDS.observe(time.perf_counter() - started)
+        self._metrics.check_seconds.observe(time.perf_counter() - started)
         self._log.write({
             "event": "authz_decision", "request_id": request_id,
             "decision": "allow" if decision.allowed else "deny", "status": decision.status,

@@ -19,6 +19,10 @@ from outrider.envoy_contribution import grpc_service_cluster
 
 EXT_PROC_CLUSTER = "outrider_ext_proc"
 ROUTE_METADATA = "x-outrider-route"  # how the processor learns the route (ext_proc/service.py reads it)
+# Envoy's own downstream address for the request, sent with the request headers: `${client_ip}` in ext_proc
+# is that value (ext_proc/service.py reads it), the same as %DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT% in
+# the native header edits, never a header a client could have written.
+CLIENT_ADDRESS_ATTRIBUTE = "source.address"
 FILTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor"
 PER_ROUTE_TYPE = "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute"
 # Bodies are buffered up to Envoy's buffer limit; a larger one arrives partial and passes untouched.
@@ -92,6 +96,7 @@ class ExtProcContribution:
                 # Routes say what they need (ExtProcPerRoute); a route that says nothing gets nothing.
                 "processing_mode": processing_mode(Phases()),
                 "message_timeout": timeout,
+                "request_attributes": [CLIENT_ADDRESS_ATTRIBUTE],
                 "allow_mode_override": True,  # a request may need fewer phases than its route (never more)
                 "mutation_rules": {
                     "allow_all_routing": True,  # :path, to add query parameters; the regex forbids the rest

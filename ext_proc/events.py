@@ -17,6 +17,7 @@ Phase = Literal["request_headers", "request_body", "response_headers", "response
 class RequestHeaders:
     headers: Mapping[str, str]   # lower-case names, pseudo-headers included
     end_of_stream: bool
+    client_ip: str = ""          # Envoy's downstream address for this request, without the port ("" unknown)
 
 
 @dataclass(frozen=True, slots=True)

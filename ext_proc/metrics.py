@@ -1,23 +1,49 @@
-"""Prometheus metrics of the ext_proc service (labelled children cached: .labels() costs more than .inc())."""
+"""Prometheus metrics of the ext_proc service, created in a registry once the service starts (never at import)."""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+import functools
+from dataclasses import dataclass
 
-STREAMS = Counter("ext_proc_streams_total", "Processing streams opened by Envoy", ["route"])
-EVENTS = Counter("ext_proc_events_total",
-                 "What happened in streams: rejected (by rule), cache_hit/miss/store/invalidate, oversize...",
-                 ["kind", "detail"])
-CACHE_ERRORS = Counter("ext_proc_cache_errors_total", "Cache backend calls that failed (treated as a miss)")
-ERRORS = Counter("ext_proc_internal_errors_total", "Messages that failed inside the service")
-MESSAGE_SECONDS = Histogram(
-    "ext_proc_message_duration_seconds", "Time to answer one message, inside the service (cache I/O included)",
-    buckets=(0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1),
-)
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
+
+
+@dataclass(frozen=True)
+class ExtProcMetrics:
+    streams: Counter
+    events: Counter
+    cache_errors: Counter
+    errors: Counter
+    message_seconds: Histogram
+
+
+def service_metrics(registry: CollectorRegistry | None = None) -> ExtProcMetrics:
+    """The service's metrics in `registry`: registered by the first call (the service's start), shared after."""
+    return _build(REGISTRY if registry is None else registry)
+
+
+@functools.cache  # once per registry: every later caller gets the same objects
+def _build(registry: CollectorRegistry) -> ExtProcMetrics:
+    return ExtProcMetrics(
+        streams=Counter("ext_proc_streams_total", "Processing streams opened by Envoy", ["route"],
+                        registry=registry),
+        events=Counter("ext_proc_events_total",
+                       "What happened in streams: rejected (by rule), cache_hit/miss/store/invalidate, oversize...",
+                       ["kind", "detail"], registry=registry),
+        cache_errors=Counter("ext_proc_cache_errors_total", "Cache backend calls that failed (treated as a miss)",
+                             registry=registry),
+        errors=Counter("ext_proc_internal_errors_total", "Messages that failed inside the service",
+                       registry=registry),
+        message_seconds=Histogram(
+            "ext_proc_message_duration_seconds",
+            "Time to answer one message, inside the service (cache I/O included)",
+            buckets=(0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1),
+            registry=registry),
+    )
 
 
 class LabelCache:
-    """Children of a labelled counter, created once per label tuple."""
+    """Children of a labelled counter, created once per label tuple (.labels() costs more than .inc())."""
 
     def __init__(self, counter: Counter) -> None:
         self._counter = counter

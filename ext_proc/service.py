@@ -31,7 +31,7 @@ from ext_proc.events import (
     StoreCache,
     Trailers,
 )
-from ext_proc.metrics import CACHE_ERRORS, ERRORS, EVENTS, MESSAGE_SECONDS, STREAMS, LabelCache
+from ext_proc.metrics import ExtProcMetrics, LabelCache, service_metrics
 from ext_proc.plan import DEFAULT_ROUTE, RoutePlan
 from ext_proc.session import Session, error_response
 from outrider.logs import DecisionLog
@@ -39,6 +39,8 @@ from outrider.logs import DecisionLog
 log = logging.getLogger("ext_proc.service")
 
 ROUTE_METADATA = "x-outrider-route"
+# The Envoy attribute the ext_proc filter is configured to send (request_attributes in its config).
+CLIENT_ADDRESS_ATTRIBUTE = "source.address"
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 _IF_ABSENT = base_pb2.HeaderValueOption.ADD_IF_ABSENT
 _PM = processing_mode_pb2.ProcessingMode
@@ -59,9 +61,38 @@ def headers_of(header_map: Any) -> dict[str, str]:
     return out
 
 
+def address_without_port(address: str) -> str:
+    """"10.0.0.7:5555" → "10.0.0.7", "[::1]:5555" → "::1"; anything without a port (a pipe path) as it is."""
+    if address.startswith("["):
+        end = address.find("]")
+        return address[1:end] if end > 0 else address
+    host, sep, port = address.rpartition(":")
+    if sep and port.isdigit() and ":" not in host:
+        return host
+    return address
+
+
+def client_ip_of(message: pb.ProcessingRequest) -> str:
+    """The downstream address Envoy saw for this request, without the port; "" if Envoy did not send it.
+
+    The filter asks for the `source.address` attribute (`request_attributes`, see the ext_proc filter
+    config); Envoy sends the values of the request attributes with the request_headers message, in
+    ProcessingRequest.attributes, a map of Structs keyed by the filter's name ("The values of properties
+    selected by the request_attributes or response_attributes list in the configuration", Envoy API
+    envoy/service/ext_proc/v3/external_processor.proto). It is the address Envoy's
+    %DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT% gives, so `${client_ip}` agrees with the native header edits.
+    """
+    for attributes in message.attributes.values():
+        value = attributes.fields.get(CLIENT_ADDRESS_ATTRIBUTE)
+        if value is not None:
+            return address_without_port(value.string_value)
+    return ""
+
+
 def to_event(message: pb.ProcessingRequest, which: str) -> Event:
     if which == "request_headers":
-        return RequestHeaders(headers_of(message.request_headers.headers), message.request_headers.end_of_stream)
+        return RequestHeaders(headers_of(message.request_headers.headers), message.request_headers.end_of_stream,
+                              client_ip_of(message))
     if which == "response_headers":
         return ResponseHeaders(headers_of(message.response_headers.headers), message.response_headers.end_of_stream)
     if which == "request_body":
@@ -149,12 +180,14 @@ class Live:
 class ExternalProcessorService(external_processor_pb2_grpc.ExternalProcessorServicer):
     """envoy.service.ext_proc.v3.ExternalProcessor/Process: one Session per stream, on the live version."""
 
-    def __init__(self, live: Live | None, decision_log: DecisionLog, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, live: Live | None, decision_log: DecisionLog, clock: Callable[[], float] = time.time,
+                 metrics: ExtProcMetrics | None = None) -> None:
         self.live = live
         self._log = decision_log
         self._clock = clock
-        self._streams = LabelCache(STREAMS)
-        self._events = LabelCache(EVENTS)
+        self._metrics = metrics or service_metrics()
+        self._streams = LabelCache(self._metrics.streams)
+        self._events = LabelCache(self._metrics.events)
         self._background: set[asyncio.Task[None]] = set()
 
     def use(self, live: Live) -> Live | None:
@@ -191,7 +224,7 @@ class ExternalProcessorService(external_processor_pb2_grpc.ExternalProcessorServ
                 except Exception:
                     # A bug must not kill the stream nor open the gateway: answer per the failure mode.
                     log.exception("message failed", extra={"route": plan.name, "phase": which})
-                    ERRORS.inc()
+                    self._metrics.errors.inc()
                     response = self._on_error(session, live, which)
                 # Stores run beside the answer: the client never waits for the cache write, and Envoy
                 # closing the stream after its last answer must not cancel them.
@@ -200,7 +233,7 @@ class ExternalProcessorService(external_processor_pb2_grpc.ExternalProcessorServ
                     task = asyncio.create_task(self._store(live, store))
                     self._background.add(task)
                     task.add_done_callback(self._background.discard)
-                MESSAGE_SECONDS.observe(time.perf_counter() - started)
+                self._metrics.message_seconds.observe(time.perf_counter() - started)
                 yield response
         finally:
             live.release()
@@ -245,14 +278,13 @@ class ExternalProcessorService(external_processor_pb2_grpc.ExternalProcessorServ
                              "route": session.plan.name, "request_id": session.ctx.request_id,
                              "method": session.method, "path": session.path.split("?", 1)[0][:256]})
 
-    @staticmethod
-    async def _get(cache: CacheBackend | None, key: str) -> bytes | None:
+    async def _get(self, cache: CacheBackend | None, key: str) -> bytes | None:
         if cache is None:
             return None
         try:
             return await cache.get(key)
         except CacheUnavailable as exc:
-            CACHE_ERRORS.inc()
+            self._metrics.cache_errors.inc()
             log.warning("cache get failed", extra={"error": str(exc)})
             return None
 
@@ -263,7 +295,7 @@ class ExternalProcessorService(external_processor_pb2_grpc.ExternalProcessorServ
             await live.cache.put(store.key, store.resource, store.value, store.ttl_s)
             self._events.inc("cache_store", "")
         except CacheUnavailable as exc:
-            CACHE_ERRORS.inc()
+            self._metrics.cache_errors.inc()
             log.warning("cache put failed", extra={"error": str(exc)})
         finally:
             live.release()
@@ -275,5 +307,5 @@ class ExternalProcessorService(external_processor_pb2_grpc.ExternalProcessorServ
             await cache.invalidate(resource)
             self._events.inc("cache_invalidate", "")
         except CacheUnavailable as exc:
-            CACHE_ERRORS.inc()
+            self._metrics.cache_errors.inc()
             log.warning("cache invalidate failed", extra={"error": str(exc)})

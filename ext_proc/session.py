@@ -103,10 +103,9 @@ class Session:
         self.request_headers = h
         self.method = h.get(":method", "")
         self.path = h.get(":path", "")
-        xff = h.get("x-forwarded-for", "")
-        # Envoy (use_remote_address) appends the peer it saw: the last entry is the real client.
-        self.ctx = Context(now=now, client_ip=xff.rsplit(",", 1)[-1].strip(),
-                           request_id=h.get("x-request-id", ""))
+        # The client address is Envoy's own (its downstream remote address), never parsed from a header a
+        # client or a proxy in between could have written.
+        self.ctx = Context(now=now, client_ip=event.client_ip, request_id=h.get("x-request-id", ""))
         has_body = not event.end_of_stream
         content_type = h.get("content-type", "")
         content_length = _int(h.get("content-length"))

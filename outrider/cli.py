@@ -37,6 +37,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
     except CompileError as exc:
         print(f"{args.file}: does not compile to valid Envoy resources: {exc}", file=sys.stderr)
         return 1
+    from outrider.plugins import config_warnings
+
+    for warning in config_warnings(config):
+        print(f"{args.file}: warning: {warning}", file=sys.stderr)
     print(f"{args.file}: OK ({len(config.routes)} routes, {len(config.upstreams)} upstreams)")
     return 0
 

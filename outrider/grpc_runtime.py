@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from outrider.workers import reuse_port_enabled
+from outrider.workers import notify_bound, reuse_port_enabled
 
 log = logging.getLogger("outrider.grpc")
 
@@ -54,6 +54,7 @@ async def serve(
     if bound == 0:
         raise OSError(f"cannot bind gRPC server to {address}:{port}")
     await server.start()
+    notify_bound()  # a worker of several: the parent reports the service ready once every worker is bound
     # Everything built at start lives until exit: keep it out of the cyclic GC's full scans.
     gc.collect()
     gc.freeze()

@@ -6,17 +6,19 @@ from functools import cache
 
 from prometheus_client import Counter, start_http_server
 
-from outrider.workers import metrics_served_by_parent
+from outrider.workers import metrics_served_by_parent, when_bound
 
 
 def start_metrics_server(address: str, port: int) -> None:
     """Serve the default registry at http://address:port/metrics from a background thread.
 
-    In a worker of a multi-worker service the supervising parent serves the aggregate instead.
+    It opens once the service's gRPC port is bound (grpc_runtime.serve says when): `outrider run` takes
+    an answering /metrics as the service being ready. In a worker of a multi-worker service the
+    supervising parent serves the aggregate instead, once every worker is bound.
     """
     if metrics_served_by_parent():
         return
-    start_http_server(port, addr=address)
+    when_bound(lambda: start_http_server(port, addr=address))
 
 
 @cache

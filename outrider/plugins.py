@@ -9,7 +9,7 @@ its share of a config version.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -73,6 +73,10 @@ class ServicePlugin(ConfigExtension, Protocol):
         """Subcommands it adds to `outrider`."""
         ...
 
+    # Optional hook, looked up with getattr (a plugin need not define it):
+    #     def warnings(self, config: GatewayConfig) -> list[str]
+    # settings that are valid but likely not what was meant; `outrider validate` prints them.
+
 
 @lru_cache(maxsize=1)
 def discover() -> tuple[ServicePlugin, ...]:
@@ -95,3 +99,13 @@ def plugin_named(name: str) -> ServicePlugin:
         if plugin.name == name:
             return plugin
     raise LookupError(f"no outrider service plugin named {name!r} is installed")
+
+
+def config_warnings(config: GatewayConfig, plugins: Iterable[object] | None = None) -> list[str]:
+    """What the services (their optional `warnings(config)` hook) advise about a valid config."""
+    found: list[str] = []
+    for plugin in discover() if plugins is None else plugins:
+        hook = getattr(plugin, "warnings", None)
+        if hook is not None:
+            found.extend(str(w) for w in hook(config))
+    return found

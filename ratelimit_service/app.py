@@ -13,6 +13,7 @@ import grpc
 from outrider.config import GatewayConfig
 from outrider.logs import DecisionLog
 from outrider.service_main import ServiceSpec, StartupSettings, cancel_tasks, run_main
+from outrider.workers import metrics_served_by_parent
 from outrider.xds_client import ConfigRejected
 from ratelimit_service.backends.base import Backend
 from ratelimit_service.backends.memory import MemoryBackend
@@ -71,6 +72,11 @@ class RateLimitRuntime:
             self.store = rl
             self.service.swap(built.settings, GuardedBackend(self.backend, rl.budget_ms / 1000))
             log.info("rate limit store", extra={"backend": type(self.backend).__name__, "domain": rl.domain})
+            if isinstance(self.backend, MemoryBackend) and metrics_served_by_parent():
+                # One of several workers (the parent serves their metrics): each counts on its own.
+                log.warning("the in-memory rate limit store with several workers: each worker keeps its own "
+                            "counters, so a limit may admit up to `workers` times its rate; configure "
+                            "rate_limits.redis to share one count, or run one worker")
         else:
             if rl.redis != self.store.redis:
                 log.warning("rate_limits.redis changed: restart the service to use the new store")

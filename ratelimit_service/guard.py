@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 
 from ratelimit_service.algorithms import Outcome
 from ratelimit_service.backends.base import Backend, BackendError, Check
-from ratelimit_service.metrics import BACKEND_ERRORS
+from ratelimit_service.metrics import RateLimitMetrics, service_metrics
 
 log = logging.getLogger("ratelimit_service.guard")
 
@@ -22,7 +22,8 @@ class GuardedBackend:
     """
 
     def __init__(self, backend: Backend, budget_s: float, clock: Callable[[], float] = time.monotonic,
-                 min_backoff_s: float = 0.05, max_backoff_s: float = 2.0) -> None:
+                 min_backoff_s: float = 0.05, max_backoff_s: float = 2.0,
+                 metrics: RateLimitMetrics | None = None) -> None:
         self.backend = backend
         self._budget = budget_s
         self._clock = clock
@@ -31,7 +32,8 @@ class GuardedBackend:
         self._backoff = 0.0
         self._retry_at = 0.0
         self._probing = False
-        self._error_children = {k: BACKEND_ERRORS.labels(kind=k) for k in ("timeout", "error", "skipped")}
+        errors = (metrics or service_metrics()).backend_errors
+        self._error_children = {k: errors.labels(kind=k) for k in ("timeout", "error", "skipped")}
         # An in-process store cannot be slow or down: no timer per call.
         self._infallible = bool(getattr(backend, "infallible", False))
 

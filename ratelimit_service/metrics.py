@@ -1,57 +1,93 @@
-"""Prometheus metrics of the rate limit service, with labelled children cached off the hot path."""
+"""Prometheus metrics of the rate limit service, created in a registry once the service starts (never at import).
+
+Every metric is a real prometheus_client metric, so with `workers > 1` each worker's values reach the
+parent's aggregate (multiprocess mode reads only what the metric objects write to their files).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+from dataclasses import dataclass
 
-from prometheus_client import REGISTRY, Counter, Histogram
-from prometheus_client.core import CounterMetricFamily
-from prometheus_client.registry import Collector
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
 
-BACKEND_ERRORS = Counter("rate_limit_backend_errors_total", "Store calls that failed or ran over the budget",
-                         ["kind"])
-FAILURE_MODE = Counter("rate_limit_failure_mode_total", "Requests answered in the failure mode", ["mode"])
-LOCAL_CACHE_HITS = Counter("rate_limit_local_cache_hits_total",
-                           "Requests refused from the local over-limit cache, without a store round trip")
-INTERNAL_ERRORS = Counter("rate_limit_internal_errors_total", "Requests that failed inside the service")
-DECISION_SECONDS = Histogram(
-    "rate_limit_decision_seconds", "Time to answer one ShouldRateLimit, inside the service",
-    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1),
-)
+DESCRIPTOR_LABELS = ["domain", "descriptor"]
 
 
-class DescriptorCounts(Collector):
-    """rate_limit_{hits,rejections,near_limit,shadow}_total{domain,descriptor} as plain ints.
+@dataclass(frozen=True, slots=True)
+class DescriptorRow:
+    """The four counters of one (domain, descriptor), looked up once: .labels() costs more than .inc()."""
 
-    The hot path adds to a list per (domain, descriptor); Prometheus reads them at scrape time. That
-    spares four locked Counter increments per descriptor per request.
-    """
+    hits: Counter
+    rejections: Counter
+    near_limit: Counter
+    shadow: Counter
 
-    NAMES = (
-        ("rate_limit_hits", "Hits (hits_addend summed) per matched descriptor"),
-        ("rate_limit_rejections", "Descriptors answered OVER_LIMIT"),
-        ("rate_limit_near_limit", "Admitted hits above near_limit_ratio of the limit"),
-        ("rate_limit_shadow", "Over the limit in shadow mode (answered OK)"),
+
+@dataclass(frozen=True)
+class RateLimitMetrics:
+    hits: Counter
+    rejections: Counter
+    near_limit: Counter
+    shadow: Counter
+    backend_errors: Counter
+    failure_mode: Counter
+    local_cache_hits: Counter
+    internal_errors: Counter
+    decision_seconds: Histogram
+
+
+def service_metrics(registry: CollectorRegistry | None = None) -> RateLimitMetrics:
+    """The service's metrics in `registry`: registered by the first call (the service's start), shared after."""
+    return _build(REGISTRY if registry is None else registry)
+
+
+@functools.cache  # once per registry: every later caller gets the same objects
+def _build(registry: CollectorRegistry) -> RateLimitMetrics:
+    metrics = RateLimitMetrics(
+        hits=Counter("rate_limit_hits_total", "Hits (hits_addend summed) per matched descriptor",
+                     DESCRIPTOR_LABELS, registry=registry),
+        rejections=Counter("rate_limit_rejections_total", "Descriptors answered OVER_LIMIT",
+                           DESCRIPTOR_LABELS, registry=registry),
+        near_limit=Counter("rate_limit_near_limit_total", "Admitted hits above near_limit_ratio of the limit",
+                           DESCRIPTOR_LABELS, registry=registry),
+        shadow=Counter("rate_limit_shadow_total", "Over the limit in shadow mode (answered OK)",
+                       DESCRIPTOR_LABELS, registry=registry),
+        backend_errors=Counter("rate_limit_backend_errors_total", "Store calls that failed or ran over the budget",
+                               ["kind"], registry=registry),
+        failure_mode=Counter("rate_limit_failure_mode_total", "Requests answered in the failure mode", ["mode"],
+                             registry=registry),
+        local_cache_hits=Counter(
+            "rate_limit_local_cache_hits_total",
+            "Requests refused from the local over-limit cache, without a store round trip", registry=registry),
+        internal_errors=Counter("rate_limit_internal_errors_total", "Requests that failed inside the service",
+                                registry=registry),
+        decision_seconds=Histogram(
+            "rate_limit_decision_seconds", "Time to answer one ShouldRateLimit, inside the service",
+            buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1), registry=registry),
     )
+    # Known label values get their series now: a family with no series is missing from the multiprocess
+    # aggregate, and a dashboard cannot tell "none yet" from "not exported".
+    for kind in ("timeout", "error", "skipped"):
+        metrics.backend_errors.labels(kind=kind)
+    for mode in ("allow", "deny"):
+        metrics.failure_mode.labels(mode=mode)
+    return metrics
 
-    def __init__(self) -> None:
-        self.rows: dict[tuple[str, str], list[int]] = {}
 
-    def row(self, domain: str, descriptor: str) -> list[int]:
+class DescriptorCounts:
+    """rate_limit_{hits,rejections,near_limit,shadow}_total{domain,descriptor}, children cached per row."""
+
+    def __init__(self, metrics: RateLimitMetrics) -> None:
+        self._metrics = metrics
+        self._rows: dict[tuple[str, str], DescriptorRow] = {}
+
+    def row(self, domain: str, descriptor: str) -> DescriptorRow:
         key = (domain, descriptor)
-        found = self.rows.get(key)
+        found = self._rows.get(key)
         if found is None:
-            found = self.rows[key] = [0, 0, 0, 0]
+            m = self._metrics
+            found = self._rows[key] = DescriptorRow(
+                m.hits.labels(domain, descriptor), m.rejections.labels(domain, descriptor),
+                m.near_limit.labels(domain, descriptor), m.shadow.labels(domain, descriptor))
         return found
-
-    def collect(self) -> Iterator[CounterMetricFamily]:
-        rows = list(self.rows.items())  # the event loop may add rows while the scrape thread reads
-        for index, (name, help_text) in enumerate(self.NAMES):
-            family = CounterMetricFamily(name, help_text, labels=["domain", "descriptor"])
-            for (domain, descriptor), values in rows:
-                family.add_metric([domain, descriptor], values[index])
-            yield family
-
-
-DESCRIPTOR_COUNTS = DescriptorCounts()
-REGISTRY.register(DESCRIPTOR_COUNTS)

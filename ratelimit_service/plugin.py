@@ -23,6 +23,7 @@ from ratelimit_service.config import (
     rate_limits_of,
     settings_of,
 )
+from ratelimit_service.config_warnings import config_warnings
 from ratelimit_service.envoy import RateLimitContribution
 
 
@@ -44,6 +45,9 @@ class RateLimitPlugin:
 
     def payload_json(self, config: GatewayConfig) -> str:
         return canonical_json(resource.payload(config))  # small: no route-sized list in it
+
+    def warnings(self, config: GatewayConfig) -> list[str]:
+        return config_warnings(config)
 
     def contribution(self) -> RateLimitContribution:
         return RateLimitContribution()

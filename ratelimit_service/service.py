@@ -28,14 +28,7 @@ from ratelimit_service.decision import (
 )
 from ratelimit_service.guard import GuardedBackend
 from ratelimit_service.limits import Limit, LimitTable
-from ratelimit_service.metrics import (
-    DECISION_SECONDS,
-    DESCRIPTOR_COUNTS,
-    FAILURE_MODE,
-    INTERNAL_ERRORS,
-    LOCAL_CACHE_HITS,
-    DescriptorCounts,
-)
+from ratelimit_service.metrics import DescriptorCounts, RateLimitMetrics, service_metrics
 
 log = logging.getLogger("ratelimit_service.service")
 
@@ -93,7 +86,8 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
     """envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit."""
 
     def __init__(self, settings: Settings, guard: GuardedBackend,
-                 clock: Callable[[], float] = time.time, decision_log: DecisionLog | None = None) -> None:
+                 clock: Callable[[], float] = time.time, decision_log: DecisionLog | None = None,
+                 metrics: RateLimitMetrics | None = None) -> None:
         self.settings = settings
         # Refusals only: admitted requests are the bulk and are counted in metrics instead.
         self._log = decision_log or DecisionLog("ratelimit_service", enabled=False)
@@ -102,9 +96,10 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
         self._guard = guard
         self._clock = clock
         self._over_until: dict[str, int] = {}
-        self._metrics: DescriptorCounts = DESCRIPTOR_COUNTS
+        self._metrics = metrics or service_metrics()
+        self._descriptors = DescriptorCounts(self._metrics)
         self._limit_protos: dict[Limit, Any] = {}
-        self._failure = {m: FAILURE_MODE.labels(mode=m) for m in ("allow", "deny")}
+        self._failure = {m: self._metrics.failure_mode.labels(mode=m) for m in ("allow", "deny")}
         # serialized request → [settings, domain, inputs, plan]
         self._plans: dict[bytes, list[Any]] = {}
 
@@ -128,9 +123,9 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
         except Exception:
             # A bug must neither fail the RPC nor block traffic unexpectedly: answer in the failure mode.
             log.exception("ShouldRateLimit failed", extra={"domain": request.domain})
-            INTERNAL_ERRORS.inc()
+            self._metrics.internal_errors.inc()
             response = self._failure_response(request.descriptors)
-        DECISION_SECONDS.observe(time.perf_counter() - started)
+        self._metrics.decision_seconds.observe(time.perf_counter() - started)
         return response
 
     async def ShouldRateLimitBytes(self, data: bytes, context: grpc.aio.ServicerContext) -> bytes:
@@ -154,9 +149,9 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
             response = await self._decide_planned(settings, entry[3], now_ms)
         except Exception:
             log.exception("ShouldRateLimit failed")
-            INTERNAL_ERRORS.inc()
+            self._metrics.internal_errors.inc()
             response = self._failure_response(_descriptor_count(data))
-        DECISION_SECONDS.observe(time.perf_counter() - started)
+        self._metrics.decision_seconds.observe(time.perf_counter() - started)
         return bytes(response.SerializeToString())
 
     async def decide(self, request: rls_pb2.RateLimitRequest) -> rls_pb2.RateLimitResponse:
@@ -172,7 +167,7 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
         else:
             cached = locally_over(laid_out, self._over_until, now_ms)
             if cached is not None:
-                LOCAL_CACHE_HITS.inc()
+                self._metrics.local_cache_hits.inc()
                 outcomes = cached
             else:
                 fresh = await self._guard.evaluate(domain, laid_out.checks, now_ms)
@@ -194,14 +189,14 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
         for d, status in zip(descriptors, decision.statuses, strict=True):
             if not d.metric_key:
                 continue
-            row = self._metrics.row(domain, d.metric_key)
-            row[0] += d.hits
+            row = self._descriptors.row(domain, d.metric_key)
+            row.hits.inc(d.hits)
             if status.code == OVER_LIMIT:
-                row[1] += 1
+                row.rejections.inc()
             elif status.shadow_over:
-                row[3] += 1
+                row.shadow.inc()
             elif status.near:
-                row[2] += d.hits
+                row.near_limit.inc(d.hits)
 
     def _limit_proto(self, limit: Limit) -> Any:
         proto = self._limit_protos.get(limit)

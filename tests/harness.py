@@ -31,10 +31,18 @@ def example_config_dict() -> dict[str, Any]:
 def with_free_ports(data: dict[str, Any]) -> dict[str, Any]:
     """A copy of a config dict with every port replaced by a free one and key paths made absolute."""
     data = copy.deepcopy(data)
-    data["listeners"][0]["port"] = free_port()
-    data.setdefault("admin", {})["port"] = free_port()
+    taken: set[int] = set()
+
+    def fresh() -> int:  # distinct within this config: the OS may hand out a just-released port again
+        while (port := free_port()) in taken:
+            pass
+        taken.add(port)
+        return port
+
+    data["listeners"][0]["port"] = fresh()
+    data.setdefault("admin", {})["port"] = fresh()
     services = data.setdefault("services", {})
-    demo_port = free_port()
+    demo_port = fresh()
     services.setdefault("demo_upstream", {})["port"] = demo_port
     for upstream in data.get("upstreams", []):
         for endpoint in upstream["endpoints"]:
@@ -43,9 +51,9 @@ def with_free_ports(data: dict[str, Any]) -> dict[str, Any]:
     for name, svc in services.items():
         for key in ("port", "metrics_port", "admin_port"):
             if key in svc and not (name == "demo_upstream" and key == "port"):
-                svc[key] = free_port()
-    services.setdefault("ext_authz", {}).setdefault("metrics_port", free_port())
-    services["ext_authz"].setdefault("port", free_port())
+                svc[key] = fresh()
+    services.setdefault("ext_authz", {}).setdefault("metrics_port", fresh())
+    services["ext_authz"].setdefault("port", fresh())
     for provider in data["auth"]["providers"]:
         if "jwks_file" in provider and not Path(provider["jwks_file"]).is_absolute():
             provider["jwks_file"] = str(EXAMPLE_CONFIG.parent / provider["jwks_file"])

@@ -20,7 +20,7 @@ from outrider.config.schema import route_model
 from outrider.config.semantic import check_references
 from outrider.envoy_protos import CompileError
 from xds_server.cache import InconsistentSnapshot, SnapshotCache
-from xds_server.metrics import BUILD_SECONDS, CHANGES, PUSH_SECONDS, VERSION
+from xds_server.metrics import service_metrics
 from xds_server.resources import SnapshotBuilder
 from xds_server.snapshot import Snapshot, short
 from xds_server.store import State, Store
@@ -104,10 +104,10 @@ class Controller:
         """Serve the initial config (before the gRPC server accepts any stream)."""
         started = time.perf_counter()
         snapshot = self._builder.build(self.config, str(self.version))
-        BUILD_SECONDS.observe(time.perf_counter() - started)
+        service_metrics().build_seconds.observe(time.perf_counter() - started)
         self._cache.set_snapshot(self._key, snapshot)
         self._snapshot = snapshot
-        VERSION.set(self.version)
+        service_metrics().version.set(self.version)
         if persist:
             self._store.save(State(self.version, self.file_digest, self.given))
 
@@ -173,7 +173,7 @@ class Controller:
         """Apply `config`, which must be what `given` (the config as given) validates to."""
         async with self._lock:
             outcome = await self._apply(config, source, given, file_digest)
-        CHANGES.labels(source=source, outcome=str(outcome.status)).inc()
+        service_metrics().changes.labels(source=source, outcome=str(outcome.status)).inc()
         return outcome
 
     async def _apply(self, config: GatewayConfig, source: str, given: dict[str, Any],
@@ -189,7 +189,7 @@ class Controller:
             return Outcome(
                 422, {"error": "does not compile to valid Envoy resources", "problems": [str(exc)]}
             )
-        BUILD_SECONDS.observe(time.perf_counter() - started)
+        service_metrics().build_seconds.observe(time.perf_counter() - started)
         previous = self._snapshot
         try:
             push = self._cache.set_snapshot(self._key, snapshot)
@@ -231,7 +231,7 @@ class Controller:
                     "rejected_version": str(version),
                 },
             )
-        PUSH_SECONDS.observe(time.perf_counter() - pushed)
+        service_metrics().push_seconds.observe(time.perf_counter() - pushed)
         self.config = config
         self.given = given
         self.version = version
@@ -239,7 +239,7 @@ class Controller:
         if file_digest is not None:
             self.file_digest = file_digest
         self._store.save(State(version, self.file_digest, given))
-        VERSION.set(version)
+        service_metrics().version.set(version)
         log.info(
             "config changed", extra={"source": source, "version": version, "acked_by": sorted(push.acked_by)}
         )

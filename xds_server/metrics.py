@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+from dataclasses import dataclass
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 from xds_server.callbacks import Callbacks
 from xds_server.protocol import DeltaResponse, Node, SotwResponse
@@ -19,30 +21,65 @@ def _label(type_url: str) -> str:
     known = type_url in SHORT or (type_url.startswith(SERVICE_TYPES) and type_url.isascii() and len(type_url) < 96)
     return short(type_url) if known else "other"
 
-STREAMS = Gauge("xds_streams", "Connected ADS streams", ["protocol"])
-REQUESTS = Counter("xds_requests_total", "Discovery requests received", ["type"])
-RESPONSES = Counter("xds_responses_total", "Discovery responses sent", ["type"])
-ACKS = Counter("xds_acks_total", "Responses ACKed", ["type"])
-NACKS = Counter("xds_nacks_total", "Responses NACKed (the node keeps its last ACKed config)", ["type"])
-STALE = Counter("xds_stale_requests_total", "Requests answering a superseded nonce (ignored)", ["type"])
-CHANGES = Counter("xds_changes_total", "Config changes by source and outcome", ["source", "outcome"])
-VERSION = Gauge("xds_config_version", "Version of the config being served")
-BUILD_SECONDS = Histogram(
-    "xds_snapshot_build_seconds",
-    "Time to compile and serialize a snapshot",
-    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
-)
-PUSH_SECONDS = Histogram(
-    "xds_push_ack_seconds",
-    "From push to the last ACK",
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
-)
+
+@dataclass(frozen=True)
+class XdsMetrics:
+    streams: Gauge
+    requests: Counter
+    responses: Counter
+    acks: Counter
+    nacks: Counter
+    stale: Counter
+    changes: Counter
+    version: Gauge
+    build_seconds: Histogram
+    push_seconds: Histogram
+
+
+def service_metrics(registry: CollectorRegistry | None = None) -> XdsMetrics:
+    """The control plane's metrics in `registry`: registered by the first call (its start), shared after."""
+    return _build(REGISTRY if registry is None else registry)
+
+
+@functools.cache  # once per registry: every later caller gets the same objects
+def _build(registry: CollectorRegistry) -> XdsMetrics:
+    return XdsMetrics(
+        # Gauges say how processes combine should the control plane ever run as several (multiprocess mode).
+        streams=Gauge("xds_streams", "Connected ADS streams", ["protocol"], multiprocess_mode="livesum",
+                      registry=registry),
+        requests=Counter("xds_requests_total", "Discovery requests received", ["type"], registry=registry),
+        responses=Counter("xds_responses_total", "Discovery responses sent", ["type"], registry=registry),
+        acks=Counter("xds_acks_total", "Responses ACKed", ["type"], registry=registry),
+        nacks=Counter("xds_nacks_total", "Responses NACKed (the node keeps its last ACKed config)", ["type"],
+                      registry=registry),
+        stale=Counter("xds_stale_requests_total", "Requests answering a superseded nonce (ignored)", ["type"],
+                      registry=registry),
+        changes=Counter("xds_changes_total", "Config changes by source and outcome", ["source", "outcome"],
+                        registry=registry),
+        version=Gauge("xds_config_version", "Version of the config being served", multiprocess_mode="livemax",
+                      registry=registry),
+        build_seconds=Histogram(
+            "xds_snapshot_build_seconds",
+            "Time to compile and serialize a snapshot",
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            registry=registry,
+        ),
+        push_seconds=Histogram(
+            "xds_push_ack_seconds",
+            "From push to the last ACK",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=registry,
+        ),
+    )
 
 
 class MetricsCallbacks(Callbacks):
+    def __init__(self, metrics: XdsMetrics | None = None) -> None:
+        self._metrics = metrics or service_metrics()
+        self._delta: dict[int, bool] = {}
+
     def stream_opened(self, stream_id: int, node: Node, delta: bool, has_snapshot: bool) -> None:
-        STREAMS.labels(protocol="delta" if delta else "sotw").inc()
-        self._delta = getattr(self, "_delta", {})
+        self._metrics.streams.labels(protocol="delta" if delta else "sotw").inc()
         self._delta[stream_id] = delta
         if has_snapshot:
             log.info("stream opened", extra={"stream": stream_id, "node": node.id, "delta": delta})
@@ -53,16 +90,16 @@ class MetricsCallbacks(Callbacks):
             )
 
     def stream_closed(self, stream_id: int, node: Node) -> None:
-        delta = getattr(self, "_delta", {}).pop(stream_id, False)
-        STREAMS.labels(protocol="delta" if delta else "sotw").dec()
+        delta = self._delta.pop(stream_id, False)
+        self._metrics.streams.labels(protocol="delta" if delta else "sotw").dec()
         log.info("stream closed", extra={"stream": stream_id, "node": node.id})
 
     def request(self, stream_id: int, node: Node, type_url: str) -> None:
-        REQUESTS.labels(type=_label(type_url)).inc()
+        self._metrics.requests.labels(type=_label(type_url)).inc()
 
     def response(self, stream_id: int, node: Node, response: SotwResponse | DeltaResponse) -> None:
         kind = _label(response.type_url)
-        RESPONSES.labels(type=kind).inc()
+        self._metrics.responses.labels(type=kind).inc()
         log.debug(
             "response",
             extra={
@@ -75,10 +112,10 @@ class MetricsCallbacks(Callbacks):
         )
 
     def ack(self, stream_id: int, node: Node, type_url: str, version: str) -> None:
-        ACKS.labels(type=_label(type_url)).inc()
+        self._metrics.acks.labels(type=_label(type_url)).inc()
 
     def nack(self, stream_id: int, node: Node, type_url: str, version: str, error: str) -> None:
-        NACKS.labels(type=_label(type_url)).inc()
+        self._metrics.nacks.labels(type=_label(type_url)).inc()
         log.error(
             "config rejected by Envoy",
             extra={
@@ -91,4 +128,4 @@ class MetricsCallbacks(Callbacks):
         )
 
     def stale(self, stream_id: int, node: Node, type_url: str) -> None:
-        STALE.labels(type=_label(type_url)).inc()
+        self._metrics.stale.labels(type=_label(type_url)).inc()

@@ -11,7 +11,7 @@ from typing import Any
 
 from outrider.config import ConfigError, GatewayConfig, load_config_given
 from outrider.config.watch import FileChangeDetector
-from xds_server.metrics import CHANGES
+from xds_server.metrics import service_metrics
 
 log = logging.getLogger("xds_server.watch")
 
@@ -49,7 +49,7 @@ class ConfigFileWatcher:
         try:
             given, config = load_config_given(self._path)
         except ConfigError as exc:
-            CHANGES.labels(source="file", outcome="invalid").inc()
+            service_metrics().changes.labels(source="file", outcome="invalid").inc()
             log.error(
                 "config file rejected; the running config stays",
                 extra={"problems": [issue.render(exc.filename) for issue in exc.issues]},

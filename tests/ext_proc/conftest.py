@@ -29,6 +29,11 @@ LAB_ROUTES: list[dict[str, Any]] = [
      "validation": {"sql_injection": False, "xss": False},
      "transformations": {"max_body_bytes": 512, "oversize_body": "pass",
                          "request": {"json_body": {"seen": "yes"}}}},
+    {"name": "lab-client-ip", "match": {"prefix": "/api/v1/lab/client-ip/"}, "upstream": "demo", "public": True,
+     "validation": {"enabled": False},
+     # The same ${client_ip} twice: in a header Envoy sets natively, and in a body field ext_proc writes.
+     "transformations": {"request": {"add_headers": {"X-Native-Client-IP": "${client_ip}"},
+                                     "json_body": {"client_ip": "${client_ip}"}}}},
 ]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -36,6 +37,19 @@ def test_request_header_and_query_transforms_reach_upstream(ep_stack: Stack) -> 
     assert "x-internal-token" not in headers
     assert seen["query"] == {"a": "1", "version": "v1"}  # set, replacing what the client sent
     assert re.fullmatch(r"\d+ms", response.headers["x-response-time"])
+
+
+def test_client_ip_in_ext_proc_is_envoys_downstream_address(ep_stack: Stack) -> None:
+    # A client-written X-Forwarded-For must not matter; and for a loopback peer Envoy appends its own
+    # local address to X-Forwarded-For, not the peer's: only Envoy's downstream address is the client.
+    response = ep_stack.request("POST", "/api/v1/lab/client-ip/x", json={"a": 1},
+                                headers={"x-forwarded-for": "6.6.6.6"})
+    assert response.status_code == 200, response.text
+    seen = response.json()
+    native = seen["headers"]["x-native-client-ip"]  # %DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%
+    assert native == "127.0.0.1"
+    assert seen["json"]["client_ip"] == native  # ${client_ip} rendered by ext_proc for the same request
+    assert seen["json"]["a"] == 1
 
 
 def test_authorization_renamed_after_authorization(ep_stack: Stack) -> None:
@@ -172,7 +186,7 @@ def test_direct_response_and_not_found_routes_skip_the_processor(ep_stack: Stack
 
 
 def test_chunked_json_body_beyond_envoys_buffer_is_refused(ep_stack: Stack) -> None:
-    def chunks():  # type: ignore[no-untyped-def]
+    def chunks() -> Iterator[bytes]:
         yield b'{"a": "'
         for _ in range(40):
             yield b"x" * 65536

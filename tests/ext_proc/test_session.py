@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 import pytest
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
 from ext_proc.cache import CacheEntry
 from ext_proc.events import (
@@ -24,6 +25,7 @@ from ext_proc.events import (
     Trailers,
 )
 from ext_proc.plan import DEFAULT_ROUTE, RoutePlan
+from ext_proc.service import address_without_port, to_event
 from ext_proc.session import ProtocolError, Session
 from tests.ext_proc.conftest import ext_proc_config_dict, plans_from
 
@@ -34,7 +36,8 @@ JSON = {"content-type": "application/json"}
 def req(path: str, method: str = "GET", body: bool = False, **headers: str) -> RequestHeaders:
     h = {":method": method, ":path": path, "x-forwarded-for": "10.1.1.1, 127.0.0.9", "x-request-id": "rid",
          **{k.replace("_", "-"): v for k, v in headers.items()}}
-    return RequestHeaders(h, end_of_stream=not body)
+    # Envoy's downstream address comes with the event; the X-Forwarded-For a client sent is not it.
+    return RequestHeaders(h, end_of_stream=not body, client_ip="10.9.9.9")
 
 
 def resp(status: int = 200, body: bool = True, **headers: str) -> ResponseHeaders:
@@ -193,7 +196,7 @@ def test_default_plan_does_header_edits_itself() -> None:
     reply = only(session.handle(req("/anything", x_internal_token="t", authorization="Bearer a"), T0), Reply)
     names = {name for name, _, _ in reply.set_headers}
     assert {"x-gateway-version", "x-forwarded-for", "x-auth-token", ":path"} <= names
-    assert dict((n, v) for n, v, _ in reply.set_headers)["x-forwarded-for"] == "127.0.0.9"
+    assert dict((n, v) for n, v, _ in reply.set_headers)["x-forwarded-for"] == "10.9.9.9"
     assert reply.remove_headers == ("x-internal-token",)
 
 
@@ -213,3 +216,21 @@ def test_reply_made_before_ext_proc_is_untouched(example_plans: dict[str, RouteP
     reply = only(actions, Reply)
     assert reply.set_headers == () and reply.mode is not None and not reply.mode.response_body
     assert only(actions, Note).kind == "local_reply_untouched" and session.state == "done"
+
+
+@pytest.mark.parametrize(("address", "ip"), [
+    ("10.0.0.7:5555", "10.0.0.7"), ("[::1]:443", "::1"), ("[2001:db8::1]:80", "2001:db8::1"),
+    ("/run/envoy.sock", "/run/envoy.sock"), ("", ""),
+])
+def test_address_without_port(address: str, ip: str) -> None:
+    assert address_without_port(address) == ip
+
+
+def test_client_ip_is_envoys_source_address_attribute_never_a_header() -> None:
+    message = pb.ProcessingRequest()
+    message.request_headers.headers.headers.add(key="x-forwarded-for", raw_value=b"6.6.6.6")
+    event = to_event(message, "request_headers")
+    assert isinstance(event, RequestHeaders) and event.client_ip == ""  # not asked for: unknown, not guessed
+    message.attributes["envoy.filters.http.ext_proc"].fields["source.address"].string_value = "10.0.0.7:5555"
+    event = to_event(message, "request_headers")
+    assert isinstance(event, RequestHeaders) and event.client_ip == "10.0.0.7"

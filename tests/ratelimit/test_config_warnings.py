@@ -1,0 +1,55 @@
+"""The in-memory store with several workers counts per worker: said at start and by `outrider validate`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from outrider import plugins
+from outrider.cli import main as cli_main
+from outrider.config import GatewayConfig, load_config
+from ratelimit_service.config_warnings import config_warnings
+from tests.harness import example_config_dict, with_free_ports, write_config
+
+
+def config_with(tmp_path: Path, workers: int, redis: bool) -> Path:
+    data = with_free_ports(example_config_dict())
+    data["services"]["ratelimit"]["workers"] = workers
+    if redis:
+        data["rate_limits"]["redis"] = {"url": "redis://127.0.0.1:6379/0"}
+    return write_config(data, tmp_path / "gateway.yaml")
+
+
+@pytest.mark.parametrize(("workers", "redis", "warns"), [(2, False, True), (1, False, False), (2, True, False)])
+def test_memory_store_with_several_workers_warns(tmp_path: Path, workers: int, redis: bool, warns: bool) -> None:
+    found = config_warnings(load_config(config_with(tmp_path, workers, redis)))
+    assert bool(found) == warns
+    if warns:
+        assert "each worker keeps its own counters" in found[0] and "rate_limits.redis" in found[0]
+
+
+class RateLimitPluginStandIn:
+    """What the ratelimit plugin offers through the optional hook (the installed plugin wires the same)."""
+
+    name = "ratelimit"
+    type_url = "type.googleapis.com/outrider.config.v1.RateLimitServiceConfig"
+
+    def payload(self, config: GatewayConfig) -> dict[str, Any]:
+        return {}
+
+    def warnings(self, config: GatewayConfig) -> list[str]:
+        return config_warnings(config)
+
+
+def test_validate_prints_the_plugins_warnings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(plugins, "discover", lambda: (RateLimitPluginStandIn(),))
+    path = config_with(tmp_path, 2, redis=False)
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["validate", str(path)])
+    assert exit_info.value.code == 0  # a warning, not an error
+    out = capsys.readouterr()
+    assert f"{path}: warning: services.ratelimit.workers is 2" in out.err
+    assert "OK" in out.out
