@@ -166,6 +166,12 @@ def _read_bound(read_fd: int, workers: _Workers, timeout_s: float) -> None:
 def _supervise(count: int, target: str, argv: list[str], address: str, metrics_port: int) -> int:
     metrics_dir = tempfile.mkdtemp(prefix="outrider-metrics-")
     os.environ[MULTIPROC_ENV] = metrics_dir
+    # prometheus_client picks its value store when it is first imported, and finding the service plugins
+    # (to read the config) may have imported it already: pick again now that the variable is set, so the
+    # workers' metrics go to files the parent can sum. No metric exists yet (none is made at import).
+    from prometheus_client import values
+
+    values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
     os.environ[REUSE_PORT_ENV] = "1"
     read_fd, write_fd = os.pipe()  # both ends stay open here: a restarted worker inherits the write end too
     workers = _Workers(target, argv, (read_fd, write_fd))
