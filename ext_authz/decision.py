@@ -9,8 +9,11 @@ from dataclasses import dataclass
 from ext_authz.jwt_verifier import AuthError, Identity, TokenVerifier, UnknownKeyError
 from ext_authz.rbac import RbacPolicy, action_for_method
 from ext_authz.token_cache import TokenCache
+from outrider.path_policy import canonical_path
 
 PUBLIC = "public"
+INVALID_PATH = "invalid_path"
+_REFUSED = "!invalid_path"  # _resource_for's answer for a path no fallback rule may see (never a resource name)
 
 
 @dataclass(frozen=True)
@@ -37,7 +40,10 @@ class Decision:
 
 @dataclass(frozen=True)
 class PathRule:
-    """Fallback policy for requests whose route carries no context_extensions (someone else's Envoy config)."""
+    """Fallback policy for requests whose route carries no context_extensions (someone else's Envoy config).
+
+    `matches` takes the canonical path (outrider.path_policy.canonical_path), never the raw request target.
+    """
 
     prefix: str | None
     exact: str | None
@@ -45,7 +51,6 @@ class PathRule:
     resource: str | None                # None = public
 
     def matches(self, path: str) -> bool:
-        path = path.split("?", 1)[0]
         if self.exact is not None:
             return path == self.exact
         if self.prefix is not None:
@@ -82,8 +87,15 @@ class Authorizer:
             return resource
         if check.context.get("public") == "true":
             return PUBLIC
+        if not self._fallback:
+            return None
+        # Rules match the normalised path only; a path an upstream could read differently (encoded or overlong
+        # dots and slashes, `..`, `;` parameters, ...) is refused, as the gateway's own Envoy refuses it.
+        path = canonical_path(check.path)
+        if path is None:
+            return _REFUSED
         for rule in self._fallback:
-            if rule.matches(check.path):
+            if rule.matches(path):
                 return rule.resource if rule.resource is not None else PUBLIC
         return None
 
@@ -101,6 +113,8 @@ class Authorizer:
 
     def decide(self, check: CheckInput, now: float) -> Decision:
         resource = self._resource_for(check)
+        if resource == _REFUSED:
+            return Decision(False, 403, INVALID_PATH)
         if resource == PUBLIC:
             return Decision(True, 200, "public", public=True, resource=PUBLIC)
         token = bearer_token(check.headers)

@@ -7,6 +7,7 @@ from typing import Any
 from ext_authz.config import settings_of
 from outrider.config.model import GatewayConfig, RouteConfig
 from outrider.envoy_contribution import grpc_service_cluster
+from outrider.identity import IDENTITY_HEADERS
 
 EXT_AUTHZ_CLUSTER = "outrider_ext_authz"
 PER_ROUTE_TYPE = "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute"
@@ -42,6 +43,10 @@ class ExtAuthzContribution:
 
     def route_fields(self, route: RouteConfig, config: GatewayConfig) -> dict[str, Any]:
         return {}
+
+    def request_headers_set(self, config: GatewayConfig) -> tuple[str, ...]:
+        """The identity headers: only an allowed check sets them, whatever a client sent is dropped first."""
+        return IDENTITY_HEADERS
 
     def clusters(self, config: GatewayConfig) -> list[dict[str, Any]]:
         authz = settings_of(config)

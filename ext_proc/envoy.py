@@ -8,6 +8,7 @@ from ext_proc.config import (
     MUTATION_DISALLOW_REGEX,
     NativeHeaders,
     Phases,
+    header_spec,
     native_headers,
     route_phases,
     route_settings,
@@ -77,6 +78,30 @@ def _header_option(name: str, value: str, if_absent: bool) -> dict[str, Any]:
             "append_action": "ADD_IF_ABSENT" if if_absent else "OVERWRITE_IF_EXISTS_OR_ADD"}
 
 
+_SET: list[Any] = [None, []]
+
+
+def request_headers_set(config: GatewayConfig) -> list[str]:
+    """The request headers this service's rules set for the upstream (rename targets and unconditional adds,
+    natively or by the processor), once per (frozen) config object. The kernel removes them from client input
+    on arrival: a rename sets its target only when the source came, and a failed processor sets nothing, so
+    without that a client's own value would pass as the gateway's. `if_absent` adds keep the client's value
+    by design and are left out."""
+    if _SET[0] is not config:
+        names: set[str] = set()
+        sections = [transformations_of(config)]
+        sections += [route_settings(r, config).transformations for r in config.routes
+                     if transformations_of(r) is not None]
+        for t in sections:
+            if t is None:
+                continue
+            names.update(t.request.rename_headers.values())
+            names.update(n for n, spec in t.request.add_headers.items() if not header_spec(spec).if_absent)
+        _SET[:] = [config, sorted({n.lower() for n in names})]
+    found: list[str] = _SET[1]
+    return found
+
+
 class ExtProcContribution:
     """ext_proc's FilterContribution (outrider/envoy_contribution.py), with the optional route_headers."""
 
@@ -135,6 +160,9 @@ class ExtProcContribution:
         if native.response_remove:
             out["response_headers_to_remove"] = list(native.response_remove)
         return out
+
+    def request_headers_set(self, config: GatewayConfig) -> list[str]:
+        return request_headers_set(config)
 
     def clusters(self, config: GatewayConfig) -> list[dict[str, Any]]:
         if not ext_proc_enabled(config):

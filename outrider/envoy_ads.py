@@ -6,6 +6,7 @@ from typing import Any
 
 from outrider.config.model import GatewayConfig
 from outrider.envoy_contribution import HTTP2_OPTIONS
+from outrider.envoy_edge import overload_manager
 
 XDS_CLUSTER = "outrider_xds"
 
@@ -25,7 +26,10 @@ def compile_ads_bootstrap(config: GatewayConfig, delta: bool | None = None) -> d
     return {
         "node": {"id": xds.node_id, "cluster": xds.node_cluster},
         "admin": {"address": {"socket_address": {"address": config.admin.address,
-                                                 "port_value": config.admin.port}}},
+                                                 "port_value": config.admin.port}},
+                  "ignore_global_conn_limit": True},
+        # Bootstrap only (no xDS for it): changing the heap or connection limit needs an Envoy restart.
+        "overload_manager": overload_manager(config),
         "dynamic_resources": {
             "ads_config": {
                 "api_type": "DELTA_GRPC" if use_delta else "GRPC",

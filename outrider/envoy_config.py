@@ -13,6 +13,14 @@ from typing import Any
 
 from outrider.config.model import GatewayConfig, RouteConfig, UpstreamConfig
 from outrider.envoy_contribution import FilterContribution, load_assignment
+from outrider.envoy_edge import (
+    allows_parameters_anywhere,
+    hcm_fields,
+    listener_fields,
+    overload_manager,
+    parameter_guard,
+    path_policy_routes,
+)
 from outrider.envoy_traffic import CorsContribution, cluster_fields, header_matcher, route_action_fields, upstream_of
 from outrider.identity import IDENTITY_HEADERS
 from outrider.plugins import ordered_plugins
@@ -141,8 +149,37 @@ def compile_route(route: RouteConfig, config: GatewayConfig) -> dict[str, Any]:
     return out
 
 
+_PARAMETERS: list[Any] = [None, False]
+
+
+def _parameters_anywhere(config: GatewayConfig) -> bool:
+    """Whether some route allows `;` parameters, once per (frozen) config object (asked per route)."""
+    if _PARAMETERS[0] is not config:
+        _PARAMETERS[:] = [config, allows_parameters_anywhere(config)]
+    return bool(_PARAMETERS[1])
+
+
+def compile_route_group(route: RouteConfig, config: GatewayConfig) -> list[dict[str, Any]]:
+    """One gateway route → its Envoy route, preceded by a `;` parameters guard when the route table needs one
+    (some other route allows parameters, this one does not)."""
+    compiled = compile_route(route, config)
+    if route.allow_path_parameters or "route" not in compiled or not _parameters_anywhere(config):
+        return [compiled]
+    return [parameter_guard(compiled, _no_check_filters(config)), compiled]
+
+
+def _no_check_filters(config: GatewayConfig) -> dict[str, Any]:
+    """typed_per_filter_config of a route the gateway answers itself (every service's `route is None` setting)."""
+    return {c.filter_name: s for c in contributions() if (s := c.per_route(None, config)) is not None}
+
+
+def head_routes(config: GatewayConfig) -> list[dict[str, Any]]:
+    """The routes before the config's own: the path policy (outrider/path_policy.py)."""
+    return path_policy_routes(config, _no_check_filters(config), _parameters_anywhere(config))
+
+
 def _not_found_route(config: GatewayConfig) -> dict[str, Any]:
-    per_filter = {c.filter_name: s for c in contributions() if (s := c.per_route(None, config)) is not None}
+    per_filter = _no_check_filters(config)
     return {
         "name": "outrider-not-found",
         "match": {"prefix": "/"},
@@ -157,17 +194,18 @@ def _not_found_route(config: GatewayConfig) -> dict[str, Any]:
 
 def compile_route_configuration(config: GatewayConfig, name: str = "outrider_routes",
                                 with_routes: bool = True) -> dict[str, Any]:
-    """All routes in config order, then a JSON 404 for anything unmatched.
+    """The path policy routes, all routes in config order, then a JSON 404 for anything unmatched.
 
-    with_routes=False leaves the config's routes out (xds_server splices in its cached compiled routes).
+    with_routes=False leaves the config's routes out (xds_server splices its cached compiled routes in
+    after the first len(head_routes(config)) routes).
     """
-    routes = [compile_route(r, config) for r in config.routes] if with_routes else []
+    routes = [r for route in config.routes for r in compile_route_group(route, config)] if with_routes else []
     return {
         "name": name,
         "virtual_hosts": [{
             "name": "gateway",
             "domains": ["*"],
-            "routes": [*routes, _not_found_route(config)],
+            "routes": [*head_routes(config), *routes, _not_found_route(config)],
         }],
     }
 
@@ -192,29 +230,38 @@ def compile_http_filters(config: GatewayConfig) -> list[dict[str, Any]]:
     return [health, *middle, router]
 
 
+def gateway_set_headers(config: GatewayConfig) -> list[str]:
+    """Request headers removed from client input on arrival: the edge's list (method overrides) and every
+    header a service sets for the upstream (optional contribution hook `request_headers_set(config)`)."""
+    names = list(config.edge.strip_request_headers)
+    for contribution in contributions():
+        hook = getattr(contribution, "request_headers_set", None)
+        if hook is not None:
+            names.extend(hook(config))
+    return names
+
+
 def compile_listeners(config: GatewayConfig, route_config: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    """Listeners with a hardened HTTP connection manager; routes inline unless given elsewhere."""
+    """Listeners with a hardened HTTP connection manager (outrider/envoy_edge.py); routes inline unless
+    given elsewhere."""
     routes = route_config if route_config is not None else compile_route_configuration(config)
+    edge = hcm_fields(config, gateway_set_headers(config))
     listeners = []
     for listener in config.listeners:
         hcm = {
             "@type": HCM_TYPE,
             "stat_prefix": listener.name,
             "codec_type": "AUTO",
-            "use_remote_address": True,
             # The seed keeps a client's X-Request-ID and makes one only when none was sent.
             "preserve_external_request_id": True,
-            # Paths are normalised before any route or policy decision sees them.
-            "normalize_path": True,
-            "merge_slashes": True,
-            "path_with_escaped_slashes_action": "REJECT_REQUEST",
-            "common_http_protocol_options": {"headers_with_underscores_action": "REJECT_REQUEST"},
+            **edge,
             "route_config": routes,
             "http_filters": compile_http_filters(config),
         }
         listeners.append({
             "name": listener.name,
             "address": _socket_address(listener.address, listener.port),
+            **listener_fields(config),
             "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
                                             "typed_config": hcm}]}],
         })
@@ -225,11 +272,17 @@ def compile_clusters(config: GatewayConfig) -> list[dict[str, Any]]:
     return compile_service_clusters(config) + [compile_upstream_cluster(u) for u in config.upstreams]
 
 
+def admin_fields(config: GatewayConfig) -> dict[str, Any]:
+    # The operator's way in stays open when clients hold every connection the limit allows.
+    return {"address": _socket_address(config.admin.address, config.admin.port), "ignore_global_conn_limit": True}
+
+
 def compile_bootstrap(config: GatewayConfig) -> dict[str, Any]:
     """A static Envoy bootstrap equivalent to the gateway config."""
     return {
         "node": {"id": "outrider-gateway", "cluster": "outrider"},
-        "admin": {"address": _socket_address(config.admin.address, config.admin.port)},
+        "admin": admin_fields(config),
+        "overload_manager": overload_manager(config),
         "static_resources": {
             "listeners": compile_listeners(config),
             "clusters": compile_clusters(config),

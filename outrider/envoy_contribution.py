@@ -32,6 +32,8 @@ class FilterContribution(Protocol):
 
     Optional: `route_headers(route, config) -> dict[str, list]`, header edits merged into the Envoy route
     itself (request_headers_to_add, ...), for a service whose edits Envoy can do natively.
+    Optional: `request_headers_set(config) -> Iterable[str]`, the request headers the service sets for the
+    upstream; the kernel removes them from client input before routing (outrider/envoy_edge.py).
     """
 
     @property

@@ -21,11 +21,13 @@ from outrider.config.model import GatewayConfig, RouteConfig, UpstreamConfig
 from outrider.envoy_config import (
     compile_http_filters,
     compile_listeners,
-    compile_route,
     compile_route_configuration,
+    compile_route_group,
     compile_service_clusters,
     compile_upstream_cluster,
+    head_routes,
 )
+from outrider.envoy_edge import allows_parameters_anywhere
 from outrider.envoy_protos import cluster_references
 from outrider.envoy_traffic import upstream_of
 from xds_server import wire
@@ -124,6 +126,8 @@ class SnapshotBuilder:
         context = (
             *(getattr(config, f) for f in type(config).model_fields if f not in ("routes", "upstreams")),
             json.dumps(compile_http_filters(config), sort_keys=True),
+            # A route gets a `;` parameters guard when some other route allows them (outrider/envoy_edge.py).
+            allows_parameters_anywhere(config),
         )
         if self._context is None or not _same(self._context, context):
             self._routes.clear()
@@ -165,14 +169,15 @@ class SnapshotBuilder:
         entry = self._routes.get(route.name)
         if entry is not None and _same(entry.route, route) and _same(entry.upstream, upstream):
             return entry
-        compiled = compile_route(route, config)
+        *guards, compiled = compile_route_group(route, config)
         body = _route_bytes(compiled)
         action = compiled.get("route")
         n = len(body)
         return _RouteEntry(
             route,
             upstream,
-            _ROUTE_TAG + (wire.SMALL[n] if n < 16384 else wire.varint(n)) + body,
+            b"".join(self._tagged_route(g) for g in guards)
+            + _ROUTE_TAG + (wire.SMALL[n] if n < 16384 else wire.varint(n)) + body,
             frozenset(cluster_references(action)) if action is not None else _NO_CLUSTERS,
         )
 
@@ -193,14 +198,16 @@ class SnapshotBuilder:
         self._routes = entries
         shell = compile_route_configuration(config, ROUTE_CONFIG_NAME, with_routes=False)
         (vhost,) = shell["virtual_hosts"]
-        tail = b"".join(self._tagged_route(r) for r in vhost["routes"])
+        n_head = len(head_routes(config))
+        head = b"".join(self._tagged_route(r) for r in vhost["routes"][:n_head])
+        tail = b"".join(self._tagged_route(r) for r in vhost["routes"][n_head:])
         vhost_head = self._head(
             ROUTE, {k: v for k, v in vhost.items() if k != "routes"}, route_components_pb2.VirtualHost
         )
         rc_head = self._head(
             ROUTE, {k: v for k, v in shell.items() if k != "virtual_hosts"}, route_pb2.RouteConfiguration
         )
-        vhost_body = b"".join([vhost_head, *[e.tagged for e in entries.values()], tail])
+        vhost_body = b"".join([vhost_head, head, *[e.tagged for e in entries.values()], tail])
         body = rc_head + wire.field(_RC_VHOSTS, vhost_body)
         names = set(cluster_references(vhost["routes"])).union(*[e.clusters for e in entries.values()])
         refs = frozenset((CLUSTER, name) for name in names)

@@ -15,6 +15,7 @@ from pydantic import Field, model_validator
 from outrider.config.base import Name as Name
 from outrider.config.base import Port as Port
 from outrider.config.base import StrictModel as StrictModel
+from outrider.config.edge import EdgeConfig
 from outrider.config.traffic import (
     CircuitBreaker,
     CorsPolicy,
@@ -110,6 +111,9 @@ class RouteConfig(StrictModel):
     rewrite: Rewrite | None = None
     retry: RetryPolicy | None = None
     cors: CorsPolicy | None = None
+    # `;` path parameters (/a;jsessionid=1) reach this route's upstream; every other route refuses them
+    # (400), since upstreams that strip them resolve /public/..;/admin into /admin (see outrider/path_policy.py).
+    allow_path_parameters: bool = False
 
     @model_validator(mode="after")
     def _target(self) -> RouteConfig:
@@ -167,3 +171,4 @@ class GatewayConfig(StrictModel):
     upstreams: list[UpstreamConfig] = Field(default_factory=list)
     routes: Annotated[list[RouteConfig], Field(min_length=ROUTES_MIN_LENGTH)]
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    edge: EdgeConfig = Field(default_factory=EdgeConfig)

@@ -30,9 +30,12 @@ def test_routes_carry_their_policy() -> None:
     config = load_config(ROOT / "examples" / "gateway.yaml")
     listener = compile_bootstrap(config)["static_resources"]["listeners"][0]
     hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
-    assert hcm["normalize_path"] is True
-    assert hcm["merge_slashes"] is True
-    assert hcm["path_with_escaped_slashes_action"] == "REJECT_REQUEST"
+    # The path policy routes see the raw path (edge.non_canonical_paths: reject, tests/edge/).
+    assert hcm["normalize_path"] is False
+    assert hcm["merge_slashes"] is False
+    first = hcm["route_config"]["virtual_hosts"][0]["routes"][0]
+    assert first["name"].startswith("outrider-path-")
+    assert first["direct_response"]["status"] == 400
     routes = {r["name"]: r for r in hcm["route_config"]["virtual_hosts"][0]["routes"]}
     users = routes["users"]["typed_per_filter_config"]["envoy.filters.http.ext_authz"]
     assert users["check_settings"]["context_extensions"]["resource"] == "profile"

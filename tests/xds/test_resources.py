@@ -166,7 +166,8 @@ def test_rebuild_reuses_unchanged_routes_and_changes_one() -> None:
     fresh = SnapshotBuilder().build(config.model_copy(update={"routes": routes}), "2", first)
     assert fresh.get(ROUTE)["outrider_routes"].body == second.get(ROUTE)["outrider_routes"].body
     rc = route_pb2.RouteConfiguration.FromString(second.get(ROUTE)["outrider_routes"].body)
-    assert rc.virtual_hosts[0].routes[7].route.timeout.ToMilliseconds() == 1234
+    by_name = {r.name: r for r in rc.virtual_hosts[0].routes}
+    assert by_name[routes[7].name].route.timeout.ToMilliseconds() == 1234
     assert rc.virtual_hosts[0].routes[-1].name == "outrider-not-found"
 
 
