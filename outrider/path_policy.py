@@ -24,7 +24,6 @@ A path none of these match is already in RFC 3986 normal form (`normalize_path(p
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 
 # name → regex over the path without its query (Envoy's route `safe_regex` sees exactly that), full match.
 # Percent-encoded ASCII that may not be encoded: 00-1F, %, -, ., /, 0-9, ;, A-Z, \, _, a-z, ~, DEL; and
@@ -79,24 +78,29 @@ def _decode_unreserved(path: str) -> str:
     return _ESCAPE.sub(one, path)
 
 
-def _segments_without_dots(path: str) -> Iterator[str]:
+def _remove_dot_segments(path: str) -> str:
+    """RFC 3986 5.2.4 for an absolute path: `.` dropped, `..` drops the segment before it."""
+    segments = path.split("/")[1:]
     out: list[str] = []
-    for segment in path.split("/")[1:]:
+    for i, segment in enumerate(segments):
+        last = i == len(segments) - 1
         if segment == "..":
             if out:
                 out.pop()
-        elif segment != ".":
+            if last:
+                out.append("")
+        elif segment == ".":
+            if last:
+                out.append("")
+        else:
             out.append(segment)
-    yield from out
+    return "/" + "/".join(out)
 
 
 def normalize_path(path: str) -> str:
-    """RFC 3986 6.2.2 syntax-based normalisation (unreserved escapes decoded, the others upper-cased), dot
-    segments removed (5.2.4) and slashes merged, as Envoy's normalize_path + merge_slashes do."""
-    decoded = re.sub("/+", "/", _decode_unreserved(path))
-    trailing = decoded.endswith(("/", "/.", "/.."))
-    body = "/".join(_segments_without_dots(decoded))
-    return "/" + body + ("/" if trailing and body else "")
+    """RFC 3986 6.2.2 syntax-based normalisation (unreserved escapes decoded, the others upper-cased) and
+    dot-segment removal (5.2.4), then slashes merged: what Envoy's normalize_path + merge_slashes do."""
+    return re.sub("/+", "/", _remove_dot_segments(_decode_unreserved(path)))
 
 
 def canonical_path(target: str, allow_parameters: bool = False) -> str | None:
