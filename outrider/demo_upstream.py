@@ -10,8 +10,9 @@ from aiohttp import web
 
 
 def describe_request(method: str, path: str, query: dict[str, Any], headers: dict[str, str],
-                     content_type: str, body: bytes) -> dict[str, Any]:
-    """The echo document: method, path, query, headers, json (parsed body) or body (raw text)."""
+                     content_type: str, body: bytes, raw_path: str | None = None) -> dict[str, Any]:
+    """The echo document: method, path (decoded), raw_path (the request target as received), query, headers,
+    json (parsed body) or body (raw text)."""
     text = body.decode("utf-8", errors="replace")
     parsed: Any = None
     if body and "json" in content_type.lower():
@@ -22,6 +23,7 @@ def describe_request(method: str, path: str, query: dict[str, Any], headers: dic
     return {
         "method": method,
         "path": path,
+        "raw_path": path if raw_path is None else raw_path,
         "query": query,
         "headers": headers,
         "json": parsed,
@@ -37,7 +39,7 @@ async def _echo(request: web.Request) -> web.Response:
         query[key] = values[0] if len(values) == 1 else values
     headers = {k.lower(): v for k, v in request.headers.items()}
     doc = describe_request(request.method, request.path, query, headers,
-                           request.headers.get("content-type", ""), body)
+                           request.headers.get("content-type", ""), body, request.raw_path)
     return web.json_response(doc)
 
 
