@@ -36,16 +36,25 @@ PUBLIC = "/api/v1/public/"
 PROTECTED = "/api/v1/admin/"
 
 
-def _envoy_policy() -> list[re.Pattern[str]]:
-    """The policy routes' regexes exactly as compiled for Envoy from the example config."""
+def _policy_routes() -> list[dict[str, Any]]:
     table = compile_route_configuration(load_config(EXAMPLE_CONFIG))["virtual_hosts"][0]["routes"]
-    head = [r for r in table if r["name"].startswith("outrider-path-")]
-    assert head and table[: len(head)] == head, "the policy routes come first"
-    assert all(r["direct_response"]["status"] == 400 for r in head)
-    return [re.compile(r["match"]["safe_regex"]["regex"]) for r in head]
+    return [r for r in table if r["name"].startswith("outrider-path-")]
 
 
-REGEXES = _envoy_policy()
+# The policy routes' regexes exactly as compiled for Envoy from the example config.
+REGEXES = [re.compile(r["match"]["safe_regex"]["regex"]) for r in _policy_routes()]
+
+
+def test_policy_routes_come_first_and_answer_400() -> None:
+    table = compile_route_configuration(load_config(EXAMPLE_CONFIG))["virtual_hosts"][0]["routes"]
+    head = _policy_routes()
+    assert len(head) == 4 and table[: len(head)] == head
+    for route in head:
+        assert route["direct_response"]["status"] == 400
+        assert route["direct_response"]["body_format"]["json_format"]["error"] == "invalid_path"
+        # No check, no processor, no rate limit call for a request that is refused anyway.
+        assert route["typed_per_filter_config"]["envoy.filters.http.ext_authz"]["disabled"] is True
+        assert "route" not in route
 
 
 def admitted(target: str) -> bool:
