@@ -2,8 +2,8 @@
 
 `json_format.ParseDict` costs ~90 µs a route; this encoder walks the same dict against the message
 descriptors and writes the wire format directly. It covers the shapes the compiler emits (scalars,
-enums by name, nested and repeated messages, string-keyed maps, Any by `@type`, Duration and wrapper
-well-known types) and raises `Unsupported` for anything else, so `serialize` falls back to
+enums by name, nested and repeated messages, string-keyed maps, Any by `@type`, Duration, wrapper and
+Struct well-known types) and raises `Unsupported` for anything else, so `serialize` falls back to
 `to_proto(...).SerializeToString(deterministic=True)`, which also reports invalid input. Output equals
 that fallback byte for byte (map entries sorted, fields in number order), except that maps inside an
 Any are sorted here too (ParseDict packs an Any non-deterministically); tests/xds/test_fast_encode.py
@@ -17,7 +17,7 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
-from google.protobuf import json_format, message_factory
+from google.protobuf import json_format, message_factory, struct_pb2
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
@@ -299,6 +299,21 @@ def _any_payload(v: Any) -> bytes:
 _any = _memo(_any_payload)
 
 
+def _struct_payload(v: Any) -> bytes:
+    """A Struct (a direct response's json_format body): protobuf converts each distinct value once."""
+    if type(v) is not dict:
+        raise Unsupported
+    try:
+        body: bytes = json_format.ParseDict(v, _STRUCT()).SerializeToString(deterministic=True)
+    except (json_format.ParseError, TypeError, ValueError):
+        raise Unsupported from None
+    return body
+
+
+_STRUCT = message_factory.GetMessageClass(struct_pb2.Struct.DESCRIPTOR)
+_struct = _memo(_struct_payload, limit=256)
+
+
 def _payload_encoder(field: FieldDescriptor) -> tuple[int, Callable[[Any], bytes]]:
     """(wire type, value → payload) for one value of the field."""
     kind = field.type
@@ -316,6 +331,8 @@ def _payload_encoder(field: FieldDescriptor) -> tuple[int, Callable[[Any], bytes
             return 2, _scalar_wkt(sub)
         if sub.full_name == "google.protobuf.Any":
             return 2, _any
+        if sub.full_name == "google.protobuf.Struct":
+            return 2, _struct
         if sub.full_name in _UNSUPPORTED_WKT:
             return 2, _unsupported
         return 2, _message(sub).encode

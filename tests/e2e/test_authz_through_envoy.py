@@ -127,8 +127,11 @@ def test_escaped_slashes_are_rejected(stack: Stack) -> None:
     assert stack.get("/api/v1/public%2F..%2Fusers/profile").status_code == 400
 
 
-def test_merged_slashes(stack: Stack) -> None:
-    assert stack.get("/api//v1//users/profile").status_code == 401
+def test_empty_segments_are_refused(stack: Stack) -> None:
+    # Not merged into another route's path: refused before routing (edge.non_canonical_paths: reject).
+    response = stack.get("/api//v1//users/profile")
+    assert response.status_code == 400
+    assert response.json()["error"] == "invalid_path"
 
 
 def test_metrics_and_decision_log_never_hold_the_token(stack: Stack) -> None:

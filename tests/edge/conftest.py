@@ -37,9 +37,9 @@ def raw_request(port: int, target: str, headers: dict[str, str] | None = None, m
             data += chunk
             if parsed is None and b"\r\n\r\n" in data:
                 parsed = _head(data)
-            if parsed is not None and "content-length" in parsed:
-                if len(data.partition(b"\r\n\r\n")[2]) >= int(parsed["content-length"]):
-                    break
+            if (parsed is not None and "content-length" in parsed
+                    and len(data.partition(b"\r\n\r\n")[2]) >= int(parsed["content-length"])):
+                break
     head, _, body = data.partition(b"\r\n\r\n")
     status_line = head.decode("latin-1").split("\r\n", 1)[0]
     return RawResponse(int(status_line.split(" ")[1]), _head(data), body)

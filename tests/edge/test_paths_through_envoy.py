@@ -9,7 +9,6 @@ in `normalize` mode what Envoy resolves, it routes as resolved.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -18,9 +17,9 @@ from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from google.rpc import code_pb2
 from hypothesis import HealthCheck, given, settings
 
+from outrider.path_policy import violation
 from tests.conftest import start_stack
 from tests.edge.conftest import counter, raw_request
-from outrider.path_policy import violation
 from tests.edge.test_path_policy import PUBLIC, REFUSED, interpretations, variant
 from tests.harness import Stack, example_config_dict
 
@@ -156,7 +155,7 @@ def test_only_the_route_that_allows_parameters_gets_them(lenient: Stack) -> None
     assert_refused(lenient, "/api/v1/legacy/x%3bjsessionid=abc")  # an encoded `;` is never a parameter
 
 
-@pytest.mark.parametrize("target", ISSUE_EXAMPLES + ["/api/v1/public/%252e%252e/admin/x"])
+@pytest.mark.parametrize("target", [*ISSUE_EXAMPLES, "/api/v1/public/%252e%252e/admin/x"])
 def test_normalize_mode_refuses_what_normalisation_leaves_confusing(lenient: Stack, target: str) -> None:
     assert_refused(lenient, target)
 

@@ -178,12 +178,20 @@ def test_snapshot_bytes_do_not_depend_on_the_encoder(monkeypatch: pytest.MonkeyP
         assert {n: r.body for n, r in fast.get(type_url).items()} == {n: r.body for n, r in resources.items()}
 
 
+def test_structs_encode_as_json_format_does() -> None:
+    # A direct response's json_format body (the path policy's 400) and metadata are Structs.
+    assert_same_bytes({"name": "c", "metadata": {"filter_metadata": {"a": {"k": "v", "n": 1.5, "l": [True, None],
+                                                                          "z": {"y": "x"}}}}}, cluster_pb2.Cluster)
+    assert_same_bytes({"name": "r", "match": {"prefix": "/"}, "direct_response": {"status": 400, "body_format": {
+        "json_format": {"error": "e", "request_id": "%REQ(X-REQUEST-ID)%"}}}}, route_components_pb2.Route)
+
+
 @pytest.mark.parametrize(
     ("resource", "message"),
     [
         ({"name": "c", "cluster_type": {"name": "x", "typed_config": {
             "@type": "type.googleapis.com/google.protobuf.Struct", "value": {}}}}, cluster_pb2.Cluster),
-        ({"name": "c", "metadata": {"filter_metadata": {"a": {"k": "v"}}}}, cluster_pb2.Cluster),  # Struct
+        ({"name": "c", "metadata": {"filter_metadata": {"a": ["not", "an", "object"]}}}, cluster_pb2.Cluster),
         ({"name": "r", "match": {"prefix": "/", "path": "/"}}, route_components_pb2.Route),  # two of a oneof
         ({"name": "r", "matcher": {}}, route_components_pb2.Route),  # unknown field
         ({"name": "c", "connectTimeout": "1s", "connect_timeout": "2s"}, cluster_pb2.Cluster),  # both names
