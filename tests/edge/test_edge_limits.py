@@ -197,3 +197,16 @@ def test_the_stripped_set_follows_the_config() -> None:
     assert {"x-client-key", "x-tenant", "x-auth-token", "x-gateway-version", "x-user-id", "x-user-roles",
             "x-user-tier", "x-user-email", *OVERRIDES} <= removed
     assert not {"x-trace", "x-request-id", "x-forwarded-for", "authorization"} & removed
+
+
+def test_envoy_runs_the_overload_manager(default: Stack) -> None:
+    """Loaded from the ADS bootstrap `outrider run` writes: both monitors report, no action is active."""
+    import httpx
+
+    stats = httpx.get(f"{default.admin_url}/stats", params={"filter": "^overload\\."}, timeout=5).text
+    values = dict(line.split(": ", 1) for line in stats.splitlines() if ": " in line)
+    for monitor in ("fixed_heap", "global_downstream_max_connections"):
+        assert int(values[f"overload.envoy.resource_monitors.{monitor}.pressure"]) < 95  # percent of the limit
+        assert values[f"overload.envoy.resource_monitors.{monitor}.failed_updates"] == "0"
+    for action in ("shrink_heap", "stop_accepting_requests"):
+        assert values[f"overload.envoy.overload_actions.{action}.active"] == "0"
