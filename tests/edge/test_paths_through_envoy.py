@@ -8,6 +8,9 @@ in `normalize` mode what Envoy resolves, it routes as resolved.
 
 from __future__ import annotations
 
+import json
+import shutil
+import subprocess
 from collections.abc import Iterator
 from typing import Any
 
@@ -120,6 +123,25 @@ def test_envoy_decides_a_generated_sample_like_the_model(strict: Stack, target: 
     received = response.json()["raw_path"].split("?", 1)[0]
     assert received == target.split("?", 1)[0]  # routed and forwarded as sent, nothing rewritten
     assert all(r.startswith(PUBLIC) for r in interpretations(received).values())
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl (HTTP/2 prior knowledge, --path-as-is)")
+def test_http2_requests_meet_the_same_policy(strict: Stack) -> None:
+    def h2(target: str) -> tuple[int, str, str]:
+        out = subprocess.run(
+            ["curl", "-s", "--http2-prior-knowledge", "--path-as-is", "-H", "x-request-id: req-h2",
+             "-w", "\n%{http_code} %{http_version}", f"http://127.0.0.1:{port(strict)}{target}"],
+            capture_output=True, text=True, timeout=10, check=True).stdout
+        body, _, status = out.rpartition("\n")
+        code, version = status.split()
+        return int(code), version, body
+
+    for target in [*ISSUE_EXAMPLES, "/api/v1/public/..;/admin/x", "/api/v1/public/%2e%2e/admin/x",
+                   "/api/v1/public/a\\..\\admin", "/api/v1/public/x;y"]:
+        code, version, body = h2(target)
+        assert (code, version) == (400, "2"), target
+        assert json.loads(body) == {"error": "invalid_path", "request_id": "req-h2"}
+    assert h2("/api/v1/public/x")[:2] == (200, "2")
 
 
 def _check(stack: Stack, path: str) -> external_auth_pb2.CheckResponse:
