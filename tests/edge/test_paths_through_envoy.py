@@ -177,7 +177,8 @@ def test_only_the_route_that_allows_parameters_gets_them(lenient: Stack) -> None
     assert_refused(lenient, "/api/v1/legacy/x%3bjsessionid=abc")  # an encoded `;` is never a parameter
 
 
-@pytest.mark.parametrize("target", [*ISSUE_EXAMPLES, "/api/v1/public/%252e%252e/admin/x"])
+@pytest.mark.parametrize("target", [*ISSUE_EXAMPLES, "/api/v1/public/%252e%252e/admin/x", "/api/v1/public/%2Fx",
+                                    "/api/v1/public/x;y"])
 def test_normalize_mode_refuses_what_normalisation_leaves_confusing(lenient: Stack, target: str) -> None:
     assert_refused(lenient, target)
 
