@@ -21,6 +21,17 @@ class XdsService(BaseModel):
     # Admin HTTP API (routes and clusters at runtime); keep it on loopback.
     admin_address: str = "127.0.0.1"
     admin_port: Port = 18001
+    # Listen on this Unix socket instead of admin_address:admin_port (file permissions then say who may call).
+    admin_socket: Path | None = None
+    # Every admin call needs `Authorization: Bearer <token>`. The token comes from this environment variable,
+    # else from admin_token_file (relative to the config file's folder); with neither the control plane
+    # refuses to start. `outrider run` generates one for development when none is configured.
+    admin_token_env: Annotated[str, Field(min_length=1)] = "OUTRIDER_ADMIN_TOKEN"
+    admin_token_file: Path | None = None
+    # Host headers the admin API answers (any port); anything else is refused, so a web page that rebinds
+    # its own DNS name to 127.0.0.1 cannot drive the API from a browser.
+    admin_allowed_hosts: list[Annotated[str, Field(min_length=1)]] = Field(
+        default_factory=lambda: ["127.0.0.1", "localhost", "::1"])
     metrics_port: Port = 19084
     # Accepted changes are persisted here; relative to the config file's folder.
     state_dir: Path = Path(".run/xds-state")
