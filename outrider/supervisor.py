@@ -18,7 +18,7 @@ from outrider.config.xds import XdsService
 from outrider.envoy_ads import compile_ads_bootstrap
 from outrider.envoy_config import compile_bootstrap
 from outrider.plugins import ordered_plugins
-from outrider.process import ManagedProcess, grpc_serving, http_ready, tcp_ready
+from outrider.process import ManagedProcess, http_ready, tcp_ready
 
 
 def envoy_binary() -> str:
@@ -72,11 +72,11 @@ def plan_processes(config: GatewayConfig, config_path: Path, run_dir: Path,
             ready=tcp_ready(demo.address, demo.port)))
     xds = config.services.xds
     if xds.enabled:
-        # The control plane first: the services and Envoy take their config from it. Ready once ADS serves
-        # (it starts last, after the snapshot and the admin API).
+        # The control plane first: the services and Envoy take their config from it. Ready once the ADS
+        # port is bound (last, after the snapshot and the admin API; with mTLS nothing else can ask it).
         procs.append(ManagedProcess(
             "xds_server", [python, "-m", "xds_server", "--config", str(config_path)],
-            ready=grpc_serving(xds.address, xds.port), env=dev_admin_token_env(xds, run_dir)))
+            ready=tcp_ready(xds.address, xds.port), env=dev_admin_token_env(xds, run_dir)))
     for plugin in ordered_plugins():
         procs.extend(plugin.processes(config, config_path))
     if xds.enabled:

@@ -30,6 +30,7 @@ from xds_server.resources import ServiceResources, SnapshotBuilder
 from xds_server.service import SERVICE, AdsService
 from xds_server.snapshot import Resource
 from xds_server.store import FileStore, State
+from xds_server.tls import server_credentials
 from xds_server.watch import ConfigFileWatcher, file_digest
 
 log = logging.getLogger("xds_server")
@@ -139,7 +140,8 @@ async def run_service(given: dict[str, Any], config: GatewayConfig, config_path:
         watcher = ConfigFileWatcher(config_path, digest, settings.watch_interval_ms / 1000, apply_file)
         tasks.append(asyncio.create_task(watcher.run()))
     try:
-        await serve(register, settings.address, settings.port, [SERVICE], drain_grace_s=1.0)
+        credentials = server_credentials(settings.tls) if settings.tls is not None else None
+        await serve(register, settings.address, settings.port, [SERVICE], drain_grace_s=1.0, credentials=credentials)
     finally:
         await cancel_tasks(tasks)
         await runner.cleanup()
