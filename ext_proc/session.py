@@ -126,8 +126,8 @@ class Session:
             return [Note("oversize_request_body"), self._request_reply()]
         # A body of unknown length (chunked, or HTTP/2 without content-length) may be larger than Envoy
         # buffers: ask for it as BUFFERED_PARTIAL, so that such a body reaches us cut at the limit and is
-        # answered (413, or passed on) instead of stalling. A declared length keeps BUFFERED: Envoy keeps
-        # the content-length header then, and the route's buffer limit (ext_proc/envoy.py) covers it.
+        # answered (413) instead of stalling. A declared length keeps BUFFERED: Envoy keeps the
+        # content-length header then, and the route's buffer limit (ext_proc/envoy.py) covers it.
         self.request_partial = self.request_json and content_length is None
         if plan.cache is not None:
             self.lookup = plan.cache.lookup(self.method, self.path, h)
