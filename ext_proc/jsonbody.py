@@ -64,6 +64,18 @@ def is_json(content_type: str) -> bool:
     return base == "application/json" or (base.startswith("application/") and base.endswith("+json"))
 
 
+def utf8_text(text: str) -> str:
+    """Text a JSON document we write may hold: bytes of a header that were not UTF-8 (kept as surrogate
+    escapes when the header was read, ext_proc/service.py) become U+FFFD instead of lone surrogates."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return text
+
+
 def has_lone_surrogate(doc: Any) -> bool:
     """Whether a string (or a key) holds a UTF-16 surrogate that no pair completed: not UTF-8 encodable."""
     for text in strings(doc):

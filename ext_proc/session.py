@@ -35,7 +35,8 @@ JSON_TYPE = (("content-type", "application/json"),)
 
 def error_response(status: int, error: str, request_id: str, reason: str) -> Immediate:
     """A JSON error; `reason` (the rule) goes to the log only, never to the client."""
-    body = json.dumps({"error": error, "request_id": request_id}, separators=(",", ":")).encode()
+    body = json.dumps({"error": error, "request_id": jsonbody.utf8_text(request_id)},
+                      separators=(",", ":")).encode()
     return Immediate(status, JSON_TYPE, body, reason)
 
 

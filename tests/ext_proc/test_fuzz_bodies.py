@@ -25,10 +25,21 @@ from ext_proc.service import build_immediate, build_reply
 from ext_proc.session import Session
 from tests.ext_proc.conftest import ext_proc_config_dict, plans_from
 
-PLANS: dict[str, RoutePlan] = plans_from(ext_proc_config_dict())
-# Every kind of request body work: mapping (messages, client-ip), validation only (public), both with
-# oversize pass/reject (lab-lenient, lab-strict), and the default plan (an Envoy config of one's own).
-REQUEST_ROUTES = ["messages", "public", "users", "lab-strict", "lab-lenient", "lab-client-ip", DEFAULT_ROUTE]
+
+def _plans() -> dict[str, RoutePlan]:
+    data = ext_proc_config_dict()
+    # A client's X-Request-ID written into the body: header bytes that are not UTF-8 must not make it
+    # a lone surrogate in the JSON we write.
+    data["routes"].append({"name": "fuzz-request-id", "match": {"prefix": "/fuzz/"}, "upstream": "demo",
+                           "public": True, "transformations": {"request": {"json_body": {"rid": "${request_id}"}}}})
+    return plans_from(data)
+
+
+PLANS = _plans()
+# Every kind of request body work: mapping (messages, client-ip, request-id), validation only (public),
+# both with oversize pass/reject (lab-lenient, lab-strict), and the default plan (an Envoy config of one's own).
+REQUEST_ROUTES = ["messages", "public", "users", "lab-strict", "lab-lenient", "lab-client-ip", "fuzz-request-id",
+                  DEFAULT_ROUTE]
 # users removes these from every response at any depth: the redaction must never be skipped.
 REMOVED = {"password", "internal_id", "secret_key"}
 FUZZ = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -102,6 +113,12 @@ def _written_json(body: bytes) -> Any:
     return json.loads(body.decode("utf-8"), parse_constant=lambda name: (_ for _ in ()).throw(ValueError(name)))
 
 
+def _no_lone_surrogate(body: bytes) -> Any:
+    doc = _written_json(body)
+    assert not jsonbody.has_lone_surrogate(doc), body
+    return doc
+
+
 def _keys_anywhere(doc: Any) -> set[str]:
     out: set[str] = set()
     stack = [doc]
@@ -118,27 +135,31 @@ def _keys_anywhere(doc: Any) -> set[str]:
 # ---- the targets -----------------------------------------------------------------------------------------
 
 @FUZZ
-@given(body=documents, route=st.sampled_from(REQUEST_ROUTES), chunked=st.booleans(), cut=st.booleans())
-def test_request_body_path_answers_200_400_or_413(body: bytes, route: str, chunked: bool, cut: bool) -> None:
+@given(body=documents, route=st.sampled_from(REQUEST_ROUTES), chunked=st.booleans(), cut=st.booleans(),
+       request_id=st.binary(max_size=6))
+def test_request_body_path_answers_200_400_or_413(body: bytes, route: str, chunked: bool, cut: bool,
+                                                  request_id: bytes) -> None:
     session = Session(PLANS[route])
-    headers = {":method": "POST", ":path": "/api/v1/x", "content-type": "application/json", "x-request-id": "r"}
+    headers = {":method": "POST", ":path": "/api/v1/x", "content-type": "application/json",
+               "x-request-id": request_id.decode("utf-8", "surrogateescape")}  # as service.headers_of reads it
     if not chunked:
         headers["content-length"] = str(len(body))
     # A declared empty body ends the stream with the headers; a chunked one always has a body message.
     first = _answer(session.handle(RequestHeaders(headers, end_of_stream=not chunked and not body), 0.0))
     if isinstance(first, Immediate):
         assert first.status in (400, 413)
+        _no_lone_surrogate(first.body)
         return
     if session.state != "request_body" or (not chunked and not body):
         return
     answer = _answer(session.handle(RequestBody(body, end_of_stream=not (chunked and cut)), 0.0))
     if isinstance(answer, Immediate):
         assert answer.status in (400, 413), answer
-        assert json.loads(answer.body)["error"] in ("invalid_json", "bad_request", "payload_too_large")
+        assert _no_lone_surrogate(answer.body)["error"] in ("invalid_json", "bad_request", "payload_too_large")
         return
     assert answer.phase == "request_body"  # 200 path: on to the upstream, as sent or as we wrote it
     if answer.body is not None:
-        doc = _written_json(answer.body)
+        doc = _no_lone_surrogate(answer.body)  # a request body we write is I-JSON: no lone surrogate
         assert isinstance(doc, dict)  # mapped fields are only ever written into an object
         assert answer.set_headers == (("content-length", str(len(answer.body)), False),)
 
