@@ -301,3 +301,20 @@ def test_client_ip_is_envoys_source_address_attribute_never_a_header() -> None:
     message.attributes["envoy.filters.http.ext_proc"].fields["source.address"].string_value = "10.0.0.7:5555"
     event = to_event(message, "request_headers")
     assert isinstance(event, RequestHeaders) and event.client_ip == "10.0.0.7"
+
+
+def test_request_id_that_is_not_utf8_is_never_a_lone_surrogate_in_what_we_write() -> None:
+    data = ext_proc_config_dict()
+    data["routes"].append({"name": "rid", "match": {"prefix": "/rid/"}, "upstream": "demo", "public": True,
+                           "transformations": {"request": {"json_body": {"rid": "${request_id}"}}}})
+    plan = plans_from(data)["rid"]
+    # Envoy passes header bytes that are not UTF-8 (obs-text); service.headers_of keeps them as surrogates.
+    raw_id = b"id-\xff".decode("utf-8", "surrogateescape")
+    session = Session(plan)
+    session.handle(req("/rid/x", "POST", body=True, content_length="2", x_request_id=raw_id, **JSON), T0)
+    reply = only(session.handle(RequestBody(b"{}", True), T0), Reply)
+    assert reply.body is not None and json.loads(reply.body.decode("utf-8"))["rid"] == "id-\ufffd"
+    refused = Session(plan)
+    refused.handle(req("/rid/x", "POST", body=True, content_length="2", x_request_id=raw_id, **JSON), T0)
+    immediate = only(refused.handle(RequestBody(b"[]", True), T0), Immediate)  # no object: 400
+    assert json.loads(immediate.body) == {"error": "invalid_json", "request_id": "id-\ufffd"}
