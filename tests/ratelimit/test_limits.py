@@ -149,11 +149,14 @@ def test_gateway_plans_compile_into_descriptor_trees() -> None:
     assert files is not None and files.limits[0].requests_per_unit == 5
 
 
-def test_several_windows_get_distinct_keys_and_one_window_keeps_envoyproxys() -> None:
+def test_several_windows_get_distinct_keys_with_every_part_escaped() -> None:
     t = compile_table(_gateway())
     laid_out = plan(t, "outrider", [desc(("tier", "free"), ("user_id", "alice")),
                                     desc(("endpoint", "/api/v1/search"))], T0)
     keys = [c.keys[0] for c in laid_out.checks]
     assert len(set(keys)) == 4
-    assert keys[0].endswith("_minute") and keys[1].endswith("_hour") and keys[2].endswith("_day")
-    assert keys[3] == f"outrider_endpoint_/api/v1/search_{T0 // 1000}"
+    start = T0 // 1000
+    # `_` inside a part is escaped (keys.py); a node with several windows tells them apart by `:<unit>`.
+    assert keys[0] == f"outrider_tier_free_user\\_id_alice_{start}:minute"
+    assert keys[1].endswith(":hour") and keys[2].endswith(":day")
+    assert keys[3] == f"outrider_endpoint_/api/v1/search_{start}"
