@@ -109,5 +109,6 @@ def build(data: Mapping[str, Any]) -> RateLimitResource:
         names = ", ".join(f.name for f in parsed.files)
         raise PayloadError(f"invalid ratelimit payload: files ({names}): {exc}") from None
     rl = parsed.rate_limits or RateLimitsConfig()
-    settings = Settings(table, near_ratio=rl.near_limit_ratio, failure_mode_deny=rl.failure_mode == "deny")
+    settings = Settings(table, near_ratio=rl.near_limit_ratio, failure_mode_deny=rl.failure_mode == "deny",
+                        min_time_left_s=rl.min_time_left_ms / 1000, max_in_flight=rl.overload.max_in_flight)
     return RateLimitResource(rl, settings, parsed.logging.decisions)
