@@ -69,7 +69,9 @@ class Match:
     named: bool = False  # some limit has a name, so `replaces` elsewhere may drop it
 
 
-MEMO_ENTRIES = 65_536
+# Lookups remembered; bounded in entries and, by skipping long descriptors, in bytes (~16k × 0.5 KB).
+MEMO_ENTRIES = 16_384
+MEMO_MAX_CHARS = 512
 
 
 class LimitTable:
@@ -92,6 +94,8 @@ class LimitTable:
             base = counter_base(domain, entries)
             found = Match(found.limits, found.metric_key, base, any(x.unlimited for x in found.limits),
                           any(x.name for x in found.limits))
+        if sum(len(k) + len(v) for k, v in entries) > MEMO_MAX_CHARS:
+            return found
         if len(self._memo) >= MEMO_ENTRIES:
             self._memo.clear()  # a flood of distinct values must not grow memory without bound
         self._memo[memo_key] = found

@@ -113,6 +113,7 @@ class MemoryBackend:
         if evicted:
             self.evictions += evicted
             self._evicted.inc(evicted)
+        self._keys_gauge.set(self._size)  # at the cap: worth saying now, whatever the clock does
 
     async def evaluate(self, tag: str, checks: Sequence[Check], now_ms: int) -> list[Outcome]:
         return self.evaluate_now(checks, now_ms)
