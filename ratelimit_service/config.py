@@ -192,7 +192,9 @@ class OverloadConfig(StrictModel):
 
     # A request picked up with less than this left of its gRPC deadline (Envoy sets it from
     # services.ratelimit.timeout_ms) is answered at once by its route's failure policy, not decided:
-    # the service starts only work it can finish in time. None: budget_ms + 10.
+    # the service starts only work it can finish in time, and keeps its backlog under half of Envoy's
+    # timeout, leaving the rest as slack for a stalled process. None: the larger of budget_ms + 10
+    # and half of services.ratelimit.timeout_ms.
     min_time_left_ms: Annotated[int, Field(ge=0, le=10_000)] | None = None
     # Decisions waiting on the store at once; more are answered by the failure policy at once.
     max_in_flight: Annotated[int, Field(ge=1, le=1_000_000)] = 1024
@@ -241,11 +243,12 @@ class RateLimitsConfig(StrictModel):
                              "0.5 s and control-plane changes at once; delete the field")
         return data
 
-    @property
-    def min_time_left_ms(self) -> int:
+    def min_time_left_ms(self, envoy_timeout_ms: int) -> int:
         """The overload threshold in effect (see OverloadConfig.min_time_left_ms)."""
         given = self.overload.min_time_left_ms
-        return given if given is not None else self.budget_ms + ANSWER_RESERVE_MS
+        if given is not None:
+            return given
+        return max(self.budget_ms + ANSWER_RESERVE_MS, envoy_timeout_ms // 2)
 
     @field_validator("tiers")
     @classmethod
@@ -288,10 +291,10 @@ def check_rate_limits(config: GatewayConfig) -> Iterator[Problem]:
     if rl.budget_ms >= service.timeout_ms:
         yield (("rate_limits", "budget_ms"), f"budget {rl.budget_ms} ms must be below "
                f"services.ratelimit.timeout_ms ({service.timeout_ms} ms)")
-    elif rl.min_time_left_ms >= service.timeout_ms:
+    elif rl.min_time_left_ms(service.timeout_ms) >= service.timeout_ms:
         # Every request Envoy sends would be shed on arrival.
         yield (("rate_limits", "overload", "min_time_left_ms"),
-               f"{rl.min_time_left_ms} ms (budget_ms + 10 unless given) must be below "
+               f"{rl.min_time_left_ms(service.timeout_ms)} ms must be below "
                f"services.ratelimit.timeout_ms ({service.timeout_ms} ms)")
     paths = [e.value for e in rl.endpoints]
     for index, endpoint in enumerate(rl.endpoints):
