@@ -229,3 +229,22 @@ def test_without_shedding_the_same_load_misses_deadlines(tmp_path: Path) -> None
     finally:
         proc.stop()
     assert Counter(code for _, code, _ in results)[grpc.StatusCode.DEADLINE_EXCEEDED] > 0
+
+
+def test_only_a_route_whose_policy_differs_sends_the_policy_descriptor(tmp_path: Path) -> None:
+    from outrider.config import load_config
+    from ratelimit_service.envoy import RateLimitContribution
+    from tests.harness import example_config_dict, with_free_ports, write_config
+
+    data = with_free_ports(example_config_dict())
+    own = {"public": {"failure_mode": "deny"}, "search": {"failure_mode": "allow"}}  # search: as the gateway
+    for route in data["routes"]:
+        if route["name"] in own:
+            route["rate_limit"] = own[route["name"]]
+    config = load_config(write_config(data, tmp_path / "gateway.yaml"))
+    contribution = RateLimitContribution()
+    marker = {"actions": [{"generic_key": {"descriptor_key": FAILURE_MODE_KEY, "descriptor_value": "deny"}}]}
+    fields = {route.name: contribution.route_fields(route, config) for route in config.routes}
+    assert fields["public"]["rate_limits"][-1] == marker
+    assert all(marker not in f.get("rate_limits", []) for name, f in fields.items() if name != "public")
+    assert not any(FAILURE_MODE_KEY in str(f) for name, f in fields.items() if name != "public")
