@@ -151,3 +151,19 @@ async def test_a_huge_descriptor_value_costs_a_bounded_counter(value: str) -> No
     (stored,) = (key for klass in store._classes.values() for key in klass)
     assert len(stored) < 300
     assert not service._plans  # a big request is decided, not remembered
+
+
+def test_metric_series_per_descriptor_are_capped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`detailed_metric` and limits sent with a descriptor name series after values a caller chooses."""
+    from prometheus_client import CollectorRegistry
+
+    from ratelimit_service import metrics
+
+    monkeypatch.setattr(metrics, "MAX_DESCRIPTOR_SERIES", 5)
+    registry = CollectorRegistry()
+    counts = metrics.DescriptorCounts(metrics.service_metrics(registry))
+    for i in range(50):
+        counts.row("outrider", f"outrider.user_{i}").hits.inc()
+    rows = {sample.labels["descriptor"]: sample.value for family in registry.collect()
+            for sample in family.samples if sample.name == "rate_limit_hits_total"}
+    assert len(rows) == 6 and rows[metrics.OVERFLOW] == 45
