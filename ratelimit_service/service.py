@@ -45,6 +45,10 @@ PLAN_CACHE_MAX_BYTES = 1024
 # Counters known over their limit (envoyproxy/ratelimit's local cache is a fixed-size freecache too).
 OVER_LIMIT_ENTRIES = 16_384
 LIMIT_PROTO_ENTRIES = 4096
+# Far above what a route's actions make (one descriptor per rate_limits entry, one entry per action), and
+# low enough that no single request holds the event loop: 500k descriptors fit in gRPC's 4 MB message.
+MAX_DESCRIPTORS = 256
+MAX_ENTRIES = 64
 SERVICE = "envoy.service.ratelimit.v3.RateLimitService"
 
 
@@ -84,9 +88,13 @@ def invalid_reason(request: rls_pb2.RateLimitRequest) -> str | None:
         return "rate limit domain must not be empty"
     if not request.descriptors:
         return "rate limit descriptor list must not be empty"
+    if len(request.descriptors) > MAX_DESCRIPTORS:
+        return f"more than {MAX_DESCRIPTORS} rate limit descriptors"
     for index, descriptor in enumerate(request.descriptors):
         if not descriptor.entries:
             return f"rate limit descriptor {index} has no entries"
+        if len(descriptor.entries) > MAX_ENTRIES:
+            return f"rate limit descriptor {index} has more than {MAX_ENTRIES} entries"
         for entry in descriptor.entries:
             if not entry.key:
                 return f"rate limit descriptor {index} has an entry with an empty key"

@@ -268,6 +268,9 @@ def _bare(domain: str, *descriptors: tuple[tuple[str, str], ...]) -> rls_pb2.Rat
     # The proto's rules: a descriptor has at least one entry, an entry a key (validate.rules)
     (_bare("svc", (("user", "x"),), ()), "rate limit descriptor 1 has no entries"),
     (_bare("svc", (("", "x"),)), "rate limit descriptor 0 has an entry with an empty key"),
+    # Bounded work per request: a flood of descriptors in one message would hold the event loop.
+    (_bare("svc", *[(("user", "x"),)] * 257), "more than 256 rate limit descriptors"),
+    (_bare("svc", tuple(("user", "x") for _ in range(65))), "rate limit descriptor 0 has more than 64 entries"),
 ])
 async def test_malformed_requests_are_invalid_argument(stub: rls_pb2_grpc.RateLimitServiceStub,
                                                         bad: rls_pb2.RateLimitRequest, message: str) -> None:
