@@ -31,9 +31,11 @@ class FilterContribution(Protocol):
     """What one outrider service adds to the Envoy config.
 
     Optional: `route_headers(route, config) -> dict[str, list]`, header edits merged into the Envoy route
-    itself (request_headers_to_add, ...), for a service whose edits Envoy can do natively.
-    Optional: `request_headers_set(config) -> Iterable[str]`, the request headers the service sets for the
-    upstream; the kernel removes them from client input before routing (outrider/envoy_edge.py).
+    itself (request_headers_to_add, ...), for a service whose edits Envoy can do natively;
+    `route_options(route, config) -> dict[str, Any]`, fields set on the Envoy route itself (e.g. its
+    request_body_buffer_limit); and `request_headers_set(config) -> Iterable[str]`, the request headers the
+    service sets for the upstream, which the kernel removes from client input before routing
+    (outrider/envoy_edge.py).
     """
 
     @property
