@@ -1,8 +1,9 @@
-"""Children that die with their parent: Linux's parent-death signal, set in the child before it runs anything.
+"""Workers that die with their parent: Linux's parent-death signal, set in a forked worker before it runs.
 
-`outrider run` and a multi-worker service start children that hold ports. When the parent is killed
-hard (SIGKILL, the OOM killer) it cannot stop them, and orphans holding the gateway's ports would make
-the next start fail; with PR_SET_PDEATHSIG the kernel sends each child SIGTERM as its parent goes.
+A multi-worker service forks workers that share its port. When the parent is killed hard (SIGKILL, the
+OOM killer) it cannot stop them, and orphans holding the port would make the next start fail; with
+PR_SET_PDEATHSIG the kernel sends each worker SIGTERM as its parent goes. (Processes that `outrider run`
+starts get the same through setpriv: outrider/process.py.)
 """
 
 from __future__ import annotations

@@ -4,16 +4,30 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO
 
-from outrider.lifetime import die_with_parent
+
+def _die_with_parent_prefix() -> list[str]:
+    """argv prefix that gives the child SIGTERM when the process that started it dies (SIGKILL, OOM killer).
+
+    setpriv (util-linux, essential on Debian) sets Linux's parent-death signal and execs the command, so
+    no orphan keeps the gateway's ports after a supervisor crash. Not a preexec_fn: with one, subprocess
+    must fork() the whole process, and gRPC's fork handlers can hang there (grpc/grpc#37259).
+    """
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "TERM", "--"] if setpriv and sys.platform.startswith("linux") else []
+
+
+DIE_WITH_PARENT = _die_with_parent_prefix()
 
 
 def free_port() -> int:
@@ -86,13 +100,10 @@ class ManagedProcess:
         if self.log_path is not None and self._log is None:
             self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         env = {**os.environ, **(self.env or {})}
-        parent = os.getpid()
         self.proc = subprocess.Popen(
-            self.argv, env=env, cwd=self.cwd,
+            [*DIE_WITH_PARENT, *self.argv], env=env, cwd=self.cwd,
             stdout=self._log if self._log else None, stderr=subprocess.STDOUT if self._log else None,
             start_new_session=True,  # Ctrl-C goes to the supervisor, which stops children in order
-            # A supervisor killed hard cannot stop its children: the kernel does, so no orphan keeps a port.
-            preexec_fn=lambda: die_with_parent(parent),
         )
         return self
 
