@@ -548,7 +548,7 @@ async def test_url_source_periodic_refresh_and_no_callback_when_unchanged(
 
 
 def test_plain_http_needs_allow_insecure() -> None:
-    with pytest.raises(ValueError, match="must be https://.*DEVELOPMENT ONLY"):
+    with pytest.raises(ValueError, match=r"must be https://.*DEVELOPMENT ONLY"):
         JwksUrlSource("http://keys.example/jwks.json", Collected())
     with pytest.raises(ValueError, match="must be https://"):
         JwksUrlSource("ftp://keys.example/jwks.json", Collected(), allow_insecure=True)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import copy
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from ext_authz.resource import build_policy, payload
 from outrider.config import GatewayConfig, load_config
 from outrider.process import free_port
 from outrider.service_main import StartupSettings, all_set, cancel_tasks, run_service
+from outrider.xds_client import ConfigRejected
 from tests.harness import KEYS_DIR, example_config_dict, with_free_ports, write_config
 
 
@@ -28,6 +29,11 @@ class Jwks:
     url: str
     status: int = 503
     hits: int = 0
+    hit: asyncio.Condition = field(default_factory=asyncio.Condition)
+
+    async def wait_hits(self, count: int) -> None:
+        async with asyncio.timeout(15), self.hit:
+            await self.hit.wait_for(lambda: self.hits >= count)
 
 
 @pytest.fixture
@@ -37,6 +43,8 @@ async def jwks() -> AsyncIterator[Jwks]:
 
     async def handler(_request: web.Request) -> web.Response:
         server.hits += 1
+        async with server.hit:
+            server.hit.notify_all()
         if server.status != 200:
             return web.Response(status=server.status, text="starting")
         return web.Response(body=document, content_type="application/json")
@@ -102,7 +110,7 @@ async def test_runtime_ready_follows_keys_and_refuses_a_keyless_new_provider(jwk
         # Ready now: a version adding a provider whose URL gives no keys is refused, v1 stays live.
         dead = f"http://127.0.0.1:{free_port()}/jwks.json"
         v2 = payload(url_config(tmp_path, jwks.url, second_url=dead))
-        with pytest.raises(Exception, match="no signing keys could be loaded for provider.*second"):
+        with pytest.raises(ConfigRejected, match=r"no signing keys could be loaded for provider.*second"):
             await runtime.apply("v2", v2)
         assert runtime.version == "v1"
 
@@ -174,10 +182,7 @@ async def test_grpc_health_waits_for_keys(jwks: Jwks, tmp_path: Path) -> None:
     task = asyncio.create_task(run_service(SPEC, settings, source))
     try:
         await until_health(port, health_pb2.HealthCheckResponse.NOT_SERVING)
-        hits = jwks.hits
-        async with asyncio.timeout(15):  # the service keeps retrying (and stays NOT_SERVING meanwhile)
-            while jwks.hits < hits + 2:
-                await asyncio.sleep(0.05)
+        await jwks.wait_hits(jwks.hits + 2)  # the service keeps retrying (and stays NOT_SERVING meanwhile)
         assert source.ready.is_set()
         assert await health(port) == health_pb2.HealthCheckResponse.NOT_SERVING
         jwks.status = 200
