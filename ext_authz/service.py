@@ -35,7 +35,7 @@ _CLIENT_ERRORS = {
 }
 # Envoy sets it on every edge request to the client address it trusts (the peer, or the XFF entry
 # xff_num_trusted_hops names) and overwrites what a client sent (HTTP header manipulation,
-# x-envoy-external-address); tests/e2e/test_token_floods.py checks a client cannot choose it.
+# x-envoy-external-address); tests/e2e/test_token_hardening.py checks a client cannot choose it.
 EXTERNAL_ADDRESS = "x-envoy-external-address"
 
 
