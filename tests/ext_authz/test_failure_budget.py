@@ -226,3 +226,15 @@ def test_429_says_when_to_retry(wait: float, header: str) -> None:
     assert headers["retry-after"] == header
     assert "www-authenticate" not in headers
     assert '"error":"too_many_requests"' in denied.body
+
+
+@pytest.mark.parametrize("request_id", ["rid", 'a"b\\c', "é\u2028x", ""])
+def test_denied_body_is_the_json_it_always_was(request_id: str) -> None:
+    # Denied responses are copied from prebuilt templates; the body must stay exactly this JSON.
+    import json
+
+    for decision, error in ((Decision(False, 401, "bad_signature", token_sent=True), "unauthorized"),
+                            (Decision(False, 429, "failure_budget", retry_after_s=3.0), "too_many_requests")):
+        body = build_denied(decision, request_id).denied_response.body
+        assert body == json.dumps({"error": error, "request_id": request_id}, separators=(",", ":"))
+        assert json.loads(body) == {"error": error, "request_id": request_id}
