@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -108,7 +107,7 @@ class Authorizer:
                 return rule.resource if rule.resource is not None else PUBLIC
         return None
 
-    def identify(self, token: str, now: float, client: str = "") -> Identity | Decision:
+    def identify(self, token: str, now: float, client: str = "", resource: str | None = None) -> Identity | Decision:
         """The token's identity (cached, else verified), or the refusal: 401, or 429 once the client is over
         its budget of refused tokens (then nothing is verified: a flood of forged signatures stays cheap)."""
         digest = token_digest(token)
@@ -120,12 +119,12 @@ class Authorizer:
             client = client_key(client)  # only now: a cached token never pays for parsing the address
             wait = budget.retry_after(client, now)
             if wait is not None:
-                return Decision(False, 429, "failure_budget", token_sent=True, retry_after_s=wait)
+                return Decision(False, 429, "failure_budget", resource=resource, token_sent=True, retry_after_s=wait)
         reason = self._refused.get(digest, now)
         if reason is not None:
             if budget is not None:
                 budget.record_failure(client, now)
-            return Decision(False, 401, reason, token_sent=True)
+            return Decision(False, 401, reason, resource=resource, token_sent=True)
         try:
             identity = self._verifier.verify(token, now)
         except UnknownKeyError as exc:
@@ -133,13 +132,13 @@ class Authorizer:
             # by the source's cooldown), remember nothing and charge no budget.
             if self._on_unknown_key is not None:
                 self._on_unknown_key(exc.provider)
-            return Decision(False, 401, exc.reason, token_sent=True)
+            return Decision(False, 401, exc.reason, resource=resource, token_sent=True)
         except AuthError as exc:
             if exc.reason not in _MAY_BECOME_VALID:
                 self._refused.put(digest, exc.reason, now)
             if budget is not None:
                 budget.record_failure(client, now)
-            return Decision(False, 401, exc.reason, token_sent=True)
+            return Decision(False, 401, exc.reason, resource=resource, token_sent=True)
         self._cache.put_digest(digest, identity, now)
         return identity
 
@@ -158,9 +157,9 @@ class Authorizer:
             return Decision(False, 400, "invalid_request", resource=resource)
         if token is None:
             return Decision(False, 401, "token_missing", resource=resource)
-        found = self.identify(token, now, check.client)
+        found = self.identify(token, now, check.client, resource)
         if isinstance(found, Decision):
-            return dataclasses.replace(found, resource=resource)
+            return found
         identity = found
         if resource is None:
             # No route policy and no fallback rule: deny rather than guess.
