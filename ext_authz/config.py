@@ -78,7 +78,7 @@ class FailureBudgetConfig(StrictModel):
     enabled: bool = True
     burst: Annotated[int, Field(ge=1, le=100_000)] = 20
     per_second: Annotated[float, Field(gt=0, le=100_000)] = 2.0
-    max_clients: Annotated[int, Field(ge=1, le=1_000_000)] = 65_536
+    max_clients: Annotated[int, Field(ge=1, le=1_000_000)] = 16_384  # ~4 MB when full
 
 
 class AuthConfig(StrictModel):
