@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 from bench.common import h2load_fixed_rate, machine_summary, print_table
 from outrider.config import load_config_data
 from outrider.plugins import discover
+from outrider.supervisor import DEV_ADMIN_TOKEN_FILE
 from tests.harness import EXAMPLE_CONFIG, KEYS_DIR, Stack, example_config_dict, with_free_ports, write_config
 from xds_server.app import plugin_resources
 from xds_server.resources import SnapshotBuilder
@@ -102,7 +103,9 @@ def bench_stack(data: dict[str, Any], changes: int, load_s: int, rows: list[list
     rows.append(["stack start with the routes loaded", f"{time.perf_counter() - started:.1f} s", ""])
     xds = data["services"]["xds"]
     try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{xds['admin_port']}", timeout=60) as admin:
+        token = (workdir / DEV_ADMIN_TOKEN_FILE).read_text().strip()
+        with httpx.Client(base_url=f"http://127.0.0.1:{xds['admin_port']}", timeout=60,
+                          headers={"Authorization": f"Bearer {token}"}) as admin:
             put_route(admin, 0)  # warm: every process has built the big version once
             results = [put_route(admin, i) for i in range(1, changes + 1)]
             times = [t for t, _ in results]

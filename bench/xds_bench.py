@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from outrider.config import GatewayConfig, config_from_data
 from outrider.envoy_ads import compile_ads_bootstrap
-from outrider.process import ManagedProcess, free_port, http_ready, tcp_ready
+from outrider.process import ManagedProcess, free_port, grpc_serving, http_ready, tcp_ready
 from outrider.supervisor import envoy_argv
 from xds_server.cache import SnapshotCache
 from xds_server.delta import DeltaStream
@@ -39,6 +39,7 @@ from xds_server.service import AdsService, ResponseEncoder
 from xds_server.snapshot import CLUSTER, ENDPOINT, ORDER, ROUTE, Snapshot
 
 ROWS: list[tuple[str, str, str]] = []
+ADMIN_TOKEN = "bench-admin-token-not-a-secret"  # a throw-away stack on loopback
 
 
 def row(what: str, value: str, note: str = "") -> None:
@@ -283,7 +284,8 @@ def bench_envoy(n_routes: int, n_clusters: int) -> None:
             ManagedProcess(
                 "xds_server",
                 [sys.executable, "-m", "xds_server", "--config", str(path)],
-                ready=http_ready(f"http://127.0.0.1:{xds['admin_port']}/v1/status"),
+                ready=grpc_serving("127.0.0.1", xds["port"]),
+                env={"OUTRIDER_ADMIN_TOKEN": ADMIN_TOKEN},
                 log_path=work / "xds.log",
             ),
             ManagedProcess(
@@ -304,7 +306,7 @@ def bench_envoy(n_routes: int, n_clusters: int) -> None:
             )
             admin = f"http://127.0.0.1:{xds['admin_port']}"
             timings = []
-            with httpx.Client(timeout=30) as client:
+            with httpx.Client(timeout=30, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as client:
                 for i in range(5):
                     route = {"match": {"prefix": f"/live-{i}/"}, "upstream": "svc-0", "public": True}
                     started = time.perf_counter()

@@ -8,6 +8,8 @@ from ext_proc.config import (
     MUTATION_DISALLOW_REGEX,
     NativeHeaders,
     Phases,
+    RouteSettings,
+    TransformationsConfig,
     native_headers,
     route_phases,
     route_settings,
@@ -25,23 +27,63 @@ ROUTE_METADATA = "x-outrider-route"  # how the processor learns the route (ext_p
 CLIENT_ADDRESS_ATTRIBUTE = "source.address"
 FILTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor"
 PER_ROUTE_TYPE = "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute"
-# Bodies are buffered up to Envoy's buffer limit; a larger one arrives partial and passes untouched.
-BODY_MODE = "BUFFERED"
+# Request bodies are BUFFERED: Envoy sends the whole body in one message and keeps a declared
+# content-length (Envoy drops that header for BUFFERED_PARTIAL bodies). A request body of unknown length
+# (chunked; HTTP/2 without content-length) is switched to BUFFERED_PARTIAL by the processor's answer to the
+# headers (mode_override): in BUFFERED, such a body above the buffer limit stalls when a filter before
+# ext_proc (ext_authz) held it with watermarks — Envoy buffers it, stops reading and waits for an end of
+# stream it will never read: no answer, and the stream held after the client gives up (seen with Envoy
+# 1.40) — while BUFFERED_PARTIAL sends what fits with end_of_stream false and the processor answers 413
+# (processing_mode.proto: "If the body exceeds the configured buffer limit, then the body contents up to
+# the buffer limit will be sent"). A declared length above the route's max_body_bytes never gets here
+# (refused or not buffered at the headers), and the route's buffer limit (request_buffer_limit) holds any
+# other, so BUFFERED cannot overflow.
+REQUEST_BODY_MODE = "BUFFERED"
+# Response bodies are BUFFERED_PARTIAL: their length is only known after the processor has answered the
+# request, and in BUFFERED a response body above the upstream connection's buffer limit that arrives
+# before the processor's answer to the response headers is a 500 from Envoy (a race the upstream's speed
+# decides). BUFFERED_PARTIAL gives the processor the part that fits, cut short, every time: it passes
+# the response on or answers 502 (oversize_body). The price: Envoy drops content-length from responses on
+# routes whose response bodies ext_proc reads (they go out chunked, or framed by HTTP/2).
+RESPONSE_BODY_MODE = "BUFFERED_PARTIAL"
 
 
 def processing_mode(phases: Phases) -> dict[str, str]:
     return {
         "request_header_mode": "SEND" if phases.request_headers else "SKIP",
         "response_header_mode": "SEND" if phases.response_headers else "SKIP",
-        "request_body_mode": BODY_MODE if phases.request_body else "NONE",
-        "response_body_mode": BODY_MODE if phases.response_body else "NONE",
+        "request_body_mode": REQUEST_BODY_MODE if phases.request_body else "NONE",
+        "response_body_mode": RESPONSE_BODY_MODE if phases.response_body else "NONE",
         "request_trailer_mode": "SKIP",
         "response_trailer_mode": "SKIP",
     }
 
 
+_LAST_SETTINGS: list[Any] = [None, None, None]
+
+
+def _settings(route: RouteConfig, config: GatewayConfig) -> RouteSettings:
+    """route_settings, remembered for the last route: compile_route asks per_route and route_options in
+    turn for the same route (10,000 routes: twice the merging otherwise). [xds_server perf fix]"""
+    if _LAST_SETTINGS[0] is not route or _LAST_SETTINGS[1] is not config:
+        _LAST_SETTINGS[:] = [route, config, route_settings(route, config)]
+    settings: RouteSettings = _LAST_SETTINGS[2]
+    return settings
+
+
 def route_uses_ext_proc(route: RouteConfig, config: GatewayConfig) -> bool:
     return route_phases(route_settings(route, config)).any
+
+
+def request_buffer_limit(settings: RouteSettings) -> int | None:
+    """Envoy's request body buffer limit for a route whose JSON request bodies ext_proc reads: the route's
+    max_body_bytes, so that a body it accepts is never refused by a smaller connection limit (the listener's
+    per_connection_buffer_limit_bytes, 1 MiB unless set) nor left waiting behind it. Envoy only ever raises
+    a stream's limit with it (Route.request_body_buffer_limit, Envoy >= 1.36)."""
+    if not route_phases(settings).request_body:
+        return None
+    limits = settings.transformations or TransformationsConfig()
+    return limits.max_body_bytes
 
 
 _ENABLED: list[Any] = [None, False]
@@ -109,7 +151,7 @@ class ExtProcContribution:
     def per_route(self, route: RouteConfig | None, config: GatewayConfig) -> dict[str, Any] | None:
         if not ext_proc_enabled(config):
             return None
-        phases = route_phases(route_settings(route, config)) if route is not None else Phases()
+        phases = route_phases(_settings(route, config)) if route is not None else Phases()
         if route is None or not phases.any:
             return {"@type": PER_ROUTE_TYPE, "disabled": True}
         return {"@type": PER_ROUTE_TYPE, "overrides": {
@@ -119,6 +161,13 @@ class ExtProcContribution:
 
     def route_fields(self, route: RouteConfig, config: GatewayConfig) -> dict[str, Any]:
         return {}
+
+    def route_options(self, route: RouteConfig, config: GatewayConfig) -> dict[str, Any]:
+        """Fields of the Envoy route itself: its request body buffer limit (see request_buffer_limit)."""
+        if not ext_proc_enabled(config):
+            return {}
+        limit = request_buffer_limit(_settings(route, config))
+        return {} if limit is None else {"request_body_buffer_limit": limit}
 
     def route_headers(self, route: RouteConfig, config: GatewayConfig) -> dict[str, list[Any]]:
         """Static header edits compiled into the Envoy route (applied by the router, after every filter)."""

@@ -58,11 +58,14 @@ Event = RequestHeaders | RequestBody | ResponseHeaders | ResponseBody | Trailers
 
 @dataclass(frozen=True, slots=True)
 class ModeOverride:
-    """Fewer phases than the route asked for, for the rest of this stream."""
+    """Fewer phases than the route asked for, for the rest of this stream; or a request body of unknown
+    length asked for as BUFFERED_PARTIAL, so that one above Envoy's buffer limit reaches us cut short
+    (end_of_stream false) instead of stalling the stream (see ext_proc/envoy.py)."""
 
     request_body: bool
     response_headers: bool
     response_body: bool
+    request_partial: bool = False
 
 
 @dataclass(frozen=True, slots=True)

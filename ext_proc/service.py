@@ -108,6 +108,13 @@ def _header_option(name: str, value: str, if_absent: bool) -> base_pb2.HeaderVal
         append_action=_IF_ABSENT if if_absent else _OVERWRITE)
 
 
+def _body_mode(send: bool, partial: bool) -> Any:
+    """The BodySendMode of a mode override; the modes' reasons are with the route's (ext_proc/envoy.py)."""
+    if not send:
+        return _PM.NONE
+    return _PM.BUFFERED_PARTIAL if partial else _PM.BUFFERED
+
+
 def build_reply(reply: Reply) -> pb.ProcessingResponse:
     common = pb.CommonResponse()
     if reply.set_headers or reply.remove_headers:
@@ -123,9 +130,9 @@ def build_reply(reply: Reply) -> pb.ProcessingResponse:
         response = pb.ProcessingResponse(**{reply.phase: pb.HeadersResponse(response=common)})
     if reply.mode is not None:
         mode = response.mode_override
-        mode.request_body_mode = _PM.BUFFERED if reply.mode.request_body else _PM.NONE
+        mode.request_body_mode = _body_mode(reply.mode.request_body, reply.mode.request_partial)
         mode.response_header_mode = _PM.SEND if reply.mode.response_headers else _PM.SKIP
-        mode.response_body_mode = _PM.BUFFERED if reply.mode.response_body else _PM.NONE
+        mode.response_body_mode = _body_mode(reply.mode.response_body, partial=True)
         mode.request_trailer_mode = _PM.SKIP
         mode.response_trailer_mode = _PM.SKIP
     return response

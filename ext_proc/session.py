@@ -35,7 +35,8 @@ JSON_TYPE = (("content-type", "application/json"),)
 
 def error_response(status: int, error: str, request_id: str, reason: str) -> Immediate:
     """A JSON error; `reason` (the rule) goes to the log only, never to the client."""
-    body = json.dumps({"error": error, "request_id": request_id}, separators=(",", ":")).encode()
+    body = json.dumps({"error": error, "request_id": jsonbody.utf8_text(request_id)},
+                      separators=(",", ":")).encode()
     return Immediate(status, JSON_TYPE, body, reason)
 
 
@@ -64,6 +65,7 @@ class Session:
         self.path = ""
         self.request_headers: Mapping[str, str] = {}
         self.request_json = False
+        self.request_partial = False
         self.lookup: Lookup | None = None
         self.invalidate: str | None = None
         self.request_has_auth = False
@@ -123,6 +125,11 @@ class Session:
             self.request_json = False
             self.state = "request_body"
             return [Note("oversize_request_body"), self._request_reply()]
+        # A body of unknown length (chunked, or HTTP/2 without content-length) may be larger than Envoy
+        # buffers: ask for it as BUFFERED_PARTIAL, so that such a body reaches us cut at the limit and is
+        # answered (413) instead of stalling. A declared length keeps BUFFERED: Envoy keeps the
+        # content-length header then, and the route's buffer limit (ext_proc/envoy.py) covers it.
+        self.request_partial = self.request_json and content_length is None
         if plan.cache is not None:
             self.lookup = plan.cache.lookup(self.method, self.path, h)
             self.request_has_auth = "authorization" in h
@@ -166,11 +173,12 @@ class Session:
         phases = plan.phases
         mode = None
         if (self.request_json != phases.request_body or response_headers != phases.response_headers
-                or response_body != phases.response_body):
+                or response_body != phases.response_body or self.request_partial):
             # Only ever fewer phases than the route's: a header-only request never buffers a body.
             mode = ModeOverride(self.request_json and phases.request_body,
                                 response_headers and phases.response_headers,
-                                response_body and phases.response_body)
+                                response_body and phases.response_body,
+                                request_partial=self.request_partial)
         self.wants_response_body = response_body
         return Reply("request_headers", sets, removes, mode=mode)
 
@@ -180,10 +188,19 @@ class Session:
         plan = self.plan
         if not self.request_json:
             return [Reply("request_body")]
-        if not event.end_of_stream or len(event.body) > plan.max_body_bytes:
+        if not event.end_of_stream:
+            # Cut at Envoy's buffer limit (BUFFERED_PARTIAL: a body of unknown length). Refused whatever
+            # oversize_body says: Envoy itself refuses such a body (413) when it is all there before our
+            # answer to the headers, so passing it on here would make the outcome a matter of timing.
+            return self._reject(Violation(413, "payload_too_large", "body_over_buffer_limit"))
+        if len(event.body) > plan.max_body_bytes:
             if plan.oversize_reject or (plan.validator is not None and plan.validator.inspects_values):
                 return self._reject(Violation(413, "payload_too_large", "body_not_inspectable"))
             return [Note("oversize_request_body"), Reply("request_body")]
+        if not event.body:
+            # An empty body is no JSON document to check or map, however it was framed: a chunked one
+            # (this message) passes like `content-length: 0` (no body phase at all) does.
+            return [Note("empty_body"), Reply("request_body")]
         if plan.validator is not None:
             too_big = plan.validator.check_body_size(len(event.body))
             if too_big is not None:
@@ -198,10 +215,12 @@ class Session:
             if violation is not None:
                 return self._reject(violation)
         if plan.request is not None and plan.request.field_rules:
-            if plan.request.body(doc, self.ctx):
-                body = jsonbody.dump(doc)
-                return [Reply("request_body", (("content-length", str(len(body)), False),), body=body)]
-            return [Note("request_body_not_object"), Reply("request_body")]
+            if not plan.request.body(doc, self.ctx):
+                # The route's fields (a client address, a timestamp the upstream trusts) can only be set
+                # on an object: an array or a scalar would reach the upstream without them.
+                return self._reject(Violation(400, "invalid_json", "json_not_object"))
+            body = jsonbody.dump(doc)
+            return [Reply("request_body", (("content-length", str(len(body)), False),), body=body)]
         return [Reply("request_body")]
 
     def _reject(self, violation: Violation) -> list[Action]:
@@ -281,14 +300,23 @@ class Session:
         complete = event.end_of_stream and len(event.body) <= plan.max_body_bytes
         actions: list[Action] = []
         body: bytes | None = None
-        if self.response_json:
+        if self.response_json and not event.body and event.end_of_stream:
+            actions.append(Note("empty_body"))  # nothing to transform, however it was framed
+        elif self.response_json:
             if not complete:
                 if plan.oversize_reject:
                     return [Note("oversize_response_body", log=True),
                             error_response(502, "bad_gateway", self.ctx.request_id, "oversize_response_body")]
                 actions.append(Note("oversize_response_body"))
             else:
-                body = self._transform_response(event.body, actions)
+                try:
+                    body = self._transform_response(event.body)
+                except jsonbody.BadJson as exc:
+                    # Never passed on untransformed: the route's removals (a password field) would be
+                    # skipped by a body the upstream made unreadable, and a client could make it so
+                    # (a stored NaN, a deep document). RFC 9110 §15.6.3: an invalid upstream response.
+                    return [Note("response_json_invalid", exc.reason, log=True),
+                            error_response(502, "bad_gateway", self.ctx.request_id, f"response_json_{exc.reason}")]
         sets: list[tuple[str, str, bool]] = []
         if body is not None:
             sets.append(("content-length", str(len(body)), False))
@@ -302,13 +330,11 @@ class Session:
         actions.insert(0, Reply("response_body", tuple(sets), body=body))
         return actions
 
-    def _transform_response(self, raw: bytes, actions: list[Action]) -> bytes | None:
+    def _transform_response(self, raw: bytes) -> bytes:
+        """The transformed body; BadJson if the upstream's body cannot be read (and written back) exactly."""
         assert self.plan.response is not None
-        try:
-            doc: Any = jsonbody.parse(raw, RESPONSE_MAX_DEPTH)
-        except jsonbody.BadJson as exc:
-            # Not ours to refuse: the upstream said what it said; the client gets it untouched.
-            actions.append(Note("response_json_untouched", exc.reason, log=True))
-            return None
+        # Lenient: what we write back ourselves may drop a BOM, keep a lone surrogate as an escape and take
+        # the last of duplicate keys (jsonbody.parse); the rest of the strict rules hold.
+        doc: Any = jsonbody.parse(raw, RESPONSE_MAX_DEPTH, strict=False)
         self.plan.response.body(doc, self.ctx)
         return jsonbody.dump(doc)

@@ -49,7 +49,8 @@ class FieldRule:
         if self.source is not None:
             return jsonbody.select(original, self.source)
         if self.template is not None:
-            return self.template.render(ctx)
+            # ${request_id} is a client's header: never a lone surrogate in the body we write.
+            return jsonbody.utf8_text(self.template.render(ctx))
         return self.literal
 
 

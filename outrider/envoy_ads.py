@@ -22,6 +22,30 @@ def compile_ads_bootstrap(config: GatewayConfig, delta: bool | None = None) -> d
     """
     xds = config.services.xds
     use_delta = xds.protocol == "delta" if delta is None else delta
+    xds_cluster: dict[str, Any] = {
+        "name": XDS_CLUSTER,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "typed_extension_protocol_options": HTTP2_OPTIONS,
+        "load_assignment": {"cluster_name": XDS_CLUSTER, "endpoints": [{"lb_endpoints": [{"endpoint": {
+            "address": {"socket_address": {"address": xds.address, "port_value": xds.port}}}}]}]},
+    }
+    tls = xds.tls
+    if tls is not None and tls.client_cert_file is not None and tls.client_key_file is not None:
+        # mTLS to the control plane: Envoy presents the gateway's client certificate and checks the control
+        # plane's name. (Static files: Envoy reads them at start; rotate by restarting Envoy or use SDS.)
+        xds_cluster["transport_socket"] = {"name": "envoy.transport_sockets.tls", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "sni": tls.server_name,
+            "common_tls_context": {
+                "tls_certificates": [{"certificate_chain": {"filename": str(tls.client_cert_file)},
+                                      "private_key": {"filename": str(tls.client_key_file)}}],
+                "validation_context": {
+                    "trusted_ca": {"filename": str(tls.server_ca_file or tls.client_ca_file)},
+                    "match_typed_subject_alt_names": [{"san_type": "DNS", "matcher": {"exact": tls.server_name}}],
+                },
+            },
+        }}
     return {
         "node": {"id": xds.node_id, "cluster": xds.node_cluster},
         "admin": {"address": {"socket_address": {"address": config.admin.address,
@@ -40,12 +64,5 @@ def compile_ads_bootstrap(config: GatewayConfig, delta: bool | None = None) -> d
             "cds_config": _ads_source(),
             "lds_config": _ads_source(),
         },
-        "static_resources": {"clusters": [{
-            "name": XDS_CLUSTER,
-            "type": "STATIC",
-            "connect_timeout": "1s",
-            "typed_extension_protocol_options": HTTP2_OPTIONS,
-            "load_assignment": {"cluster_name": XDS_CLUSTER, "endpoints": [{"lb_endpoints": [{"endpoint": {
-                "address": {"socket_address": {"address": xds.address, "port_value": xds.port}}}}]}]},
-        }]},
+        "static_resources": {"clusters": [xds_cluster]},
     }

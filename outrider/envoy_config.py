@@ -85,7 +85,7 @@ def _match(route: RouteConfig) -> dict[str, Any]:
 _HOOKS: list[Any] = [None, None]
 
 
-def _route_hooks(config: GatewayConfig) -> tuple[list[tuple[str, Any]], list[Any], list[Any]]:
+def _route_hooks(config: GatewayConfig) -> tuple[list[tuple[str, Any]], list[Any], list[Any], list[Any]]:
     """The contributions' per-route hooks, bound once per (frozen) config object: compile_route runs per
     route, 10,000 times for a big config. [xds_server perf fix] Each list keeps contribution order, and the
     hooks see only (route, config), so calling them hook by hook gives what contribution by contribution did.
@@ -96,8 +96,9 @@ def _route_hooks(config: GatewayConfig) -> tuple[list[tuple[str, Any]], list[Any
             [(c.filter_name, c.per_route) for c in parts],
             [c.route_fields for c in parts],
             [h for c in parts if (h := getattr(c, "route_headers", None)) is not None],
+            [h for c in parts if (h := getattr(c, "route_options", None)) is not None],
         )]
-    hooks: tuple[list[tuple[str, Any]], list[Any], list[Any]] = _HOOKS[1]
+    hooks: tuple[list[tuple[str, Any]], list[Any], list[Any], list[Any]] = _HOOKS[1]
     return hooks
 
 
@@ -122,7 +123,7 @@ def compile_route(route: RouteConfig, config: GatewayConfig) -> dict[str, Any]:
         # No check runs here, so nobody sets identity: a client must not be able to claim one.
         out["request_headers_to_remove"] = list(IDENTITY_HEADERS)
     per_filter: dict[str, Any] = {}
-    per_route_hooks, route_fields_hooks, route_headers_hooks = _route_hooks(config)
+    per_route_hooks, route_fields_hooks, route_headers_hooks, route_options_hooks = _route_hooks(config)
     for filter_name, per_route in per_route_hooks:
         settings = per_route(route, config)
         if settings is not None:
@@ -136,6 +137,9 @@ def compile_route(route: RouteConfig, config: GatewayConfig) -> dict[str, Any]:
         for route_headers in route_headers_hooks:
             for key, items in route_headers(route, config).items():
                 out.setdefault(key, []).extend(items)
+        # Optional hook: fields of the Route itself (request_body_buffer_limit, ...).
+        for route_options in route_options_hooks:
+            out.update(route_options(route, config))
     if per_filter:
         out["typed_per_filter_config"] = per_filter
     return out

@@ -31,7 +31,9 @@ class FilterContribution(Protocol):
     """What one outrider service adds to the Envoy config.
 
     Optional: `route_headers(route, config) -> dict[str, list]`, header edits merged into the Envoy route
-    itself (request_headers_to_add, ...), for a service whose edits Envoy can do natively.
+    itself (request_headers_to_add, ...), for a service whose edits Envoy can do natively; and
+    `route_options(route, config) -> dict[str, Any]`, fields set on the Envoy route itself (e.g. its
+    request_body_buffer_limit).
     """
 
     @property

@@ -30,11 +30,13 @@ async def serve(
     service_names: Sequence[str],
     drain_grace_s: float = 5.0,
     ready: asyncio.Event | None = None,
+    credentials: grpc.ServerCredentials | None = None,
 ) -> None:
     """Run a grpc.aio server until SIGTERM/SIGINT, then report NOT_SERVING and drain in-flight calls.
 
     The port binds at once; with `ready`, health (the "" service and each named one) says NOT_SERVING
-    until it is set — a service without its first config version must not take traffic.
+    until it is set — a service without its first config version must not take traffic. With
+    `credentials` the port speaks TLS (the control plane's ADS port with mTLS).
     """
     options = [*SERVER_OPTIONS, ("grpc.so_reuseport", 1 if reuse_port_enabled() else 0)]
     server = grpc.aio.server(options=options)
@@ -50,7 +52,8 @@ async def serve(
     gated = ready is not None and not ready.is_set()
     # Set before the port opens: the health servicer answers SERVING for "" by default.
     await report(health_pb2.HealthCheckResponse.NOT_SERVING if gated else health_pb2.HealthCheckResponse.SERVING)
-    bound = server.add_insecure_port(f"{address}:{port}")
+    target = f"{address}:{port}"
+    bound = server.add_insecure_port(target) if credentials is None else server.add_secure_port(target, credentials)
     if bound == 0:
         raise OSError(f"cannot bind gRPC server to {address}:{port}")
     await server.start()

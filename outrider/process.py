@@ -13,6 +13,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO
 
+from outrider.lifetime import die_with_parent
+
 
 def free_port() -> int:
     """A TCP port that was free a moment ago on 127.0.0.1."""
@@ -84,10 +86,13 @@ class ManagedProcess:
         if self.log_path is not None and self._log is None:
             self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         env = {**os.environ, **(self.env or {})}
+        parent = os.getpid()
         self.proc = subprocess.Popen(
             self.argv, env=env, cwd=self.cwd,
             stdout=self._log if self._log else None, stderr=subprocess.STDOUT if self._log else None,
             start_new_session=True,  # Ctrl-C goes to the supervisor, which stops children in order
+            # A supervisor killed hard cannot stop its children: the kernel does, so no orphan keeps a port.
+            preexec_fn=lambda: die_with_parent(parent),
         )
         return self
 

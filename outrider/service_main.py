@@ -288,6 +288,10 @@ def _parser(spec: ServiceSpec) -> argparse.ArgumentParser:
     xds.add_argument("--port", type=int, help="gRPC port")
     xds.add_argument("--metrics-port", type=int, help="/metrics port")
     xds.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    xds.add_argument("--xds-ca", type=Path, help="mTLS: the CA file that signs the control plane's certificate")
+    xds.add_argument("--xds-cert", type=Path, help="mTLS: this service's client certificate")
+    xds.add_argument("--xds-key", type=Path, help="mTLS: this service's client key")
+    xds.add_argument("--xds-server-name", help="mTLS: the name in the control plane's certificate")
     # Read by outrider.workers.launch before this parser runs; accepted here so workers parse the same argv.
     parser.add_argument("--workers", type=int, default=None, help=argparse.SUPPRESS)
     return parser
@@ -309,7 +313,15 @@ def startup(spec: ServiceSpec, argv: list[str] | None = None) -> tuple[StartupSe
     if missing:
         parser.error(f"--xds needs {', '.join(missing)}")
     settings = StartupSettings(spec.name, args.address, args.port, args.metrics_port, args.log_level)
-    return settings, XdsSource(spec, args.xds, args.node_id, args.node_cluster)
+    tls = (args.xds_ca, args.xds_cert, args.xds_key)
+    if any(tls) and not all(tls):
+        parser.error("mTLS to the control plane needs --xds-ca, --xds-cert and --xds-key together")
+    options: dict[str, Any] = {}
+    if all(tls):
+        options["channel_credentials"] = grpc.ssl_channel_credentials(
+            args.xds_ca.read_bytes(), args.xds_key.read_bytes(), args.xds_cert.read_bytes())
+        options["server_name"] = args.xds_server_name
+    return settings, XdsSource(spec, args.xds, args.node_id, args.node_cluster, **options)
 
 
 def run_main(spec: ServiceSpec, argv: list[str] | None = None) -> None:

@@ -43,4 +43,8 @@ def service_process(name: str, module: str, settings: ListenSettings, config: Ga
             "--node-id", service_node_id(xds.node_id, name), "--node-cluster", xds.node_cluster,
             "--address", settings.address, "--port", str(settings.port), "--metrics-port", str(settings.metrics_port),
             "--log-level", config.logging.level, "--workers", str(settings.workers)]
+    tls = xds.tls
+    if tls is not None and tls.client_cert_file is not None and tls.client_key_file is not None:
+        argv += ["--xds-ca", str(tls.server_ca_file or tls.client_ca_file), "--xds-cert", str(tls.client_cert_file),
+                 "--xds-key", str(tls.client_key_file), "--xds-server-name", tls.server_name]
     return ManagedProcess(name, argv, ready=grpc_serving(settings.address, settings.port))

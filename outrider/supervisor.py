@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import secrets
 import shutil
 import signal
 import sys
@@ -12,6 +14,7 @@ from pathlib import Path
 import yaml
 
 from outrider.config.model import GatewayConfig
+from outrider.config.xds import XdsService
 from outrider.envoy_ads import compile_ads_bootstrap
 from outrider.envoy_config import compile_bootstrap
 from outrider.plugins import ordered_plugins
@@ -35,6 +38,22 @@ def envoy_argv(bootstrap_path: Path, log_level: str = "warning") -> list[str]:
             "--concurrency", "2"]
 
 
+DEV_ADMIN_TOKEN_FILE = "admin-token"
+
+
+def dev_admin_token_env(xds: XdsService, run_dir: Path) -> dict[str, str] | None:
+    """DEVELOPMENT ONLY: with no admin token configured, make one (run_dir/admin-token, mode 0600) and hand it
+    to the control plane; production configures its own (environment variable or admin_token_file)."""
+    if os.environ.get(xds.admin_token_env) or xds.admin_token_file is not None:
+        return None
+    path = run_dir / DEV_ADMIN_TOKEN_FILE
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_urlsafe(32))
+    return {xds.admin_token_env: path.read_text().strip()}
+
+
 def plan_processes(config: GatewayConfig, config_path: Path, run_dir: Path,
                    log_dir: Path | None = None) -> list[ManagedProcess]:
     """The processes of the stack, in start order: the control plane, the services, Envoy last.
@@ -53,10 +72,11 @@ def plan_processes(config: GatewayConfig, config_path: Path, run_dir: Path,
             ready=tcp_ready(demo.address, demo.port)))
     xds = config.services.xds
     if xds.enabled:
-        # The control plane first: the services and Envoy take their config from it.
+        # The control plane first: the services and Envoy take their config from it. Ready once the ADS
+        # port is bound (last, after the snapshot and the admin API; with mTLS nothing else can ask it).
         procs.append(ManagedProcess(
             "xds_server", [python, "-m", "xds_server", "--config", str(config_path)],
-            ready=http_ready(f"http://{xds.admin_address}:{xds.admin_port}/v1/status")))
+            ready=tcp_ready(xds.address, xds.port), env=dev_admin_token_env(xds, run_dir)))
     for plugin in ordered_plugins():
         procs.extend(plugin.processes(config, config_path))
     if xds.enabled:
@@ -117,6 +137,12 @@ def run_stack(config: GatewayConfig, config_path: Path, run_dir: Path,
             print(f"outrider: starting {proc.name}", file=sys.stderr, flush=True)
             started.append(proc.start())
             proc.wait_ready()
+        token_file = run_dir / DEV_ADMIN_TOKEN_FILE
+        if config.services.xds.enabled and token_file.exists():
+            print(f"outrider: admin API token (generated, DEVELOPMENT ONLY) in {token_file}: "
+                  f"curl -H \"Authorization: Bearer $(cat {token_file})\" "
+                  f"http://{config.services.xds.admin_address}:{config.services.xds.admin_port}/v1/routes",
+                  file=sys.stderr, flush=True)
         listener = config.listeners[0]
         print(f"outrider: ready — gateway on http://{listener.address}:{listener.port}, "
               f"Envoy admin on http://{config.admin.address}:{config.admin.port} (Ctrl-C stops)",

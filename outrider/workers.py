@@ -25,6 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 from outrider.config import ConfigError, load_config
+from outrider.lifetime import die_with_parent
 
 REUSE_PORT_ENV = "OUTRIDER_REUSE_PORT"
 WORKER_ENV = "OUTRIDER_WORKER_INDEX"
@@ -85,8 +86,10 @@ def _entry(target: str) -> Callable[[list[str]], None]:
 def _fork_worker(index: int, target: str, argv: list[str], ready_pipe: tuple[int, int],
                  mask: set[int | signal.Signals]) -> int:
     """Fork a worker (called with STOP_SIGNALS blocked; `mask` is the signal mask to restore in it)."""
+    parent = os.getpid()
     pid = os.fork()
     if pid == 0:  # the worker: a fresh service process in all but name
+        die_with_parent(parent)  # a parent killed hard must not leave workers holding the port
         # The parent's handlers are no business of a worker: reset them before a stop signal can arrive.
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -145,6 +145,7 @@ class ServiceConfigClient:
         backoff_initial_s: float = 0.1,
         backoff_max_s: float = 2.0,
         channel_credentials: grpc.ChannelCredentials | None = None,
+        server_name: str | None = None,
     ) -> None:
         self.target = target
         self.type_url = type_url
@@ -152,6 +153,8 @@ class ServiceConfigClient:
         self._backoff_initial_s = backoff_initial_s
         self._backoff_max_s = backoff_max_s
         self._credentials = channel_credentials
+        # The name to expect in the control plane's certificate (TLS), when it is not the target's host.
+        self._options = [*CHANNEL_OPTIONS, *([("grpc.ssl_target_name_override", server_name)] if server_name else [])]
         self._state = Subscription(base_pb2.Node(id=node_id, cluster=node_cluster), type_url)
         self.first_applied = asyncio.Event()
         # True while a stream is open and the server has answered on it.
@@ -164,8 +167,8 @@ class ServiceConfigClient:
 
     def _channel(self) -> grpc.aio.Channel:
         if self._credentials is not None:
-            return grpc.aio.secure_channel(self.target, self._credentials, options=CHANNEL_OPTIONS)
-        return grpc.aio.insecure_channel(self.target, options=CHANNEL_OPTIONS)
+            return grpc.aio.secure_channel(self.target, self._credentials, options=self._options)
+        return grpc.aio.insecure_channel(self.target, options=self._options)
 
     async def run(self) -> None:
         """Subscribe forever; a broken stream is reopened after a jittered, growing delay. Cancel to stop."""

@@ -31,7 +31,7 @@ SERVICE_NAME = "envoy.service.ratelimit.v3.RateLimitService"
 def make_backend(rl: RateLimitsConfig) -> Backend:
     """Memory when no Redis is configured; else Redis or Redis Cluster."""
     if rl.redis is None:
-        return MemoryBackend()
+        return MemoryBackend(rl.memory.max_keys)
     if rl.redis.cluster:
         return RedisClusterBackend(rl.redis.url, key_prefix=rl.redis.key_prefix,
                                    max_connections=rl.redis.max_connections, timeout_s=rl.budget_ms / 1000)
@@ -82,6 +82,8 @@ class RateLimitRuntime:
                 log.warning("rate_limits.redis changed: restart the service to use the new store")
             if rl.budget_ms != self.store.budget_ms:
                 log.warning("rate_limits.budget_ms changed: restart the service to use the new budget")
+            if isinstance(self.backend, MemoryBackend):
+                self.backend.max_keys = rl.memory.max_keys  # the cap may change live; counters stay
             self.service.swap(built.settings)
         self.decision_log.enabled = built.decisions_logged
         self.version = version

@@ -174,6 +174,43 @@ class RedisBackendConfig(StrictModel):
     max_connections: Annotated[int, Field(ge=1, le=1024)] = 32
 
 
+class MemoryStoreConfig(StrictModel):
+    """The in-memory store (no `redis`): how many counters it keeps at most."""
+
+    # Past the cap, expired counters go first, then the least recently charged live ones (each such
+    # eviction restarts a counter early: rate_limit_memory_evictions_total). 100,000 counters take
+    # about 20-40 MB; size it above the number of clients active within your longest window.
+    max_keys: Annotated[int, Field(ge=1, le=100_000_000)] = 100_000
+
+
+# Time kept back for an answer to travel back to Envoy, on top of the store's budget (min_time_left_ms).
+ANSWER_RESERVE_MS = 10
+
+
+class OverloadConfig(StrictModel):
+    """Load shedding: the service answers within Envoy's deadline by its failure policy rather than late."""
+
+    # A request picked up with less than this left of its gRPC deadline (Envoy sets it from
+    # services.ratelimit.timeout_ms) is answered at once by its route's failure policy, not decided:
+    # the service starts only work it can finish in time, and keeps its backlog under half of Envoy's
+    # timeout, leaving the rest as slack for a stalled process. None: the larger of budget_ms + 10
+    # and half of services.ratelimit.timeout_ms.
+    min_time_left_ms: Annotated[int, Field(ge=0, le=10_000)] | None = None
+    # Decisions waiting on the store at once; more are answered by the failure policy at once.
+    max_in_flight: Annotated[int, Field(ge=1, le=1_000_000)] = 1024
+
+
+class RouteRateLimit(StrictModel):
+    """A route's `rate_limit` field: its failure policy, when not the gateway's `rate_limits.failure_mode`."""
+
+    failure_mode: Literal["allow", "deny"] | None = None
+
+
+# The descriptor Envoy sends on a route whose failure policy differs from the gateway's: the service
+# answers that request's failures (store down, shed under load) by it. No limit is ever configured on it.
+FAILURE_MODE_KEY = "outrider_failure_mode"
+
+
 class RateLimitsConfig(StrictModel):
     """Rate limits of the gateway; tier plans compile into the same model as envoyproxy/ratelimit files."""
 
@@ -182,6 +219,8 @@ class RateLimitsConfig(StrictModel):
     redis: RedisBackendConfig | None = None
     # Answer budget when Redis is slow or down; must stay well under services.ratelimit.timeout_ms.
     budget_ms: Annotated[int, Field(ge=1, le=5_000)] = 20
+    # What a request gets when it cannot be decided (store down or slow, load shed): allow (OK) or deny
+    # (429). Also Envoy's failure_mode_deny when the service is unreachable. A route may choose its own.
     failure_mode: Literal["allow", "deny"] = "allow"
     near_limit_ratio: Annotated[float, Field(gt=0, le=1)] = 0.8
     per_ip: PerIpLimit | None = None
@@ -191,7 +230,25 @@ class RateLimitsConfig(StrictModel):
     endpoints: list[EndpointLimit] = Field(default_factory=list)
     # envoyproxy/ratelimit YAML files, relative to the gateway config file.
     files: list[ConfigPath] = Field(default_factory=list)
-    reload_interval_s: Annotated[float, Field(gt=0, le=3600)] = 1.0
+    memory: MemoryStoreConfig = MemoryStoreConfig()
+    overload: OverloadConfig = OverloadConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _removed(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "reload_interval_s" in data:
+            # It never did anything: standalone services poll their files every 0.5 s (the one kernel
+            # watcher) and the control plane pushes changes. Refused rather than silently ignored.
+            raise ValueError("`reload_interval_s` was removed: the service picks up file changes within "
+                             "0.5 s and control-plane changes at once; delete the field")
+        return data
+
+    def min_time_left_ms(self, envoy_timeout_ms: int) -> int:
+        """The overload threshold in effect (see OverloadConfig.min_time_left_ms)."""
+        given = self.overload.min_time_left_ms
+        if given is not None:
+            return given
+        return max(self.budget_ms + ANSWER_RESERVE_MS, envoy_timeout_ms // 2)
 
     @field_validator("tiers")
     @classmethod
@@ -234,6 +291,11 @@ def check_rate_limits(config: GatewayConfig) -> Iterator[Problem]:
     if rl.budget_ms >= service.timeout_ms:
         yield (("rate_limits", "budget_ms"), f"budget {rl.budget_ms} ms must be below "
                f"services.ratelimit.timeout_ms ({service.timeout_ms} ms)")
+    elif rl.min_time_left_ms(service.timeout_ms) >= service.timeout_ms:
+        # Every request Envoy sends would be shed on arrival.
+        yield (("rate_limits", "overload", "min_time_left_ms"),
+               f"{rl.min_time_left_ms(service.timeout_ms)} ms must be below "
+               f"services.ratelimit.timeout_ms ({service.timeout_ms} ms)")
     paths = [e.value for e in rl.endpoints]
     for index, endpoint in enumerate(rl.endpoints):
         if paths.count(endpoint.value) > 1:
@@ -249,7 +311,7 @@ def check_rate_limits(config: GatewayConfig) -> Iterator[Problem]:
             continue
         if parsed.domain == rl.domain and rl_has_generated(rl):
             given = {d.key + (f"_{d.value}" if d.value else "") for d in parsed.descriptors}
-            clash = _generated_keys(rl) & given
+            clash = _generated_keys(rl) & given | {FAILURE_MODE_KEY} & {d.key for d in parsed.descriptors}
             if clash:
                 yield (("rate_limits", "files", index),
                        f"{path}: descriptor '{sorted(clash)[0]}' is also generated from the tier plans")
@@ -266,6 +328,12 @@ def _generated_keys(rl: RateLimitsConfig) -> set[str]:
     if rl.unknown_tier is not None:
         keys.add("tier")
     return keys
+
+
+def route_failure_mode(route: RouteConfig, rl: RateLimitsConfig) -> str:
+    """The route's failure policy: its own `rate_limit.failure_mode`, else the gateway's."""
+    own = section(route, "rate_limit", RouteRateLimit)
+    return own.failure_mode if own is not None and own.failure_mode is not None else rl.failure_mode
 
 
 def route_covers(route: RouteConfig, endpoint: EndpointLimit) -> bool:

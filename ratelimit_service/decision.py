@@ -11,6 +11,7 @@ from typing import NamedTuple
 
 from ratelimit_service.algorithms import Outcome
 from ratelimit_service.backends.base import Check
+from ratelimit_service.keys import counter_base
 from ratelimit_service.limits import FIXED, SLIDING, TOKEN, Entry, Limit, LimitTable, Match
 
 OK, OVER_LIMIT = 1, 2  # envoy.service.ratelimit.v3.RateLimitResponse.Code
@@ -61,19 +62,19 @@ class Decision:
     retry_after_ms: int
 
 
-def cache_key_base(domain: str, entries: Sequence[Entry]) -> str:
-    """envoyproxy/ratelimit's key: domain_key_value_key_value_ (the window start follows)."""
-    return domain + "_" + "".join(f"{k}_{v}_" for k, v in entries)
+# The counter key's prefix for some entries: injective, unlike envoyproxy/ratelimit's (see keys.py).
+cache_key_base = counter_base
 
 
 def _check(limit: Limit, base: str, hits: int, now_ms: int) -> Check:
     window_s = limit.window_s
     window_ms = window_s * 1000
     if limit.algorithm == TOKEN:
+        # keys.window("tb", suffix), inlined (hot path)
         return Check((f"{base}tb{limit.key_suffix}",), TOKEN, limit.requests_per_unit, window_ms, hits,
                      limit.burst, limit.shadow)
     start = (now_ms // 1000 // window_s) * window_s
-    current = f"{base}{start}{limit.key_suffix}"
+    current = f"{base}{start}{limit.key_suffix}"  # keys.window(start, suffix), inlined (hot path)
     if limit.algorithm == SLIDING:
         previous = f"{base}{start - window_s}{limit.key_suffix}"
         return Check((current, previous), SLIDING, limit.requests_per_unit, window_ms, hits, start * 1000,
@@ -86,8 +87,11 @@ def plan(table: LimitTable, domain: str, descriptors: Sequence[DescriptorInput],
     matches: list[Match | None] = []
     replaced: set[str] = set()
     named = False
+    known = domain in table.domains
     for d in descriptors:
-        if d.override is not None:
+        # A limit sent with the descriptor applies in a configured domain only, as envoyproxy/ratelimit's
+        # GetLimit checks the domain first (src/config/config_impl.go): no caller makes counters elsewhere.
+        if d.override is not None and known:
             rpu, unit = d.override
             key = domain + "." + ".".join(f"{k}_{v}" if v else k for k, v in d.entries)
             override = (Limit(full_key=key, requests_per_unit=rpu, unit=unit),)

@@ -4,6 +4,7 @@ Descriptors (domain `rate_limits.domain`) that ratelimit_service's compiled tabl
   [remote_address=<client ip>]                       per-IP plan (public routes, or all with apply_to: all)
   [tier=<tier>, user_id=<user>]                      tier plans; both from ext_authz's dynamic metadata
   [endpoint=<path, or prefix + '*'>]                 endpoint limits, shared by every caller
+  [outrider_failure_mode=allow|deny]                 a route whose failure policy is not the gateway's
 """
 
 from __future__ import annotations
@@ -13,7 +14,14 @@ from typing import Any
 
 from outrider.config.model import GatewayConfig, RouteConfig
 from outrider.envoy_contribution import grpc_service_cluster
-from ratelimit_service.config import EndpointLimit, rate_limits_of, route_covers, settings_of
+from ratelimit_service.config import (
+    FAILURE_MODE_KEY,
+    EndpointLimit,
+    rate_limits_of,
+    route_covers,
+    route_failure_mode,
+    settings_of,
+)
 
 RATELIMIT_CLUSTER = "outrider_ratelimit"
 AUTHZ_NAMESPACE = "envoy.filters.http.ext_authz"
@@ -82,6 +90,11 @@ class RateLimitContribution:
                     "headers": [{"name": ":path",
                                  "string_match": {"safe_regex": {"regex": _path_regex(endpoint)}}}],
                 }}]})
+        if limits and route_failure_mode(route, rl) != rl.failure_mode:
+            # Envoy's failure_mode_deny is one per filter: a route that fails otherwise tells the service,
+            # which answers this route's undecidable requests (store down, load shed) by its policy.
+            limits.append({"actions": [{"generic_key": {
+                "descriptor_key": FAILURE_MODE_KEY, "descriptor_value": route_failure_mode(route, rl)}}]})
         return {"rate_limits": limits} if limits else {}
 
     def clusters(self, config: GatewayConfig) -> list[dict[str, Any]]:

@@ -12,6 +12,7 @@ from ratelimit_service.config import (
     WindowLimit,
     YamlDescriptor,
 )
+from ratelimit_service.keys import counter_base
 
 FIXED, SLIDING, TOKEN = 1, 2, 3
 ALGORITHMS = {"fixed_window": FIXED, "sliding_window": SLIDING, "token_bucket": TOKEN}
@@ -32,7 +33,7 @@ class Limit:
     shadow: bool = False
     unlimited: bool = False
     detailed: bool = False
-    # "" keeps envoyproxy/ratelimit's key scheme; nodes with several windows tell them apart by unit.
+    # Nodes with several windows tell them apart by unit (":minute"); never holds `_` or `\\` (keys.window).
     key_suffix: str = ""
     window_s: int = field(init=False, compare=False, default=0)
 
@@ -45,11 +46,17 @@ class Limit:
         return self.burst if self.algorithm == TOKEN else self.requests_per_unit
 
 
+# A child's name: (key, value), or (key, None) for a descriptor that names its key only. envoyproxy/ratelimit
+# looks children up by the string key + "_" + value, so a request's (a, b_c) finds the config's (a_b, c);
+# a pair cannot be confused that way.
+ChildKey = tuple[str, str | None]
+
+
 @dataclass(slots=True)
 class Node:
-    children: dict[str, Node] = field(default_factory=dict)
-    # (key_value prefix without '*', node) in config order: the first that matches wins.
-    wildcards: list[tuple[str, Node]] = field(default_factory=list)
+    children: dict[ChildKey, Node] = field(default_factory=dict)
+    # (key, value prefix without '*', node) in config order: the first that matches wins.
+    wildcards: list[tuple[str, str, Node]] = field(default_factory=list)
     limits: tuple[Limit, ...] = ()
 
 
@@ -62,7 +69,9 @@ class Match:
     named: bool = False  # some limit has a name, so `replaces` elsewhere may drop it
 
 
-MEMO_ENTRIES = 65_536
+# Lookups remembered; bounded in entries and, by skipping long descriptors, in bytes (~16k × 0.5 KB).
+MEMO_ENTRIES = 16_384
+MEMO_MAX_CHARS = 512
 
 
 class LimitTable:
@@ -82,9 +91,11 @@ class LimitTable:
             pass
         found = self.lookup(domain, entries)
         if found is not None:
-            base = domain + "_" + "".join(f"{k}_{v}_" for k, v in entries)
+            base = counter_base(domain, entries)
             found = Match(found.limits, found.metric_key, base, any(x.unlimited for x in found.limits),
                           any(x.name for x in found.limits))
+        if sum(len(k) + len(v) for k, v in entries) > MEMO_MAX_CHARS:
+            return found
         if len(self._memo) >= MEMO_ENTRIES:
             self._memo.clear()  # a flood of distinct values must not grow memory without bound
         self._memo[memo_key] = found
@@ -97,15 +108,15 @@ class LimitTable:
         found: tuple[Limit, ...] = ()
         last = len(entries) - 1
         for i, (key, value) in enumerate(entries):
-            final = f"{key}_{value}"
-            nxt = node.children.get(final)
+            # key+value, then a wildcard value of the key, then the key alone (envoyproxy's order).
+            nxt = node.children.get((key, value))
             if nxt is None:
-                for prefix, candidate in node.wildcards:
-                    if final.startswith(prefix):
+                for wild_key, prefix, candidate in node.wildcards:
+                    if wild_key == key and value.startswith(prefix):
                         nxt = candidate
                         break
             if nxt is None:
-                nxt = node.children.get(key)
+                nxt = node.children.get((key, None))
             # A limit applies only where the request's descriptor ends, at the same depth.
             if nxt is not None and nxt.limits and i == last:
                 found = nxt.limits
@@ -136,8 +147,9 @@ def _limit(rules: WindowLimit | object, full_key: str, *, name: str = "", replac
 
 def _load_descriptors(parent: Node, parent_key: str, descriptors: Iterable[YamlDescriptor]) -> None:
     for d in descriptors:
-        final = d.key + (f"_{d.value}" if d.value else "")
-        if final in parent.children:
+        final = d.key + (f"_{d.value}" if d.value else "")  # envoyproxy's name, for metrics and messages
+        child: ChildKey = (d.key, d.value or None)
+        if child in parent.children:
             raise ValueError(f"duplicate descriptor composite key '{parent_key}{final}'")
         full_key = parent_key + final
         limits: tuple[Limit, ...] = ()
@@ -147,9 +159,9 @@ def _load_descriptors(parent: Node, parent_key: str, descriptors: Iterable[YamlD
                              shadow=d.shadow_mode, detailed=d.detailed_metric),)
         node = Node(limits=limits)
         _load_descriptors(node, full_key + ".", d.descriptors)
-        parent.children[final] = node
-        if final.endswith("*"):
-            parent.wildcards.append((final[:-1], node))
+        parent.children[child] = node
+        if d.value.endswith("*"):
+            parent.wildcards.append((d.key, d.value[:-1], node))
 
 
 def _plan_limits(windows: Sequence[WindowLimit], full_key: str) -> tuple[Limit, ...]:
@@ -158,7 +170,8 @@ def _plan_limits(windows: Sequence[WindowLimit], full_key: str) -> tuple[Limit, 
         # Every window unlimited: the node answers "unlimited", as envoyproxy/ratelimit does.
         return (_limit(windows[0], full_key),) if windows else ()
     many = len(active) > 1
-    return tuple(_limit(w, full_key, key_suffix=f"_{w.unit}" if many else "") for w in active)
+    # `:<unit>` tells a node's windows apart; it holds no `_` or `\\`, so the key stays injective (keys.py).
+    return tuple(_limit(w, full_key, key_suffix=f":{w.unit}" if many else "") for w in active)
 
 
 def compile_table(rl: RateLimitsConfig | None, files: Sequence[DescriptorFile] = ()) -> LimitTable:
@@ -169,19 +182,18 @@ def compile_table(rl: RateLimitsConfig | None, files: Sequence[DescriptorFile] =
         prefix = rl.domain + "."
         if rl.per_ip is not None:
             per_ip = _plan_limits([rl.per_ip], prefix + "remote_address")
-            root.children["remote_address"] = Node(limits=per_ip)
+            root.children["remote_address", None] = Node(limits=per_ip)
         for tier, windows in rl.tiers.items():
             full = f"{prefix}tier_{tier}.user_id"
             user = Node(limits=_plan_limits(windows, full))
-            root.children[f"tier_{tier}"] = Node(children={"user_id": user})
+            root.children["tier", tier] = Node(children={("user_id", None): user})
         if rl.unknown_tier is not None:
             windows = rl.tiers[rl.unknown_tier]
             full = f"{prefix}tier.user_id"
-            root.children["tier"] = Node(children={"user_id": Node(limits=_plan_limits(windows, full))})
+            root.children["tier", None] = Node(children={("user_id", None): Node(limits=_plan_limits(windows, full))})
         for endpoint in rl.endpoints:
-            final = f"endpoint_{endpoint.value}"
-            node = Node(limits=_plan_limits([endpoint.limit], prefix + final))
-            root.children[final] = node
+            node = Node(limits=_plan_limits([endpoint.limit], f"{prefix}endpoint_{endpoint.value}"))
+            root.children["endpoint", endpoint.value] = node
     for parsed in files:
         root = domains.setdefault(parsed.domain, Node())
         _load_descriptors(root, parsed.domain + ".", parsed.descriptors)

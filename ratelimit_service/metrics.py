@@ -9,9 +9,14 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 DESCRIPTOR_LABELS = ["domain", "descriptor"]
+SHED_REASONS = ("deadline", "in_flight")
+# Series per (domain, descriptor) at most: `detailed_metric` and limits sent with the descriptor name a
+# series after the request's values, which a caller chooses. Past the cap they count under OVERFLOW.
+MAX_DESCRIPTOR_SERIES = 10_000
+OVERFLOW = "_other"
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +40,10 @@ class RateLimitMetrics:
     local_cache_hits: Counter
     internal_errors: Counter
     decision_seconds: Histogram
+    shed: Counter
+    invalid_requests: Counter
+    memory_keys: Gauge
+    memory_evictions: Counter
 
 
 def service_metrics(registry: CollectorRegistry | None = None) -> RateLimitMetrics:
@@ -65,6 +74,18 @@ def _build(registry: CollectorRegistry) -> RateLimitMetrics:
         decision_seconds=Histogram(
             "rate_limit_decision_seconds", "Time to answer one ShouldRateLimit, inside the service",
             buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1), registry=registry),
+        shed=Counter("rate_limit_shed_total", "Requests answered by their failure policy without a decision, "
+                     "because too little of their deadline was left or too many decisions were in flight",
+                     ["reason"], registry=registry),
+        invalid_requests=Counter("rate_limit_invalid_requests_total",
+                                 "Requests refused with INVALID_ARGUMENT (empty domain, descriptors or entries)",
+                                 registry=registry),
+        # Several workers each keep their own store: their counts add up.
+        memory_keys=Gauge("rate_limit_memory_keys", "Counters held by the in-memory store",
+                          multiprocess_mode="livesum", registry=registry),
+        memory_evictions=Counter("rate_limit_memory_evictions_total",
+                                 "Live counters the in-memory store dropped at its max_keys cap (each restarts early)",
+                                 registry=registry),
     )
     # Known label values get their series now: a family with no series is missing from the multiprocess
     # aggregate, and a dashboard cannot tell "none yet" from "not exported".
@@ -72,6 +93,8 @@ def _build(registry: CollectorRegistry) -> RateLimitMetrics:
         metrics.backend_errors.labels(kind=kind)
     for mode in ("allow", "deny"):
         metrics.failure_mode.labels(mode=mode)
+    for reason in SHED_REASONS:
+        metrics.shed.labels(reason=reason)
     return metrics
 
 
@@ -86,6 +109,13 @@ class DescriptorCounts:
         key = (domain, descriptor)
         found = self._rows.get(key)
         if found is None:
+            if len(self._rows) >= MAX_DESCRIPTOR_SERIES:
+                # Domains are the config's (a descriptor has a metric key only when a domain's limit matched).
+                key = (domain, OVERFLOW)
+                descriptor = OVERFLOW
+                found = self._rows.get(key)
+                if found is not None:
+                    return found
             m = self._metrics
             found = self._rows[key] = DescriptorRow(
                 m.hits.labels(domain, descriptor), m.rejections.labels(domain, descriptor),

@@ -19,6 +19,7 @@ from ratelimit_service.config import (
     SERVICE,
     RateLimitsConfig,
     RateLimitServiceSettings,
+    RouteRateLimit,
     check_rate_limits,
     rate_limits_of,
     settings_of,
@@ -34,7 +35,8 @@ class RateLimitPlugin:
     # After ext_authz (its descriptors carry the caller's tier and id from ext_authz's metadata).
     filter_order: int = 200
     sections: Mapping[str, Section] = field(default_factory=lambda: {"rate_limits": Section(RateLimitsConfig)})
-    route_fields: Mapping[str, Section] = field(default_factory=dict)
+    # A route's own failure policy (`rate_limit: {failure_mode: deny}`).
+    route_fields: Mapping[str, Section] = field(default_factory=lambda: {"rate_limit": Section(RouteRateLimit)})
     settings: type[RateLimitServiceSettings] = RateLimitServiceSettings
 
     def check(self, config: GatewayConfig) -> list[Problem]:

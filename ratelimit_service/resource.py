@@ -4,12 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from outrider.config.model import GatewayConfig
-from ratelimit_service.config import DescriptorFile, RateLimitsConfig, load_descriptor_file, rate_limits_of
+from ratelimit_service.config import (
+    DescriptorFile,
+    RateLimitsConfig,
+    load_descriptor_file,
+    rate_limits_of,
+    settings_of,
+)
 from ratelimit_service.limits import LimitTable, compile_table
 from ratelimit_service.service import Settings
 
@@ -42,6 +48,8 @@ class RateLimitPayload(_Strict):
     rate_limits: RateLimitsConfig | None = None
     files: list[InlinedFile] = []
     logging: DecisionLogging = DecisionLogging()
+    # services.ratelimit.timeout_ms: Envoy's deadline for a call, from which the overload threshold follows.
+    envoy_timeout_ms: Annotated[int, Field(ge=1)] = 100
 
 
 @dataclass(frozen=True)
@@ -65,7 +73,8 @@ def payload(config: GatewayConfig) -> dict[str, Any]:
         for path in (rl.files if rl is not None else [])
     ]
     section = rl.model_dump(mode="json", exclude={"files"}) if rl is not None else None
-    return {"rate_limits": section, "files": files, "logging": {"decisions": config.logging.decisions}}
+    return {"rate_limits": section, "files": files, "logging": {"decisions": config.logging.decisions},
+            "envoy_timeout_ms": settings_of(config).timeout_ms}
 
 
 def _reason(exc: ValidationError, data: Mapping[str, Any]) -> str:
@@ -109,5 +118,7 @@ def build(data: Mapping[str, Any]) -> RateLimitResource:
         names = ", ".join(f.name for f in parsed.files)
         raise PayloadError(f"invalid ratelimit payload: files ({names}): {exc}") from None
     rl = parsed.rate_limits or RateLimitsConfig()
-    settings = Settings(table, near_ratio=rl.near_limit_ratio, failure_mode_deny=rl.failure_mode == "deny")
+    settings = Settings(table, near_ratio=rl.near_limit_ratio, failure_mode_deny=rl.failure_mode == "deny",
+                        min_time_left_s=rl.min_time_left_ms(parsed.envoy_timeout_ms) / 1000,
+                        max_in_flight=rl.overload.max_in_flight)
     return RateLimitResource(rl, settings, parsed.logging.decisions)

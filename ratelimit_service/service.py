@@ -1,4 +1,4 @@
-"""gRPC adapter: RateLimitRequest → decision core → RateLimitResponse. Errors map to the failure mode here."""
+"""gRPC adapter: RateLimitRequest → decision core → RateLimitResponse. Errors, overload and bad requests map here."""
 
 from __future__ import annotations
 
@@ -6,15 +6,17 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Sized
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 from envoy.config.core.v3 import base_pb2
 from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
+from google.protobuf.message import DecodeError
 
 from outrider.logs import DecisionLog
+from ratelimit_service.config import FAILURE_MODE_KEY
 from ratelimit_service.decision import (
     OVER_LIMIT,
     Decision,
@@ -28,7 +30,7 @@ from ratelimit_service.decision import (
 )
 from ratelimit_service.guard import GuardedBackend
 from ratelimit_service.limits import Limit, LimitTable
-from ratelimit_service.metrics import DescriptorCounts, RateLimitMetrics, service_metrics
+from ratelimit_service.metrics import SHED_REASONS, DescriptorCounts, RateLimitMetrics, service_metrics
 
 log = logging.getLogger("ratelimit_service.service")
 
@@ -36,7 +38,17 @@ Response = rls_pb2.RateLimitResponse
 _UNIT_NAMES = {v: k.lower() for k, v in Response.RateLimit.Unit.items() if v}
 _UNIT_VALUES = {name: value for value, name in _UNIT_NAMES.items()}
 _JSON = base_pb2.HeaderValue(key="content-type", value="application/json")
-PLAN_CACHE_ENTRIES = 65_536
+# Serialized request → its plan. Bounded in entries and, by skipping big requests, in bytes: a flood of
+# distinct requests costs at most about PLAN_CACHE_ENTRIES × 2 KB.
+PLAN_CACHE_ENTRIES = 16_384
+PLAN_CACHE_MAX_BYTES = 1024
+# Counters known over their limit (envoyproxy/ratelimit's local cache is a fixed-size freecache too).
+OVER_LIMIT_ENTRIES = 16_384
+LIMIT_PROTO_ENTRIES = 4096
+# Far above what a route's actions make (one descriptor per rate_limits entry, one entry per action), and
+# low enough that no single request holds the event loop: 500k descriptors fit in gRPC's 4 MB message.
+MAX_DESCRIPTORS = 256
+MAX_ENTRIES = 64
 SERVICE = "envoy.service.ratelimit.v3.RateLimitService"
 
 
@@ -46,7 +58,12 @@ class Settings:
 
     table: LimitTable
     near_ratio: float = 0.8
+    # The gateway's failure policy; a route may choose its own (config.FAILURE_MODE_KEY descriptor).
     failure_mode_deny: bool = False
+    # Overload (config.OverloadConfig): a request picked up with less left of its deadline is answered by
+    # its failure policy at once; so is one arriving while max_in_flight decisions wait on the store.
+    min_time_left_s: float = 0.03
+    max_in_flight: int = 1024
 
 
 # The settings before any config version: no table yet. Calls are answered UNAVAILABLE so that Envoy
@@ -63,6 +80,35 @@ def rejection_body(retry_after_s: int) -> bytes:
                        "retry_after": retry_after_s}, separators=(",", ":")).encode()
 
 
+def invalid_reason(request: rls_pb2.RateLimitRequest) -> str | None:
+    """Why a request cannot be decided, or None. envoyproxy/ratelimit refuses an empty domain and an empty
+    descriptor list with these messages (src/service/ratelimit.go, shouldRateLimitWorker); the proto
+    requires at least one entry per descriptor and a key per entry (validate.rules min_items / min_len)."""
+    if not request.domain:
+        return "rate limit domain must not be empty"
+    if not request.descriptors:
+        return "rate limit descriptor list must not be empty"
+    if len(request.descriptors) > MAX_DESCRIPTORS:
+        return f"more than {MAX_DESCRIPTORS} rate limit descriptors"
+    for index, descriptor in enumerate(request.descriptors):
+        if not descriptor.entries:
+            return f"rate limit descriptor {index} has no entries"
+        if len(descriptor.entries) > MAX_ENTRIES:
+            return f"rate limit descriptor {index} has more than {MAX_ENTRIES} entries"
+        for entry in descriptor.entries:
+            if not entry.key:
+                return f"rate limit descriptor {index} has an entry with an empty key"
+    return None
+
+
+def deny_of(inputs: Sequence[DescriptorInput], default: bool) -> bool:
+    """The request's failure policy: the route's (its FAILURE_MODE_KEY descriptor), else the gateway's."""
+    for d in inputs:
+        if len(d.entries) == 1 and d.entries[0][0] == FAILURE_MODE_KEY:
+            return d.entries[0][1] == "deny"
+    return default
+
+
 def _inputs(request: rls_pb2.RateLimitRequest) -> list[DescriptorInput]:
     default_hits = request.hits_addend or 1
     inputs = []
@@ -75,11 +121,8 @@ def _inputs(request: rls_pb2.RateLimitRequest) -> list[DescriptorInput]:
     return inputs
 
 
-def _descriptor_count(data: bytes) -> list[None]:
-    try:
-        return [None] * len(rls_pb2.RateLimitRequest.FromString(data).descriptors)
-    except Exception:  # undecodable: Envoy only reads the overall code then
-        return []
+class InvalidRequest(Exception):
+    """A request refused with INVALID_ARGUMENT (the message says why)."""
 
 
 class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
@@ -91,16 +134,20 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
         self.settings = settings
         # Refusals only: admitted requests are the bulk and are counted in metrics instead.
         self._log = decision_log or DecisionLog("ratelimit_service", enabled=False)
-        # Kept apart from settings so that the failure answer needs nothing that could have failed.
-        self._deny = settings.failure_mode_deny
         self._guard = guard
         self._clock = clock
+        # Kept apart from settings so that the failure answer needs nothing that could have failed.
+        self._deny = settings.failure_mode_deny
         self._over_until: dict[str, int] = {}
+        self._in_flight = 0
+        # (deny, descriptor count) → the serialized failure answer: shedding must cost next to nothing.
+        self._failure_bytes: dict[tuple[bool, int], bytes] = {}
         self._metrics = metrics or service_metrics()
         self._descriptors = DescriptorCounts(self._metrics)
         self._limit_protos: dict[Limit, Any] = {}
         self._failure = {m: self._metrics.failure_mode.labels(mode=m) for m in ("allow", "deny")}
-        # serialized request → [settings, domain, inputs, plan]
+        self._shed = {r: self._metrics.shed.labels(reason=r) for r in SHED_REASONS}
+        # serialized request → [settings, domain, inputs, plan, deny]
         self._plans: dict[bytes, list[Any]] = {}
 
     def swap(self, settings: Settings, guard: GuardedBackend | None = None) -> None:
@@ -110,6 +157,7 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
         self.settings = settings
         self._deny = settings.failure_mode_deny
         self._limit_protos.clear()
+        self._failure_bytes.clear()
         # Limits may have changed: a counter remembered as over may not be over any more.
         self._over_until.clear()
         self._plans.clear()
@@ -117,50 +165,99 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
     async def ShouldRateLimit(
         self, request: rls_pb2.RateLimitRequest, context: grpc.aio.ServicerContext
     ) -> rls_pb2.RateLimitResponse:
-        started = time.perf_counter()
-        try:
-            response = await self.decide(request)
-        except Exception:
-            # A bug must neither fail the RPC nor block traffic unexpectedly: answer in the failure mode.
-            log.exception("ShouldRateLimit failed", extra={"domain": request.domain})
-            self._metrics.internal_errors.inc()
-            response = self._failure_response(request.descriptors)
-        self._metrics.decision_seconds.observe(time.perf_counter() - started)
-        return response
+        """The typed method (for callers in this process); the server registers ShouldRateLimitBytes."""
+        return Response.FromString(await self.ShouldRateLimitBytes(request.SerializeToString(), context))
+
+    def _shed_reason(self, settings: Settings, context: grpc.aio.ServicerContext) -> str | None:
+        """Why this request must be answered without a decision, or None. Envoy sets the call's deadline
+        from the filter's timeout (grpc-timeout); what is left of it on arrival says how long the request
+        queued here. Starting work that cannot finish in time would only make Envoy time out and apply
+        its filter-wide failure mode, and every request behind it later still."""
+        left = context.time_remaining()
+        if left is not None and left < settings.min_time_left_s:
+            return "deadline"
+        if self._in_flight >= settings.max_in_flight:
+            return "in_flight"
+        return None
 
     async def ShouldRateLimitBytes(self, data: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        """The same method on serialized bytes: a repeated request skips parsing and planning."""
+        """ShouldRateLimit on serialized bytes: a repeated request skips parsing and planning."""
         started = time.perf_counter()
         settings = self.settings
         if settings is NOT_READY:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "no rate limit config applied yet")
         now_ms = int(self._clock() * 1000)
+        deny = self._deny
+        descriptors = 0
         try:
+            shed = self._shed_reason(settings, context)
             entry = self._plans.get(data)
             if entry is None or entry[0] is not settings:
                 request = rls_pb2.RateLimitRequest.FromString(data)
+                reason = invalid_reason(request)
+                if reason is not None:
+                    raise InvalidRequest(reason)
                 domain, inputs = request.domain, _inputs(request)
+                deny, descriptors = deny_of(inputs, deny), len(inputs)
+                if shed is not None:
+                    return self._shed_answer(shed, deny, len(inputs), started)
                 laid_out = plan(settings.table, domain, inputs, now_ms)
-                if len(self._plans) >= PLAN_CACHE_ENTRIES:
-                    self._plans.clear()  # distinct requests without end must not grow memory without bound
-                self._plans[data] = entry = [settings, domain, inputs, laid_out]
-            elif entry[3].valid_until_ms <= now_ms:
-                entry[3] = plan(settings.table, entry[1], entry[2], now_ms)
-            response = await self._decide_planned(settings, entry[3], now_ms)
+                if len(data) <= PLAN_CACHE_MAX_BYTES:
+                    if len(self._plans) >= PLAN_CACHE_ENTRIES:
+                        self._plans.clear()  # distinct requests without end must not grow memory without bound
+                    self._plans[data] = entry = [settings, domain, inputs, laid_out, deny]
+                else:
+                    entry = [settings, domain, inputs, laid_out, deny]
+            else:
+                deny, descriptors = entry[4], len(entry[2])
+                if shed is not None:
+                    return self._shed_answer(shed, deny, len(entry[2]), started)
+                if entry[3].valid_until_ms <= now_ms:
+                    entry[3] = plan(settings.table, entry[1], entry[2], now_ms)
+            self._in_flight += 1
+            try:
+                response = await self._decide_planned(settings, entry[3], now_ms, deny)
+            finally:
+                self._in_flight -= 1
+        except InvalidRequest as exc:
+            self._metrics.invalid_requests.inc()
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except DecodeError:
+            self._metrics.invalid_requests.inc()
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "not a RateLimitRequest")
         except Exception:
+            # A bug must neither fail the RPC nor block traffic unexpectedly: answer in the failure mode.
             log.exception("ShouldRateLimit failed")
             self._metrics.internal_errors.inc()
-            response = self._failure_response(_descriptor_count(data))
+            response = self._failure_response(descriptors, deny)
         self._metrics.decision_seconds.observe(time.perf_counter() - started)
         return bytes(response.SerializeToString())
 
+    def _shed_answer(self, reason: str, deny: bool, descriptors: int, started: float) -> bytes:
+        self._shed[reason].inc()
+        self._failure["deny" if deny else "allow"].inc()
+        key = (deny, descriptors)
+        answer = self._failure_bytes.get(key)
+        if answer is None:
+            answer = bytes(self._failure_response(descriptors, deny, count=False).SerializeToString())
+            if descriptors <= 16:
+                self._failure_bytes[key] = answer
+        self._metrics.decision_seconds.observe(time.perf_counter() - started)
+        return answer
+
     async def decide(self, request: rls_pb2.RateLimitRequest) -> rls_pb2.RateLimitResponse:
+        """One decision without the overload checks (tests, benchmarks); raises InvalidRequest."""
+        reason = invalid_reason(request)
+        if reason is not None:
+            raise InvalidRequest(reason)
         settings = self.settings
         now_ms = int(self._clock() * 1000)
-        return await self._decide_planned(settings, plan(settings.table, request.domain, _inputs(request), now_ms),
-                                          now_ms)
+        inputs = _inputs(request)
+        return await self._decide_planned(settings, plan(settings.table, request.domain, inputs, now_ms), now_ms,
+                                          deny_of(inputs, settings.failure_mode_deny))
 
-    async def _decide_planned(self, settings: Settings, laid_out: Plan, now_ms: int) -> rls_pb2.RateLimitResponse:
+    async def _decide_planned(self, settings: Settings, laid_out: Plan, now_ms: int,
+                              deny: bool) -> rls_pb2.RateLimitResponse:
         domain = laid_out.domain
         if not laid_out.checks:
             outcomes = []
@@ -172,8 +269,8 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
             else:
                 fresh = await self._guard.evaluate(domain, laid_out.checks, now_ms)
                 if fresh is None:
-                    return self._failure_response(laid_out.descriptors)
-                remember_over(laid_out, fresh, self._over_until, now_ms)
+                    return self._failure_response(len(laid_out.descriptors), deny)
+                remember_over(laid_out, fresh, self._over_until, now_ms, OVER_LIMIT_ENTRIES)
                 outcomes = fresh
         decision = decide(laid_out, outcomes, settings.near_ratio)
         self._count(domain, laid_out.descriptors, decision)
@@ -201,6 +298,8 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
     def _limit_proto(self, limit: Limit) -> Any:
         proto = self._limit_protos.get(limit)
         if proto is None:
+            if len(self._limit_protos) >= LIMIT_PROTO_ENTRIES:
+                self._limit_protos.clear()  # limits sent with descriptors are the caller's: keep this bounded
             proto = self._limit_protos[limit] = Response.RateLimit(
                 name=limit.name, requests_per_unit=limit.requests_per_unit, unit=_UNIT_VALUES[limit.unit])
         return proto
@@ -225,12 +324,13 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
             response.raw_body = rejection_body(retry)
         return response
 
-    def _failure_response(self, descriptors: Sized) -> rls_pb2.RateLimitResponse:
-        deny = self._deny
-        self._failure["deny" if deny else "allow"].inc()
+    def _failure_response(self, descriptors: int, deny: bool, count: bool = True) -> rls_pb2.RateLimitResponse:
+        """The answer by a failure policy: OK (allow) or 429 with Retry-After (deny); one status per descriptor."""
+        if count:
+            self._failure["deny" if deny else "allow"].inc()
         code = Response.OVER_LIMIT if deny else Response.OK
         response = Response(overall_code=code)
-        for _ in range(len(descriptors)):
+        for _ in range(descriptors):
             response.statuses.add(code=code)
         if deny:
             response.response_headers_to_add.add(key="Retry-After", value="1")

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from xds_server.cache import SnapshotCache
 from xds_server.control import Controller, Outcome
@@ -64,8 +67,9 @@ def _add_collection(
     app.router.add_delete(f"/v1/{plural}/{{name}}", delete_one)
 
 
-def build_admin_app(controller: Controller, cache: SnapshotCache) -> web.Application:
-    app = web.Application(client_max_size=MAX_BODY)
+def build_admin_app(controller: Controller, cache: SnapshotCache,
+                    middlewares: Sequence[Middleware] = ()) -> web.Application:
+    app = web.Application(client_max_size=MAX_BODY, middlewares=list(middlewares))
 
     def version() -> int:
         return controller.version
@@ -82,8 +86,14 @@ def build_admin_app(controller: Controller, cache: SnapshotCache) -> web.Applica
     return app
 
 
-async def start_admin(app: web.Application, address: str, port: int) -> web.AppRunner:
+async def start_admin(app: web.Application, address: str, port: int, socket_path: Path | None = None) -> web.AppRunner:
+    """Serve on address:port, or on a Unix socket (mode 0600: only this user) when socket_path is given."""
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, address, port).start()
+    if socket_path is not None:
+        await asyncio.to_thread(socket_path.unlink, missing_ok=True)  # a stale socket of a previous run
+        await web.UnixSite(runner, str(socket_path)).start()
+        await asyncio.to_thread(socket_path.chmod, 0o600)
+    else:
+        await web.TCPSite(runner, address, port).start()
     return runner

@@ -21,6 +21,7 @@ from outrider.plugins import ServicePlugin, discover
 from outrider.service_main import cancel_tasks
 from outrider.service_resource import encode_json
 from xds_server.admin import build_admin_app, start_admin
+from xds_server.admin_auth import AdminTokenMissing, admin_token, guard
 from xds_server.cache import SnapshotCache
 from xds_server.control import Controller
 from xds_server.metrics import MetricsCallbacks
@@ -29,6 +30,7 @@ from xds_server.resources import ServiceResources, SnapshotBuilder
 from xds_server.service import SERVICE, AdsService
 from xds_server.snapshot import Resource
 from xds_server.store import FileStore, State
+from xds_server.tls import server_credentials
 from xds_server.watch import ConfigFileWatcher, file_digest
 
 log = logging.getLogger("xds_server")
@@ -101,12 +103,13 @@ def plugin_resources(plugins: Sequence[ServicePlugin]) -> ServiceResources:
     return build
 
 
-async def run_service(given: dict[str, Any], config: GatewayConfig, config_path: Path,
+async def run_service(given: dict[str, Any], config: GatewayConfig, config_path: Path, token: str,
                       file_ok: bool = True) -> None:
     settings = config.services.xds
     nodes = NodePolicy.of(settings)
     key = nodes.gateway_key
     cache = SnapshotCache(nodes.key, MetricsCallbacks())
+    config_dir = config_path.parent  # main() resolved it
     store = FileStore(state_dir(settings, config_path))
     digest = file_digest(config_path)
     given, served, version, persist = initial_state(given, config, digest, store, config_path, file_ok)
@@ -121,8 +124,12 @@ async def run_service(given: dict[str, Any], config: GatewayConfig, config_path:
         ads.register(server)
 
     start_metrics_server(settings.address, settings.metrics_port)
+    socket_path = settings.admin_socket
+    if socket_path is not None and not socket_path.is_absolute():
+        socket_path = config_dir / socket_path
     runner = await start_admin(
-        build_admin_app(controller, cache), settings.admin_address, settings.admin_port
+        build_admin_app(controller, cache, [guard(token, settings.admin_allowed_hosts)]),
+        settings.admin_address, settings.admin_port, socket_path,
     )
     tasks = []
     if settings.watch_interval_ms > 0:
@@ -133,7 +140,8 @@ async def run_service(given: dict[str, Any], config: GatewayConfig, config_path:
         watcher = ConfigFileWatcher(config_path, digest, settings.watch_interval_ms / 1000, apply_file)
         tasks.append(asyncio.create_task(watcher.run()))
     try:
-        await serve(register, settings.address, settings.port, [SERVICE], drain_grace_s=1.0)
+        credentials = server_credentials(settings.tls) if settings.tls is not None else None
+        await serve(register, settings.address, settings.port, [SERVICE], drain_grace_s=1.0, credentials=credentials)
     finally:
         await cancel_tasks(tasks)
         await runner.cleanup()
@@ -150,6 +158,10 @@ def main(argv: list[str] | None = None) -> None:
         setup_logging("xds_server", "info")
         (given, config), file_ok = persisted_fallback(path, exc), False
     setup_logging("xds_server", config.logging.level)
+    try:
+        token = admin_token(config.services.xds, path.resolve().parent)
+    except AdminTokenMissing as exc:
+        raise SystemExit(f"xds_server: {exc}") from None
     import uvloop
 
-    uvloop.run(run_service(given, config, path, file_ok))
+    uvloop.run(run_service(given, config, path.resolve(), token, file_ok))

@@ -7,6 +7,7 @@ expected patterns is refused: it can neither read the config nor hold up or veto
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
@@ -22,13 +23,18 @@ class NodePolicy:
     gateway_id: str
     gateway_cluster: str
     patterns: tuple[str, ...]
+    # With mTLS: certificate identity → the node id patterns it may claim; None = no client certificates.
+    identities: Mapping[str, tuple[str, ...]] | None = None
 
     @classmethod
     def of(cls, settings: XdsService) -> NodePolicy:
         by_cluster = settings.node_key == "cluster"
         patterns = tuple(settings.expected_nodes) or (
             ("*",) if by_cluster else (settings.node_id, settings.node_id + SERVICE_SEPARATOR + "*"))
-        return cls(by_cluster, settings.node_id, settings.node_cluster, patterns)
+        identities = None
+        if settings.tls is not None:
+            identities = {name: tuple(nodes) for name, nodes in settings.tls.identities.items()}
+        return cls(by_cluster, settings.node_id, settings.node_cluster, patterns, identities)
 
     @property
     def gateway_key(self) -> str:
@@ -41,7 +47,14 @@ class NodePolicy:
         # A service node reads its gateway's snapshot.
         return node.id.split(SERVICE_SEPARATOR, 1)[0]
 
-    def admits(self, node: Node) -> bool:
+    def admits(self, node: Node, peer: frozenset[str] = frozenset()) -> bool:
+        """Whether `node` may open a stream; `peer` holds the client certificate's identities (mTLS)."""
         if not node.id or (self.by_cluster and node.cluster != self.gateway_cluster):
             return False
-        return any(fnmatchcase(node.id, pattern) for pattern in self.patterns)
+        if not any(fnmatchcase(node.id, pattern) for pattern in self.patterns):
+            return False
+        if self.identities is None:
+            return True
+        # A certificate may only claim the node ids its identity is granted (one gateway's certificate
+        # cannot pose as another gateway, nor as a service of it unless granted).
+        return any(fnmatchcase(node.id, pattern) for name in peer for pattern in self.identities.get(name, ()))

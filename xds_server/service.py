@@ -19,6 +19,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 from xds_server import wire
 from xds_server.cache import Response, SnapshotCache
 from xds_server.protocol import DeltaRequest, DeltaResponse, Node, SotwRequest, SotwResponse
+from xds_server.tls import peer_identities
 
 log = logging.getLogger("xds_server.grpc")
 SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
@@ -112,10 +113,10 @@ def delta_request(message: discovery_pb2.DeltaDiscoveryRequest) -> DeltaRequest:
 
 class AdsService:
     def __init__(self, cache: SnapshotCache, encoder: ResponseEncoder | None = None,
-                 admits: Callable[[Node], bool] | None = None) -> None:
+                 admits: Callable[[Node, frozenset[str]], bool] | None = None) -> None:
         self._cache = cache
         self._encoder = encoder or ResponseEncoder()
-        self._admits = admits or (lambda node: True)
+        self._admits = admits or (lambda node, peer: True)
 
     def register(self, server: grpc.aio.Server) -> None:
         handlers = {
@@ -154,8 +155,10 @@ class AdsService:
         except (StopAsyncIteration, Exception):  # closed before saying who it is
             return
         node = Node(first.node.id, first.node.cluster)
-        if not self._admits(node):
-            log.warning("ADS stream refused: node not expected", extra={"node": node.id, "cluster": node.cluster})
+        peer = peer_identities(context.auth_context() or {})
+        if not self._admits(node, peer):
+            log.warning("ADS stream refused: node not expected (or not granted to its certificate)",
+                        extra={"node": node.id, "cluster": node.cluster, "peer": sorted(peer)})
             await context.abort(grpc.StatusCode.PERMISSION_DENIED,
                                 f"node {node.id!r} (cluster {node.cluster!r}) is not expected by this control plane")
 

@@ -11,6 +11,8 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
+from outrider.config.base import BodyText, HeaderValue, Re2Regex
+
 # Re-exported: the services' models are built from the same blocks.
 from outrider.config.base import Name as Name
 from outrider.config.base import Port as Port
@@ -69,7 +71,7 @@ class RouteMatch(StrictModel):
 
     prefix: str | None = None
     path: str | None = None
-    regex: str | None = None
+    regex: Re2Regex | None = None
     headers: list[HeaderMatch] = Field(default_factory=list)
 
     @model_validator(mode="after")
@@ -88,8 +90,8 @@ class DirectResponse(StrictModel):
     """A response Envoy gives itself, without an upstream."""
 
     status: Annotated[int, Field(ge=200, le=599)] = 200
-    body: str = ""
-    content_type: str = "application/json"
+    body: BodyText = ""
+    content_type: HeaderValue = "application/json"
 
 
 class RouteConfig(StrictModel):

@@ -5,7 +5,6 @@ The kernel's rules are here; each service plugin checks its own sections (Config
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -40,11 +39,6 @@ def _problems(config: GatewayConfig) -> Iterator[Problem]:
         if route.upstream is not None and route.upstream not in upstreams:
             known = ", ".join(sorted(upstreams)) or "none"
             yield ("routes", index, "upstream"), f"unknown upstream '{route.upstream}' (defined: {known})"
-        if route.match.regex is not None:
-            try:
-                re.compile(route.match.regex)
-            except re.error as exc:
-                yield ("routes", index, "match", "regex"), f"invalid regular expression: {exc}"
 
     ports: list[tuple[Loc, str, int]] = [(("listeners", i, "port"), lis.address, lis.port)
                                          for i, lis in enumerate(config.listeners)]

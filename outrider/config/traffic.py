@@ -6,6 +6,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from outrider.config.base import HeaderValue, Re2Regex
+
 Ms = Annotated[int, Field(ge=1, le=3_600_000)]
 Count = Annotated[int, Field(ge=1, le=1_000_000)]
 HeaderName = Annotated[str, Field(min_length=1, max_length=256, pattern=r"^:?[A-Za-z0-9!#$%&'*+.^_`|~-]+$")]
@@ -37,9 +39,9 @@ class HeaderMatch(_Strict):
     """A request header condition; `invert: true` matches when the condition does not hold."""
 
     name: HeaderName
-    exact: str | None = None
-    prefix: str | None = None
-    regex: str | None = None
+    exact: HeaderValue | None = None
+    prefix: HeaderValue | None = None
+    regex: Re2Regex | None = None
     # Use `present: true, invert: true` for "header absent".
     present: Literal[True] | None = None
     invert: bool = False
@@ -51,7 +53,7 @@ class HeaderMatch(_Strict):
 
 
 class RegexRewrite(_Strict):
-    pattern: Annotated[str, Field(min_length=1)]
+    pattern: Re2Regex
     substitution: str
 
 
@@ -60,7 +62,7 @@ class Rewrite(_Strict):
 
     prefix: str | None = None
     regex: RegexRewrite | None = None
-    host: str | None = None
+    host: HeaderValue | None = None
 
     @model_validator(mode="after")
     def _some(self) -> Rewrite:
@@ -101,10 +103,10 @@ class RetryPolicy(_Strict):
 class CorsPolicy(_Strict):
     """CORS answered by Envoy itself (preflights never reach the authorizer or the upstream)."""
 
-    allow_origins: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)]
-    allow_methods: list[str] = Field(default_factory=lambda: ["GET", "POST", "PUT", "DELETE", "OPTIONS"])
-    allow_headers: list[str] = Field(default_factory=lambda: ["authorization", "content-type"])
-    expose_headers: list[str] = Field(default_factory=list)
+    allow_origins: Annotated[list[Annotated[HeaderValue, Field(min_length=1)]], Field(min_length=1)]
+    allow_methods: list[HeaderValue] = Field(default_factory=lambda: ["GET", "POST", "PUT", "DELETE", "OPTIONS"])
+    allow_headers: list[HeaderValue] = Field(default_factory=lambda: ["authorization", "content-type"])
+    expose_headers: list[HeaderValue] = Field(default_factory=list)
     max_age_s: Annotated[int, Field(ge=0, le=86_400)] = 600
     allow_credentials: bool = False
 

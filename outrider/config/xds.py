@@ -7,7 +7,32 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from outrider.config.base import ConfigPath
+
 Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class XdsTls(BaseModel):
+    """mTLS on the ADS port: who may connect, and which node ids each client certificate may claim."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # The control plane's certificate and key, and the CA that signs its clients' certificates. Relative
+    # paths resolve against the config file's folder; the files are read again when they change.
+    cert_file: ConfigPath
+    key_file: ConfigPath
+    client_ca_file: ConfigPath
+    # A client certificate's identity (a URI or DNS subject alternative name, else its subject CN) → the
+    # node ids (shell patterns) a client holding it may claim. An identity not listed may claim nothing.
+    identities: Annotated[dict[Annotated[str, Field(min_length=1)], list[Annotated[str, Field(min_length=1)]]],
+                          Field(min_length=1)]
+    # The certificate the gateway's own ADS clients present (Envoy and the services `outrider run` starts).
+    client_cert_file: ConfigPath | None = None
+    client_key_file: ConfigPath | None = None
+    # The CA the gateway's own clients trust for the control plane's certificate (default: client_ca_file).
+    server_ca_file: ConfigPath | None = None
+    # The name the clients expect in the control plane's certificate (a DNS subject alternative name).
+    server_name: Annotated[str, Field(min_length=1)] = "localhost"
 
 
 class XdsService(BaseModel):
@@ -21,6 +46,17 @@ class XdsService(BaseModel):
     # Admin HTTP API (routes and clusters at runtime); keep it on loopback.
     admin_address: str = "127.0.0.1"
     admin_port: Port = 18001
+    # Listen on this Unix socket instead of admin_address:admin_port (file permissions then say who may call).
+    admin_socket: Path | None = None
+    # Every admin call needs `Authorization: Bearer <token>`. The token comes from this environment variable,
+    # else from admin_token_file (relative to the config file's folder); with neither the control plane
+    # refuses to start. `outrider run` generates one for development when none is configured.
+    admin_token_env: Annotated[str, Field(min_length=1)] = "OUTRIDER_ADMIN_TOKEN"
+    admin_token_file: Path | None = None
+    # Host headers the admin API answers (any port); anything else is refused, so a web page that rebinds
+    # its own DNS name to 127.0.0.1 cannot drive the API from a browser.
+    admin_allowed_hosts: list[Annotated[str, Field(min_length=1)]] = Field(
+        default_factory=lambda: ["127.0.0.1", "localhost", "::1"])
     metrics_port: Port = 19084
     # Accepted changes are persisted here; relative to the config file's folder.
     state_dir: Path = Path(".run/xds-state")
@@ -36,5 +72,7 @@ class XdsService(BaseModel):
     expected_nodes: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
     # How long an API change waits for the Envoys' ACK before it is rolled back.
     ack_timeout_ms: Annotated[int, Field(ge=100, le=60_000)] = 5_000
+    # mTLS on the ADS port (certificates, client identities → node ids); none = plaintext on loopback only.
+    tls: XdsTls | None = None
     # How often the config file is checked for edits (0 = never).
     watch_interval_ms: Annotated[int, Field(ge=0, le=60_000)] = 500

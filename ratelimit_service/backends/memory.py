@@ -1,7 +1,8 @@
-"""Counters in this process's memory: for `make run` and single-replica setups (not shared)."""
+"""Counters in this process's memory: for `make run` and single-replica setups (not shared), bounded in size."""
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 
 from ratelimit_service.algorithms import (
@@ -13,35 +14,106 @@ from ratelimit_service.algorithms import (
 )
 from ratelimit_service.backends.base import Check
 from ratelimit_service.limits import FIXED, SLIDING
+from ratelimit_service.metrics import RateLimitMetrics, service_metrics
 
-SWEEP_EVERY_MS = 1000
+DEFAULT_MAX_KEYS = 100_000
+# Expired counters removed per sweep, one sweep per millisecond at most: far more than are written per
+# millisecond at this service's request rates, and small enough never to pause a request.
+SWEEP_BATCH = 64
+# Evictions per call at most (more only when max_keys was just lowered): the cap is reached gradually.
+EVICT_BATCH = 256
+REPORT_EVERY_MS = 100
+
+Store = OrderedDict[str, tuple[object, int]]
 
 
 class MemoryBackend:
-    """Same semantics as the Redis script; atomic because it never awaits inside `evaluate`."""
+    """Same semantics as the Redis script; atomic because it never awaits inside `evaluate`.
+
+    Counters are kept per time-to-live (`ttl`: a window, two windows for a sliding window's current key,
+    the refill time of a bucket). Every write sets expiry = now + ttl and moves the key to the end, so in
+    one ttl class write order is expiry order: the front is the next to expire and the least recently
+    charged. That makes both removals O(1) without scanning: expired counters leave from the fronts, a
+    few per call (never an O(n) sweep); past `max_keys`, an expired front goes first, else the least
+    recently charged front of all classes. There are as many classes as distinct windows in the config.
+    """
 
     infallible = True
 
-    def __init__(self) -> None:
-        # key → (value, expires_at_ms); value is a count, or (tokens, updated_ms) for a bucket.
-        self._data: dict[str, tuple[object, int]] = {}
-        self._next_sweep = 0
+    def __init__(self, max_keys: int = DEFAULT_MAX_KEYS, metrics: RateLimitMetrics | None = None) -> None:
+        self.max_keys = max_keys
+        self._classes: dict[int, Store] = {}
+        self._size = 0
+        self._last_sweep = -1
+        self._next_report = 0
+        self.evictions = 0
+        m = metrics or service_metrics()
+        self._keys_gauge = m.memory_keys
+        self._evicted = m.memory_evictions
 
     def __len__(self) -> int:
-        return len(self._data)
+        return self._size
 
-    def _get(self, key: str, now_ms: int) -> object | None:
-        item = self._data.get(key)
-        if item is None or item[1] <= now_ms:
+    def _store(self, ttl: int) -> Store:
+        store = self._classes.get(ttl)
+        if store is None:
+            store = self._classes[ttl] = OrderedDict()
+        return store
+
+    def _get(self, store: Store, key: str, now_ms: int) -> object | None:
+        item = store.get(key)
+        if item is None:
+            return None
+        if item[1] <= now_ms:
+            del store[key]  # expired: gone now rather than at the next sweep
+            self._size -= 1
             return None
         return item[0]
 
     def _sweep(self, now_ms: int) -> None:
-        if now_ms < self._next_sweep:
+        """Drop up to SWEEP_BATCH expired counters from the class fronts (each front expires first)."""
+        if now_ms == self._last_sweep:
             return
-        self._next_sweep = now_ms + SWEEP_EVERY_MS
-        for key in [k for k, (_, expires) in self._data.items() if expires <= now_ms]:
-            del self._data[key]
+        self._last_sweep = now_ms
+        budget = SWEEP_BATCH
+        for store in self._classes.values():
+            while store and budget:
+                key, (_, expires) = next(iter(store.items()))
+                if expires > now_ms:
+                    break
+                del store[key]
+                self._size -= 1
+                budget -= 1
+        if now_ms >= self._next_report:
+            self._next_report = now_ms + REPORT_EVERY_MS
+            self._keys_gauge.set(self._size)
+
+    def _evict(self, now_ms: int) -> None:
+        """Back under max_keys: an expired counter if a front has one, else the least recently charged."""
+        evicted = 0
+        for _ in range(min(self._size - self.max_keys, EVICT_BATCH)):
+            oldest: Store | None = None
+            oldest_written = 0
+            for ttl, store in self._classes.items():
+                if not store:
+                    continue
+                expires = next(iter(store.values()))[1]
+                if expires <= now_ms:
+                    oldest = store
+                    break
+                written = expires - ttl
+                if oldest is None or written < oldest_written:
+                    oldest, oldest_written = store, written
+            if oldest is None:
+                break
+            _, (_, expires) = oldest.popitem(last=False)
+            self._size -= 1
+            if expires > now_ms:
+                evicted += 1
+        if evicted:
+            self.evictions += evicted
+            self._evicted.inc(evicted)
+        self._keys_gauge.set(self._size)  # at the cap: worth saying now, whatever the clock does
 
     async def evaluate(self, tag: str, checks: Sequence[Check], now_ms: int) -> list[Outcome]:
         return self.evaluate_now(checks, now_ms)
@@ -49,36 +121,46 @@ class MemoryBackend:
     def evaluate_now(self, checks: Sequence[Check], now_ms: int) -> list[Outcome]:
         self._sweep(now_ms)
         outcomes: list[Outcome] = []
-        commits: list[tuple[str, object, int]] = []
+        commits: list[tuple[Store, str, object, int]] = []
         blocked = False
         for c in checks:
             if c.algorithm == FIXED:
-                count = self._get(c.keys[0], now_ms) or 0
+                store = self._store(c.window_ms)
+                count = self._get(store, c.keys[0], now_ms) or 0
                 assert isinstance(count, int)
                 outcome = fixed_window(count, c.limit, c.hits, c.extra, c.window_ms, now_ms)
-                commits.append((c.keys[0], count + c.hits, now_ms + c.window_ms))
+                commits.append((store, c.keys[0], count + c.hits, now_ms + c.window_ms))
             elif c.algorithm == SLIDING:
-                current = self._get(c.keys[0], now_ms) or 0
-                previous = self._get(c.keys[1], now_ms) or 0
+                # The previous window's key was this class's current key one window ago.
+                store = self._store(2 * c.window_ms)
+                current = self._get(store, c.keys[0], now_ms) or 0
+                previous = self._get(store, c.keys[1], now_ms) or 0
                 assert isinstance(current, int) and isinstance(previous, int)
                 outcome = sliding_window(current, previous, c.limit, c.hits, c.extra, c.window_ms, now_ms)
-                commits.append((c.keys[0], current + c.hits, now_ms + 2 * c.window_ms))
+                commits.append((store, c.keys[0], current + c.hits, now_ms + 2 * c.window_ms))
             else:
-                state = self._get(c.keys[0], now_ms)
+                ttl = token_bucket_ttl_ms(c.limit, c.window_ms, c.extra)
+                store = self._store(ttl)
+                state = self._get(store, c.keys[0], now_ms)
                 tokens, updated = state if isinstance(state, tuple) else (None, None)
                 over, remaining, reset, left = token_bucket(tokens, updated, c.limit, c.window_ms, c.extra,
                                                             c.hits, now_ms)
                 outcome = (over, remaining, reset)
-                commits.append((c.keys[0], (left, now_ms),
-                                now_ms + token_bucket_ttl_ms(c.limit, c.window_ms, c.extra)))
+                commits.append((store, c.keys[0], (left, now_ms), now_ms + ttl))
             if outcome[0] and not c.shadow:
                 blocked = True
             outcomes.append(outcome)
         if not blocked:
-            for (key, value, expires), c in zip(commits, checks, strict=True):
+            for (store, key, value, expires), c in zip(commits, checks, strict=True):
                 if c.hits:
-                    self._data[key] = (value, expires)
+                    before = len(store)
+                    store[key] = (value, expires)
+                    store.move_to_end(key)  # write order = expiry order within the class
+                    self._size += len(store) - before
+            if self._size > self.max_keys:
+                self._evict(now_ms)
         return outcomes
 
     async def close(self) -> None:
-        self._data.clear()
+        self._classes.clear()
+        self._size = 0

@@ -15,6 +15,7 @@ from redis.retry import Retry
 from ratelimit_service.algorithms import Outcome
 from ratelimit_service.backends.base import BackendError, Check
 from ratelimit_service.backends.resp import ConnectionLost, RespClient, RespError
+from ratelimit_service.keys import cluster_tag
 
 # KEYS: one per fixed-window / token-bucket check, two (current, previous) per sliding-window check.
 # ARGV: now_ms, then 6 per check: algorithm, limit, window_ms, hits, extra, shadow.
@@ -150,7 +151,8 @@ class RedisBackend:
 
 
 class RedisClusterBackend:
-    """Redis Cluster: every key of one request carries the hash tag {prefix+domain}, so one slot holds them.
+    """Redis Cluster: every key of one request carries the hash tag {prefix+domain}, so one slot holds them
+    (keys.cluster_tag: escaped so the tag always ends at its own brace and the key stays injective).
 
     That keeps one request to one EVALSHA on one node (atomic), at the price of placing a domain's
     counters on one shard: scale out across domains, or run several domains.
@@ -164,11 +166,16 @@ class RedisClusterBackend:
             url, max_connections=max_connections, socket_timeout=timeout_s,
             socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 1))
         self._script = self._client.register_script(LUA)
+        # Per domain; domains come from the config (a request's checks exist only for a configured one).
+        self._tags: dict[str, str] = {}
         self._ready = False
         self._init_lock = asyncio.Lock()
 
     async def evaluate(self, tag: str, checks: Sequence[Check], now_ms: int) -> list[Outcome]:
-        args = _encode(checks, now_ms, "{" + self._prefix + tag + "}")
+        prefix = self._tags.get(tag)
+        if prefix is None:
+            prefix = self._tags[tag] = cluster_tag(self._prefix, tag)
+        args = _encode(checks, now_ms, prefix)
         try:
             if not self._ready:
                 # redis-py's cluster client breaks when many first calls initialise it at once: do it once.

@@ -29,7 +29,11 @@ CASES: dict[str, tuple[int, str, str]] = {
     "unknown_upstream": (9, "routes[0].upstream", "unknown upstream 'nope'"),
     "resource_not_granted": (10, "routes[0].resource", "granted to no role"),
     "duplicate_route_name": (11, "routes[1].name", "duplicate name 'users'"),
-    "bad_regex": (8, "routes[0].match.regex", "invalid regular expression"),
+    "bad_regex": (8, "routes[0].match.regex", "not an RE2 regex Envoy accepts"),
+    "regex_lookahead": (8, "routes[0].match.regex", "invalid perl operator: (?="),  # Python re accepts it
+    "regex_too_complex": (8, "routes[0].match.regex", "RE2 program size"),
+    "header_value_crlf": (12, "routes[0].rewrite.host", "control characters"),
+    "direct_response_body_cr": (9, "routes[0].direct_response.body", "control characters"),
     "provider_without_keys": (13, "auth.providers[0]", "exactly one of jwks_file, jwks_url"),
     "hs256_without_secret": (13, "auth.providers[0]", "HS256 needs hs256_secret_env"),
     "alg_none": (15, "auth.providers[0].algorithms[0]", "'RS256'"),

@@ -154,3 +154,22 @@ def test_envoy_accepts_the_compiled_config(tmp_path: Path) -> None:
     result = subprocess.run([envoy_binary(), "--mode", "validate", "-c", str(path), "--disable-hot-restart"],
                             capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+
+
+def test_body_modes_and_request_buffer_limits() -> None:
+    routes = {r["name"]: r for r in compile_route_configuration(CONFIG)["virtual_hosts"][0]["routes"]}
+
+    def mode(name: str) -> dict[str, str]:
+        overrides = routes[name]["typed_per_filter_config"]["envoy.filters.http.ext_proc"]["overrides"]
+        return dict(overrides["processing_mode"])
+
+    # Requests BUFFERED (a declared content-length is kept; a chunked one is switched to BUFFERED_PARTIAL
+    # by the processor); responses BUFFERED_PARTIAL (no Envoy 500 for a large fast one). ext_proc/envoy.py.
+    assert mode("users")["request_body_mode"] == "BUFFERED"
+    assert mode("users")["response_body_mode"] == "BUFFERED_PARTIAL"
+    assert mode("files")["response_body_mode"] == "NONE"
+    # A route that reads request bodies buffers up to its max_body_bytes, whatever the connection limit.
+    assert routes["messages"]["request_body_buffer_limit"] == 1024 * 1024
+    assert routes["lab-strict"]["request_body_buffer_limit"] == 512
+    for name in ("lab-headers", "health-live", "outrider-not-found"):
+        assert "request_body_buffer_limit" not in routes[name]

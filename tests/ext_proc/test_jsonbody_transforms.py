@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import sys
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -72,11 +74,63 @@ def test_remove_path_and_set_field() -> None:
     (b'{"a": [1, 2', "invalid_json"),
     (b"", "invalid_json"),
     (b'{"a": Infinity}', "non_standard_constant"),
+    (b'{"a": "\\ud800"}', "lone_surrogate"),                 # Python reads it; UTF-8 cannot carry it
+    (b'{"\\uDC00x": 1}', "lone_surrogate"),                   # in a key, upper case
+    (b'["\\ude00\\ud83d"]', "lone_surrogate"),               # a pair the wrong way round is two lone ones
+    (b"\xef\xbb\xbf{}", "byte_order_mark"),                   # RFC 8259 8.1: MUST NOT be sent
+    (b"\xff\xfe{\x00}\x00", "invalid_utf8"),                   # UTF-16
+    (b"\xed\xa0\x80", "invalid_utf8"),                         # a surrogate encoded as UTF-8 (CESU)
+    (b'"\xc0\xae"', "invalid_utf8"),                             # overlong
 ])
 def test_hostile_json_has_a_named_outcome(body: bytes, reason: str) -> None:
     with pytest.raises(jsonbody.BadJson) as caught:
         jsonbody.parse(body, max_depth=64)
     assert caught.value.reason == reason
+
+
+@pytest.mark.parametrize(("body", "doc"), [
+    (b'{"a": "\\ud83d\\ude00"}', {"a": "\U0001f600"}),         # a pair is one character
+    (b'{"a": "\\\\ud800"}', {"a": "\\ud800"}),                 # an escaped backslash, then text
+    (b'{"a": ' + b"9" * 4300 + b"}", {"a": int("9" * 4300)}),   # the longest integer taken
+    (b"[1e-400, -0]", [0.0, 0]),
+    (b"[]", []),
+    (b'"text"', "text"),
+])
+def test_strict_parse_accepts_what_it_can_write_back(body: bytes, doc: Any) -> None:
+    assert jsonbody.parse(body, max_depth=64) == doc
+    jsonbody.dump(jsonbody.parse(body, max_depth=64)).decode("utf-8")
+
+
+@pytest.mark.parametrize(("body", "doc", "written"), [
+    (b'\xef\xbb\xbf{"a": 1}', {"a": 1}, b'{"a":1}'),                   # ignored, never written (8.1)
+    (b'{"a": 1, "a": 2}', {"a": 2}, b'{"a":2}'),                         # the last wins, as JSON.parse
+    (b'{"a": "\\ud800\xc3\xa9"}', {"a": "\ud800\xe9"}, b'{"a":"\\ud800\\u00e9"}'),  # escaped, ASCII
+])
+def test_lenient_parse_for_responses_and_its_dump(body: bytes, doc: Any, written: bytes) -> None:
+    assert jsonbody.parse(body, max_depth=64, strict=False) == doc
+    assert jsonbody.dump(doc) == written
+    assert jsonbody.parse(written, max_depth=64, strict=False) == doc
+
+
+@pytest.fixture
+def process_int_limit() -> Iterator[None]:
+    before = sys.get_int_max_str_digits()
+    yield
+    sys.set_int_max_str_digits(before)
+
+
+@pytest.mark.usefixtures("process_int_limit")
+@pytest.mark.parametrize("limit", [0, 640])
+def test_integer_limit_does_not_depend_on_the_process_wide_one(limit: int) -> None:
+    # 0: no process-wide limit (converting a 1 MB integer would cost seconds); 640: the lowest allowed.
+    sys.set_int_max_str_digits(limit)
+    with pytest.raises(jsonbody.BadJson) as caught:
+        jsonbody.parse(b"[" + b"9" * 100_000 + b"]", max_depth=64)
+    assert caught.value.reason == "number_out_of_range"
+    if limit:  # a lower process-wide limit holds too, as a named refusal (never a ValueError, a 500)
+        with pytest.raises(jsonbody.BadJson):
+            jsonbody.parse(b"[" + b"9" * 1000 + b"]", max_depth=64)
+    assert jsonbody.dump(jsonbody.parse(b"[" + b"9" * 600 + b"]", max_depth=64)) == b"[" + b"9" * 600 + b"]"
 
 
 def test_parse_accepts_ordinary_json_and_dump_is_compact_utf8() -> None:

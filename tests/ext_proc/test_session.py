@@ -62,8 +62,9 @@ def test_header_only_route(example_plans: dict[str, RoutePlan]) -> None:
 
 def test_json_request_body_mapped_with_content_length(example_plans: dict[str, RoutePlan]) -> None:
     session = Session(example_plans["messages"])
-    reply = only(session.handle(req("/api/v1/messages/1", "POST", body=True, **JSON), T0), Reply)
-    assert reply.mode is None  # exactly the route's phases: request headers and body
+    reply = only(session.handle(req("/api/v1/messages/1", "POST", body=True, content_length="30", **JSON), T0),
+                 Reply)
+    assert reply.mode is None  # exactly the route's phases (request headers, BUFFERED body): length known
     body = json.dumps({"request": {"userId": "u7"}}).encode()
     reply = only(session.handle(RequestBody(body, True), T0), Reply)
     assert reply.body is not None
@@ -101,19 +102,42 @@ def test_declared_oversize_body(example_plans: dict[str, RoutePlan], route: str,
         assert only(actions, Immediate).status == status
 
 
-def test_partial_body_passes_or_is_refused(example_plans: dict[str, RoutePlan]) -> None:
+def test_body_of_unknown_length_is_asked_for_partial(example_plans: dict[str, RoutePlan]) -> None:
+    # Chunked (no content-length): BUFFERED_PARTIAL, so that a body above Envoy's limit reaches us cut
+    # short instead of stalling the stream (ext_proc/envoy.py); the rest of the route's phases unchanged.
+    session = Session(example_plans["messages"])
+    reply = only(session.handle(req("/api/v1/messages/1", "POST", body=True, **JSON), T0), Reply)
+    assert reply.mode == ModeOverride(request_body=True, response_headers=False, response_body=False,
+                                      request_partial=True)
+
+
+@pytest.mark.parametrize("route", ["lab-lenient", "lab-strict", "messages"])
+def test_body_cut_at_envoys_limit_is_refused_on_every_route(example_plans: dict[str, RoutePlan],
+                                                            route: str) -> None:
+    # Even where oversize bodies pass (lab-lenient): Envoy refuses the same body itself when it is all
+    # there before our answer to the headers; the outcome must not depend on timing.
+    session = Session(example_plans[route])
+    session.handle(req("/x", "POST", body=True, **JSON), T0)
+    actions = session.handle(RequestBody(b'{"a": "', False), T0)  # Envoy's buffer was full
+    assert only(actions, Immediate).status == 413
+    assert only(actions, Note) == Note("rejected", "body_over_buffer_limit", log=True)
+
+
+def test_complete_body_above_max_body_bytes_passes_or_is_refused(example_plans: dict[str, RoutePlan]) -> None:
+    body = b'{"a": "' + b"x" * 600 + b'"}'
     lenient = Session(example_plans["lab-lenient"])
     lenient.handle(req("/x", "POST", body=True, **JSON), T0)
-    actions = lenient.handle(RequestBody(b'{"a": "', False), T0)  # Envoy's buffer was full
+    actions = lenient.handle(RequestBody(body, True), T0)
     assert only(actions, Reply).body is None and only(actions, Note).kind == "oversize_request_body"
     strict = Session(example_plans["lab-strict"])
     strict.handle(req("/x", "POST", body=True, **JSON), T0)
-    assert only(strict.handle(RequestBody(b'{"a": "', False), T0), Immediate).status == 413
+    assert only(strict.handle(RequestBody(body, True), T0), Immediate).status == 413
 
 
 def test_response_json_transform_and_response_time(example_plans: dict[str, RoutePlan]) -> None:
     session = Session(example_plans["users"])
-    reply = only(session.handle(req("/api/v1/users/list", "POST", body=True, **JSON), T0), Reply)
+    reply = only(session.handle(req("/api/v1/users/list", "POST", body=True, content_length="2", **JSON), T0),
+                 Reply)
     assert reply.mode is None  # every phase of the route is needed
     only(session.handle(RequestBody(b"{}", True), T0), Reply)
     only(session.handle(resp(content_length="50"), T0 + 0.025), Reply)
@@ -133,13 +157,56 @@ def test_response_that_is_not_json_is_not_buffered(example_plans: dict[str, Rout
     assert reply.mode == ModeOverride(request_body=False, response_headers=True, response_body=False)
 
 
-def test_broken_response_json_passes_untouched(example_plans: dict[str, RoutePlan]) -> None:
+@pytest.mark.parametrize(("body", "reason"), [
+    (b'{"password": "x", "v": NaN}', "non_standard_constant"),
+    (b'{"password": "x", "v": [' + b"[" * 300 + b"]" * 300 + b"]}", "too_deep"),
+    (b'{"password": "\xff"}', "invalid_utf8"),
+    (b'{"password": "x"', "invalid_json"),
+])
+def test_unreadable_response_json_is_a_502_never_passed_unfiltered(example_plans: dict[str, RoutePlan],
+                                                                   body: bytes, reason: str) -> None:
+    session = Session(example_plans["users"])  # removes `password` from responses
+    session.handle(req("/api/v1/users/list"), T0)
+    session.handle(resp(), T0)
+    actions = session.handle(ResponseBody(body, True), T0)
+    immediate = only(actions, Immediate)
+    assert immediate.status == 502 and json.loads(immediate.body)["error"] == "bad_gateway"
+    assert b"password" not in immediate.body
+    assert only(actions, Note) == Note("response_json_invalid", reason, log=True)
+
+
+@pytest.mark.parametrize(("body", "doc"), [
+    (b'{"password": "x", "password": "y", "n": 1}', {"n": 1}),   # the last wins, as JSON.parse reads it
+    (b'\xef\xbb\xbf{"password": "x", "n": 1}', {"n": 1}),       # a BOM is ignored (RFC 8259 8.1)
+    (b'{"name": "\\ud800", "password": "x"}', {"name": "\ud800"}),   # kept, written back escaped
+    (b'[{"password": "x", "n": 1}]', [{"n": 1}]),                # removals reach into a top-level array
+])
+def test_response_json_read_leniently_is_still_filtered(example_plans: dict[str, RoutePlan], body: bytes,
+                                                        doc: Any) -> None:
     session = Session(example_plans["users"])
     session.handle(req("/api/v1/users/list"), T0)
     session.handle(resp(), T0)
-    actions = session.handle(ResponseBody(b'{"password": "x", "password": "y"}', True), T0)
-    assert only(actions, Reply).body is None
-    assert only(actions, Note) == Note("response_json_untouched", "duplicate_key", log=True)
+    reply = only(session.handle(ResponseBody(body, True), T0), Reply)
+    assert reply.body is not None
+    out = json.loads(reply.body)
+    if isinstance(out, dict):  # the route's add_json_fields apply to objects only
+        assert out.pop("api_version") == "v1" and out.pop("timestamp")
+    assert out == doc
+    reply.body.decode("ascii" if b"\\u" in reply.body else "utf-8")
+    assert reply.set_headers == (("content-length", str(len(reply.body)), False),)
+
+
+@pytest.mark.parametrize("route", ["users", "messages", "public"])
+def test_empty_body_passes_however_framed(example_plans: dict[str, RoutePlan], route: str) -> None:
+    # content-length: 0 → Envoy sends no body message at all (end_of_stream on the headers)...
+    framed = Session(example_plans[route])
+    reply = only(framed.handle(req("/x", "POST", body=False, content_length="0", **JSON), T0), Reply)
+    assert reply.phase == "request_headers"
+    # ...and a chunked empty body arrives as one empty message with end_of_stream: the same outcome.
+    chunked = Session(example_plans[route])
+    chunked.handle(req("/x", "POST", body=True, **JSON), T0)
+    actions = chunked.handle(RequestBody(b"", True), T0)
+    assert only(actions, Reply) == Reply("request_body") and only(actions, Note).kind == "empty_body"
 
 
 def test_cache_miss_store_then_hit(example_plans: dict[str, RoutePlan]) -> None:
@@ -234,3 +301,20 @@ def test_client_ip_is_envoys_source_address_attribute_never_a_header() -> None:
     message.attributes["envoy.filters.http.ext_proc"].fields["source.address"].string_value = "10.0.0.7:5555"
     event = to_event(message, "request_headers")
     assert isinstance(event, RequestHeaders) and event.client_ip == "10.0.0.7"
+
+
+def test_request_id_that_is_not_utf8_is_never_a_lone_surrogate_in_what_we_write() -> None:
+    data = ext_proc_config_dict()
+    data["routes"].append({"name": "rid", "match": {"prefix": "/rid/"}, "upstream": "demo", "public": True,
+                           "transformations": {"request": {"json_body": {"rid": "${request_id}"}}}})
+    plan = plans_from(data)["rid"]
+    # Envoy passes header bytes that are not UTF-8 (obs-text); service.headers_of keeps them as surrogates.
+    raw_id = b"id-\xff".decode("utf-8", "surrogateescape")
+    session = Session(plan)
+    session.handle(req("/rid/x", "POST", body=True, content_length="2", x_request_id=raw_id, **JSON), T0)
+    reply = only(session.handle(RequestBody(b"{}", True), T0), Reply)
+    assert reply.body is not None and json.loads(reply.body.decode("utf-8"))["rid"] == "id-\ufffd"
+    refused = Session(plan)
+    refused.handle(req("/rid/x", "POST", body=True, content_length="2", x_request_id=raw_id, **JSON), T0)
+    immediate = only(refused.handle(RequestBody(b"[]", True), T0), Immediate)  # no object: 400
+    assert json.loads(immediate.body) == {"error": "invalid_json", "request_id": "id-\ufffd"}

@@ -42,3 +42,30 @@ def test_routes_carry_their_policy() -> None:
     authz = next(f for f in hcm["http_filters"] if f["name"] == "envoy.filters.http.ext_authz")
     assert authz["typed_config"]["failure_mode_allow"] is False
     assert authz["typed_config"]["grpc_service"]["timeout"] == "0.250s"
+
+
+def test_every_regex_the_compiler_emits_fits_envoys_re2_limits() -> None:
+    """Envoy NACKs a safe_regex whose RE2 program exceeds re2.max_program_size.error_level (100): the
+    gateway's own regexes (identity header matchers, path policy, ...) must stay well inside it."""
+    from pydantic import TypeAdapter
+
+    from outrider.config import load_config
+    from outrider.config.base import ENVOY_RE2_MAX_PROGRAM_SIZE, Re2Regex
+    from outrider.envoy_config import compile_bootstrap
+
+    def regexes(node: object) -> list[str]:
+        if isinstance(node, dict):
+            found = [v for k, v in node.items() if k == "regex" and isinstance(v, str)]
+            return found + [r for v in node.values() for r in regexes(v)]
+        if isinstance(node, list):
+            return [r for v in node for r in regexes(v)]
+        return []
+
+    import re2
+
+    found = regexes(compile_bootstrap(load_config("examples/gateway.yaml")))
+    assert found, "the example compiles to at least one regex (the identity header matcher)"
+    check = TypeAdapter(Re2Regex)
+    for regex in found:
+        check.validate_python(regex)  # raises when RE2 refuses it or it is too big
+        assert re2.compile(regex).programsize <= ENVOY_RE2_MAX_PROGRAM_SIZE * 0.95, regex  # keep a margin

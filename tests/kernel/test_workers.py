@@ -195,6 +195,18 @@ def test_a_stop_while_a_worker_is_held_stops_every_worker(tmp_path: Path, runnin
         assert not os.path.exists(f"/proc/{pid}")
 
 
+def test_workers_die_with_a_parent_killed_hard(tmp_path: Path, running: list[ManagedProcess]) -> None:
+    data = with_free_ports(example_config_dict())
+    proc = service_process(tmp_path, "ext_authz", data)
+    running.append(proc.start().wait_ready(30))
+    assert proc.proc is not None
+    workers = children(proc.proc.pid)
+    assert len(workers) == 2
+    proc.proc.kill()  # SIGKILL: the parent cannot stop its workers; the kernel's parent-death signal does
+    proc.proc.wait(5)
+    wait_for(lambda: not any(os.path.exists(f"/proc/{pid}") for pid in workers), "the orphaned workers to end", 5)
+
+
 ONE_PROCESS = """
 import sys, urllib.request
 from outrider.metrics import start_metrics_server

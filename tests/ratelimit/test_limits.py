@@ -8,7 +8,7 @@ from ratelimit_service.backends.memory import MemoryBackend
 from ratelimit_service.config import RateLimitsConfig, load_descriptor_file
 from ratelimit_service.decision import OK, UNLIMITED_REMAINING, Decision, DescriptorInput, plan
 from ratelimit_service.limits import LimitTable, compile_table
-from tests.ratelimit.helpers import T0, desc, run
+from tests.ratelimit.helpers import T0, desc, run, table_of
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -149,11 +149,37 @@ def test_gateway_plans_compile_into_descriptor_trees() -> None:
     assert files is not None and files.limits[0].requests_per_unit == 5
 
 
-def test_several_windows_get_distinct_keys_and_one_window_keeps_envoyproxys() -> None:
+def test_several_windows_get_distinct_keys_with_every_part_escaped() -> None:
     t = compile_table(_gateway())
     laid_out = plan(t, "outrider", [desc(("tier", "free"), ("user_id", "alice")),
                                     desc(("endpoint", "/api/v1/search"))], T0)
     keys = [c.keys[0] for c in laid_out.checks]
     assert len(set(keys)) == 4
-    assert keys[0].endswith("_minute") and keys[1].endswith("_hour") and keys[2].endswith("_day")
-    assert keys[3] == f"outrider_endpoint_/api/v1/search_{T0 // 1000}"
+    start = T0 // 1000
+    # `_` inside a part is escaped (keys.py); a node with several windows tells them apart by `:<unit>`.
+    assert keys[0] == f"outrider_tier_free_user\\_id_alice_{start}:minute"
+    assert keys[1].endswith(":hour") and keys[2].endswith(":day")
+    assert keys[3] == f"outrider_endpoint_/api/v1/search_{start}"
+
+
+def test_a_limit_sent_with_a_descriptor_applies_in_a_configured_domain_only() -> None:
+    # envoyproxy/ratelimit's GetLimit returns nothing for an unknown domain before it looks at the
+    # descriptor's own limit (src/config/config_impl.go): no caller makes counters in a domain of its own.
+    t = compile_table(_gateway())
+    sent = [DescriptorInput((("anything", "x"),), 1, (5, "second"))]
+    assert plan(t, "outrider", sent, T0).checks
+    assert not plan(t, "elsewhere", sent, T0).checks
+
+
+def test_children_are_matched_by_key_and_value_not_by_their_joined_name() -> None:
+    # envoyproxy/ratelimit finds a child by key + "_" + value, so a request's (a, b_c) would find the
+    # config's (a_b, c); matched as pairs, it does not.
+    t = table_of("""
+domain: d
+descriptors:
+  - key: a_b
+    value: c
+    rate_limit: {unit: second, requests_per_unit: 1}
+""")
+    assert t.lookup("d", [("a_b", "c")]) is not None
+    assert t.lookup("d", [("a", "b_c")]) is None

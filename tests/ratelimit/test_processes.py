@@ -157,7 +157,7 @@ def test_redis_killed_mid_run_answers_in_failure_mode_then_recovers(tmp_path: Pa
 
 
 def test_a_changed_file_goes_live_in_a_running_service(tmp_path: Path, redis_proc: ManagedProcess) -> None:
-    service = service_process(tmp_path, "rls", redis_url(redis_proc), reload_interval_s=0.05)
+    service = service_process(tmp_path, "rls", redis_url(redis_proc))
     limits = tmp_path / "limits.yaml"
     try:
         service.start().wait_ready(20)

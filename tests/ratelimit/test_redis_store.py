@@ -1,4 +1,4 @@
-"""What only a real Redis shows: TTLs on every key, envoyproxy/ratelimit's key scheme, cluster slots, NOSCRIPT."""
+"""What only a real Redis shows: TTLs on every key, the escaped key scheme, cluster slots, NOSCRIPT."""
 
 from __future__ import annotations
 
@@ -50,9 +50,9 @@ async def test_every_key_written_has_a_ttl(shared_redis: ManagedProcess, raw: ai
     await backend.close()
 
 
-async def test_fixed_window_keys_follow_envoyproxy_ratelimit(shared_redis: ManagedProcess,
-                                                             raw: aioredis.Redis) -> None:
-    # envoyproxy/ratelimit: <prefix><domain>_<key>_<value>_..._<window start, unix seconds>, INCRBY'd.
+async def test_fixed_window_keys_escape_every_part(shared_redis: ManagedProcess, raw: aioredis.Redis) -> None:
+    # envoyproxy/ratelimit's layout, <prefix><domain>_<key>_<value>_..._<window start, unix seconds>,
+    # INCRBY'd, with `_` and `\` escaped in each part so that no two descriptors share a key (keys.py).
     backend = RedisBackend(redis_url(shared_redis), key_prefix="compat:")
     table = table_of("""
 domain: edge
@@ -63,7 +63,7 @@ descriptors:
     for _ in range(3):
         await run(backend, table, "edge", [desc(("remote_address", "10.0.0.1"))], T0 + 5_000)
     start = (T0 // 1000 // 60) * 60
-    assert await raw.get(f"compat:edge_remote_address_10.0.0.1_{start}") == b"3"
+    assert await raw.get(f"compat:edge_remote\\_address_10.0.0.1_{start}") == b"3"
     await backend.close()
 
 

@@ -250,3 +250,47 @@ async def test_refusals_are_logged_one_json_line_each() -> None:
     assert len(lines) == 1  # admitted requests are counted, not logged
     assert lines[0]["event"] == "rate_limited" and lines[0]["descriptors"] == ["svc.user"]
     assert lines[0]["retry_after_ms"] == 50_000
+
+
+def _bare(domain: str, *descriptors: tuple[tuple[str, str], ...]) -> rls_pb2.RateLimitRequest:
+    out = rls_pb2.RateLimitRequest(domain=domain)
+    for entries in descriptors:
+        d = out.descriptors.add()  # possibly with no entries at all
+        for key, value in entries:
+            d.entries.add(key=key, value=value)
+    return out
+
+
+@pytest.mark.parametrize(("bad", "message"), [
+    # envoyproxy/ratelimit's messages (src/service/ratelimit.go, shouldRateLimitWorker)
+    (_bare("", (("user", "x"),)), "rate limit domain must not be empty"),
+    (_bare("svc"), "rate limit descriptor list must not be empty"),
+    # The proto's rules: a descriptor has at least one entry, an entry a key (validate.rules)
+    (_bare("svc", (("user", "x"),), ()), "rate limit descriptor 1 has no entries"),
+    (_bare("svc", (("", "x"),)), "rate limit descriptor 0 has an entry with an empty key"),
+    # Bounded work per request: a flood of descriptors in one message would hold the event loop.
+    (_bare("svc", *[(("user", "x"),)] * 257), "more than 256 rate limit descriptors"),
+    (_bare("svc", tuple(("user", "x") for _ in range(65))), "rate limit descriptor 0 has more than 64 entries"),
+])
+async def test_malformed_requests_are_invalid_argument(stub: rls_pb2_grpc.RateLimitServiceStub,
+                                                        bad: rls_pb2.RateLimitRequest, message: str) -> None:
+    invalid = REGISTRY.get_sample_value("rate_limit_invalid_requests_total") or 0.0
+    for _ in range(2):  # the second time too (a refused request is never cached as a plan)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.ShouldRateLimit(bad, timeout=5)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert caught.value.details() == message
+    assert (REGISTRY.get_sample_value("rate_limit_invalid_requests_total") or 0) - invalid == 2
+    # An empty value is valid (the proto allows it): the key alone matches.
+    ok = await stub.ShouldRateLimit(_bare("svc", (("user", ""),)), timeout=5)
+    assert ok.overall_code == Response.OK and ok.statuses[0].current_limit.requests_per_unit == 3
+
+
+async def test_bytes_that_are_no_request_are_invalid_argument() -> None:
+    server, port, _ = await serve(MemoryBackend())
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        call = channel.unary_unary("/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit")
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call(b"\xff\xff\xff", timeout=5)
+    await server.stop(None)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -112,3 +112,20 @@ def test_unlimited_routes_carry_no_headers(rl_stack: Stack) -> None:
     response = rl_stack.get("/health/live")
     assert response.status_code == 200
     assert "ratelimit-limit" not in response.headers
+
+
+def test_one_callers_counter_is_never_anothers(rl_stack: Stack) -> None:
+    """Issue 11, class 2: descriptor entries were joined with `_` unescaped, so `tier=free_user_id_X,
+    user_id=x` and `tier=free, user_id=X_user_id_x` shared a counter and one caller spent the other's
+    quota. Both callers here hold valid tokens whose claims say so; the attacker spends a whole minute's
+    quota, and the victim must still have all of theirs."""
+    fresh_minute()
+    tag = uuid.uuid4().hex[:6]
+    victim = bearer(rl_stack, f"{tag}_user_id_v", "free")
+    attacker = bearer(rl_stack, "v", f"free_user_id_{tag}")  # an unknown tier: the free plan (unknown_tier)
+    with rl_stack.client() as client:
+        spent = [client.get("/api/v1/users/me", headers=attacker) for _ in range(61)]
+        assert [r.status_code for r in spent[:60]] == [200] * 60 and spent[60].status_code == 429
+        own = client.get("/api/v1/users/me", headers=victim)
+    assert own.status_code == 200
+    assert own.headers["ratelimit-remaining"] == "59"

@@ -12,6 +12,7 @@ import pytest
 
 from outrider.config import GatewayConfig, config_from_data
 from outrider.process import ManagedProcess, free_port, tcp_ready
+from outrider.supervisor import DEV_ADMIN_TOKEN_FILE
 from tests.conftest import start_stack
 from tests.harness import ROOT, Stack, example_config_dict, with_free_ports
 
@@ -88,9 +89,15 @@ def xds_data(protocol: str = "sotw") -> dict[str, Any]:
     return data
 
 
-def xds_admin(stack: Stack) -> httpx.Client:
+def admin_token(stack: Stack) -> str:
+    """The development admin token `outrider run` (the harness's supervisor plan) generated for the stack."""
+    return (stack.workdir / DEV_ADMIN_TOKEN_FILE).read_text().strip()
+
+
+def xds_admin(stack: Stack, token: str | None = None) -> httpx.Client:
     port = stack.data["services"]["xds"]["admin_port"]
-    return httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=15.0)
+    return httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=15.0,
+                        headers={"Authorization": f"Bearer {token or admin_token(stack)}"})
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import httpx
 import pytest
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
@@ -186,5 +185,33 @@ def test_an_unknown_node_can_neither_read_nor_veto(flow_stack: Stack, tmp_path: 
             return grpc.StatusCode.OK
 
     assert asyncio.run(try_read()) == grpc.StatusCode.PERMISSION_DENIED
-    with httpx.Client(base_url=f"http://127.0.0.1:{xds['admin_port']}", timeout=10) as admin:
+    with xds_admin(flow_stack) as admin:
         assert "stranger" not in admin.get("/v1/status").json()["nodes"]
+
+
+def test_the_admin_api_refuses_a_caller_without_the_token(flow_stack: Stack) -> None:
+    with xds_admin(flow_stack, token="x" * 32) as stranger:
+        refused = stranger.put("/v1/routes/flow", json=FLOW_ROUTE)
+        assert refused.status_code == 401
+        assert stranger.get("/v1/routes").status_code == 401
+    with xds_admin(flow_stack) as admin:
+        assert "flow" not in {r["name"] for r in admin.get("/v1/routes").json()["routes"]}
+
+
+def test_what_envoy_would_refuse_is_refused_before_any_push(flow_stack: Stack) -> None:
+    bad = [
+        ({"match": {"regex": "/x/(?=admin).*"}, "upstream": "demo", "public": True}, "match.regex"),
+        ({"match": {"regex": "/x/[a-z]{1,500}"}, "upstream": "demo", "public": True}, "match.regex"),
+        ({"match": {"path": "/x"}, "direct_response": {"body": "a\r\nSet-Cookie: s=1"}}, "direct_response.body"),
+        ({"match": {"prefix": "/x/"}, "upstream": "demo", "public": True,
+          "rewrite": {"host": "h\r\nX-Evil: 1"}}, "rewrite.host"),
+    ]
+    with xds_admin(flow_stack) as admin:
+        before = admin.get("/v1/status").json()
+        for body, field in bad:
+            answer = admin.put("/v1/routes/bad", json=body)
+            assert answer.status_code == 422, answer.text
+            assert any(p["field"].endswith(field) for p in answer.json()["problems"]), answer.json()
+        after = admin.get("/v1/status").json()
+        assert after["version"] == before["version"]  # nothing pushed, so nothing for Envoy to NACK
+        assert after["nodes"][GATEWAY]["last_nack"] == before["nodes"][GATEWAY]["last_nack"]

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+from pathlib import Path
 from typing import Any
 
 import httpx
+import yaml
 
-from tests.harness import Stack
+from outrider.config import config_from_data
+from outrider.envoy_ads import compile_ads_bootstrap
+from outrider.process import ManagedProcess, free_port, http_ready
+from outrider.supervisor import envoy_argv
+from tests.harness import ROOT, Stack
 from tests.xds.conftest import Backends, xds_admin
 
 PUBLIC = {"upstream": "demo", "public": True}
@@ -64,20 +70,40 @@ def test_invalid_route_and_missing_cluster_are_refused_before_any_push(xds_stack
         assert _rds_version(xds_stack) == rds  # Envoy got nothing
 
 
-def test_change_nacked_by_envoy_is_rolled_back_and_reported(xds_stack: Stack) -> None:
-    with xds_admin(xds_stack) as admin:
-        version = admin.get("/v1/routes").json()["version"]
-        # Python's re accepts a lookahead; Envoy's RE2 does not, so only Envoy can refuse this.
-        response = admin.put("/v1/routes/lookahead", json={"match": {"regex": "/(?=x).*"}, **PUBLIC})
-        assert response.status_code == 409, response.text
-        body = response.json()
-        assert body["version"] == version and body["nacks"][0]["type"] == "rds"
-        assert "invalid perl operator" in body["nacks"][0]["error"]
-        assert "lookahead" not in {r["name"] for r in admin.get("/v1/routes").json()["routes"]}
-        status = admin.get("/v1/status").json()["nodes"]["outrider-gateway"]
-        assert status["last_nack"]["type"] == "rds" and status["last_nack"]["version"] == body["rejected_version"]
-        assert status["acked"]["rds"] == _rds_version(xds_stack)
+def test_change_nacked_by_envoy_is_rolled_back_and_reported(xds_stack: Stack, tmp_path: Path) -> None:
+    # The control plane refuses what Envoy's defaults refuse (RE2 syntax, program size ≤ 100) before any push;
+    # a second replica whose operator set a stricter runtime limit is what can still refuse a valid change.
+    config = config_from_data(xds_stack.data)
+    admin_port = free_port()
+    bootstrap = compile_ads_bootstrap(config)
+    bootstrap["admin"]["address"]["socket_address"]["port_value"] = admin_port
+    bootstrap["layered_runtime"] = {"layers": [{"name": "strict", "static_layer": {
+        "re2.max_program_size.error_level": 90}}]}  # our own listener regex is 88
+    path = tmp_path / "strict-bootstrap.yaml"
+    path.write_text(yaml.safe_dump(bootstrap))
+    strict = ManagedProcess("envoy-strict", envoy_argv(path), ready=http_ready(f"http://127.0.0.1:{admin_port}/ready"),
+                            log_path=tmp_path / "envoy-strict.log", cwd=ROOT)
+    strict.start()
+    try:
+        strict.wait_ready(30)
+        with xds_admin(xds_stack) as admin:
+            Stack.wait_until(lambda: admin.get("/v1/status").json()["nodes"]["outrider-gateway"]["connected_streams"]
+                             == 2, what="both Envoys on ADS")
+            version = admin.get("/v1/routes").json()["version"]
+            response = admin.put("/v1/routes/complex", json={"match": {"regex": "/complex/[a-z]{1,40}/x"},
+                                                                  **PUBLIC})  # program size 94
+            assert response.status_code == 409, response.text
+            body = response.json()
+            assert body["version"] == version and body["nacks"][0]["type"] == "rds"
+            assert "program size" in body["nacks"][0]["error"]
+            assert "complex" not in {r["name"] for r in admin.get("/v1/routes").json()["routes"]}
+            status = admin.get("/v1/status").json()["nodes"]["outrider-gateway"]
+            assert status["last_nack"]["type"] == "rds" and status["last_nack"]["version"] == body["rejected_version"]
+            assert status["acked"]["rds"] == _rds_version(xds_stack)
+        assert xds_stack.get("/complex/abc/x").status_code == 404  # rolled back on the Envoy that accepted it too
         assert xds_stack.get("/api/v1/public/still").status_code == 200
+    finally:
+        strict.stop()
 
 
 def test_weighted_split(xds_stack: Stack, backends: Backends) -> None:
