@@ -6,6 +6,7 @@ import os
 from collections import Counter
 from collections.abc import Iterator
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, model_validator
 
@@ -32,6 +33,12 @@ class JwtProviderConfig(StrictModel):
     jwks_url: str | None = None
     jwks_refresh_s: Annotated[float, Field(gt=0)] = 300.0
     jwks_cooldown_s: Annotated[float, Field(ge=0)] = 30.0
+    # A JWKS is a few kilobytes; a bigger answer is refused unread rather than buffered.
+    jwks_max_bytes: Annotated[int, Field(ge=1024, le=16 * 1024 * 1024)] = 256 * 1024
+    # DEVELOPMENT ONLY: lets jwks_url be plain http://, where anyone on the path can swap the keys.
+    allow_insecure: bool = False
+    # Tokens living longer than this (exp - iat, or exp - now without iat) are refused.
+    max_lifetime_s: Annotated[float, Field(gt=0, le=366 * 86_400)] = 86_400.0
     # HS256 secrets never live in the config file: name an environment variable instead.
     hs256_secret_env: str | None = None
     roles_claim: str = "roles"
@@ -48,9 +55,30 @@ class JwtProviderConfig(StrictModel):
             raise ValueError("HS256 needs hs256_secret_env (the variable holding the shared secret)")
         if self.hs256_secret_env and "HS256" not in self.algorithms:
             raise ValueError("hs256_secret_env is set but HS256 is not in algorithms")
-        if self.jwks_url is not None and not self.jwks_url.startswith(("https://", "http://")):
-            raise ValueError("jwks_url must be an http(s) URL")
+        if self.jwks_url is not None:
+            check_jwks_url(self.jwks_url, self.allow_insecure)
         return self
+
+
+def check_jwks_url(url: str, allow_insecure: bool) -> None:
+    """https:// with a host; http:// only when the provider allows it (development only)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise ValueError("jwks_url must be an https:// URL with a host")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("jwks_url must not carry credentials")
+    if parts.scheme == "http" and not allow_insecure:
+        raise ValueError("jwks_url must be https:// (plain http:// lets anyone on the network path replace the "
+                         "signing keys); set allow_insecure: true to allow it — DEVELOPMENT ONLY")
+
+
+class FailureBudgetConfig(StrictModel):
+    """Refused tokens a client may send (a token bucket per client address); past it, 429 without verifying."""
+
+    enabled: bool = True
+    burst: Annotated[int, Field(ge=1, le=100_000)] = 20
+    per_second: Annotated[float, Field(gt=0, le=100_000)] = 2.0
+    max_clients: Annotated[int, Field(ge=1, le=1_000_000)] = 16_384  # ~4 MB when full
 
 
 class AuthConfig(StrictModel):
@@ -59,6 +87,10 @@ class AuthConfig(StrictModel):
     max_token_bytes: Annotated[int, Field(ge=256, le=65_536)] = 8192
     token_cache_entries: Annotated[int, Field(ge=0)] = 10_000
     token_cache_ttl_s: Annotated[float, Field(ge=0)] = 300.0
+    # Refused tokens remembered (by SHA-256) so a replayed bad token costs no signature check.
+    negative_cache_entries: Annotated[int, Field(ge=0, le=1_000_000)] = 10_000
+    negative_cache_ttl_s: Annotated[float, Field(ge=0, le=3600)] = 60.0
+    failure_budget: FailureBudgetConfig = FailureBudgetConfig()
 
 
 class Grant(StrictModel):
@@ -119,3 +151,11 @@ def check_auth(config: GatewayConfig) -> Iterator[Problem]:
     for index, route in enumerate(config.routes):
         if route.resource is not None and route.resource not in granted and "*" not in granted:
             yield ("routes", index, "resource"), f"resource '{route.resource}' is granted to no role"
+
+
+def auth_warnings(config: GatewayConfig) -> list[str]:
+    """Valid settings that must not reach production: keys fetched over plain HTTP."""
+    return [f"auth.providers[{index}] ({provider.name}): allow_insecure fetches the signing keys over plain "
+            f"http:// ({provider.jwks_url}); anyone on the network path can replace them — DEVELOPMENT ONLY"
+            for index, provider in enumerate(auth_of(config).providers)
+            if provider.allow_insecure and provider.jwks_url is not None and provider.jwks_url.startswith("http:")]

@@ -6,14 +6,17 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from ext_authz.failure_budget import FailureBudget, client_key
 from ext_authz.jwt_verifier import AuthError, Identity, TokenVerifier, UnknownKeyError
 from ext_authz.rbac import RbacPolicy, action_for_method
-from ext_authz.token_cache import TokenCache
+from ext_authz.token_cache import NegativeCache, TokenCache, token_digest
 from outrider.path_policy import canonical_path
 
 PUBLIC = "public"
 INVALID_PATH = "invalid_path"
 _REFUSED = "!invalid_path"  # _resource_for's answer for a path no fallback rule may see (never a resource name)
+# Refusals that time may undo (nbf or iat still ahead): never remembered as refused.
+_MAY_BECOME_VALID = frozenset({"not_yet_valid", "issued_in_future"})
 
 
 @dataclass(frozen=True)
@@ -25,17 +28,19 @@ class CheckInput:
     headers: Mapping[str, str]          # lower-case names, as Envoy sends them
     context: Mapping[str, str]          # the route's context_extensions
     request_id: str = ""
+    client: str = ""                    # the client's address as Envoy gives it (service.client_of)
 
 
 @dataclass(frozen=True)
 class Decision:
     allowed: bool
-    status: int                         # 200, 401 or 403
+    status: int                         # 200, 400, 401, 403 or 429
     reason: str                         # stable code for logs and metrics; never sent to the client
     identity: Identity | None = None
     resource: str | None = None
     token_sent: bool = False
     public: bool = False                # allowed without identity: strip any identity headers
+    retry_after_s: float | None = None  # 429: when the client may try a token again
 
 
 @dataclass(frozen=True)
@@ -58,11 +63,23 @@ class PathRule:
         return self.regex is not None and self.regex.fullmatch(path) is not None
 
 
+class InvalidRequest(Exception):
+    """The request carries its credentials in a way RFC 6750 calls malformed (answered 400 invalid_request)."""
+
+
 def bearer_token(headers: Mapping[str, str]) -> str | None:
-    """The token of `Authorization: Bearer <token>` (scheme case-insensitive); None when absent."""
+    """The token of `Authorization: Bearer <token>` (scheme case-insensitive); None when absent.
+
+    Raises InvalidRequest for two Authorization headers: Envoy hands them to us joined with a comma,
+    which no single credential contains (RFC 6750 §2.1's b64token has no comma; RFC 9110 §5.3 is
+    how a recipient combines repeated fields). RFC 6750 §3.1 answers a request that "repeats the same
+    parameter" or "uses more than one method for including an access token" with 400 invalid_request.
+    """
     value = headers.get("authorization")
     if not value:
         return None
+    if "," in value:
+        raise InvalidRequest("more than one Authorization credential")
     scheme, _, token = value.strip().partition(" ")
     if scheme.lower() != "bearer":
         return None
@@ -74,12 +91,15 @@ class Authorizer:
 
     def __init__(self, verifier: TokenVerifier, cache: TokenCache, rbac: RbacPolicy,
                  fallback_rules: Sequence[PathRule] = (),
-                 on_unknown_key: Callable[[str], None] | None = None) -> None:
+                 on_unknown_key: Callable[[str], None] | None = None,
+                 refused: NegativeCache | None = None, budget: FailureBudget | None = None) -> None:
         self._verifier = verifier
         self._cache = cache
         self._rbac = rbac
         self._fallback = tuple(fallback_rules)
         self._on_unknown_key = on_unknown_key
+        self._refused = refused if refused is not None else NegativeCache(0)
+        self._budget = budget
 
     def _resource_for(self, check: CheckInput) -> str | None:
         resource = check.context.get("resource")
@@ -99,17 +119,45 @@ class Authorizer:
                 return rule.resource if rule.resource is not None else PUBLIC
         return None
 
-    def identify(self, token: str, now: float) -> Identity:
-        identity = self._cache.get(token, now)
-        if identity is None:
-            try:
-                identity = self._verifier.verify(token, now)
-            except UnknownKeyError as exc:
-                if self._on_unknown_key is not None:
-                    self._on_unknown_key(exc.provider)
-                raise
-            self._cache.put(token, identity, now)
+    def identify(self, token: str, now: float, client: str = "", resource: str | None = None) -> Identity | Decision:
+        """The token's identity (cached, else verified), or the refusal: 401, or 429 once the client is over
+        its budget of refused tokens (then nothing is verified: a flood of forged signatures stays cheap)."""
+        digest = token_digest(token)
+        identity = self._cache.get_digest(digest, now)
+        if identity is not None:
+            return identity
+        budget = self._budget
+        if budget is not None:
+            client = client_key(client)  # only now: a cached token never pays for parsing the address
+            wait = budget.retry_after(client, now)
+            if wait is not None:
+                return Decision(False, 429, "failure_budget", resource=resource, token_sent=True, retry_after_s=wait)
+        reason = self._refused.get(digest, now)
+        if reason is not None:
+            if budget is not None:
+                budget.record_failure(client, now)
+            return Decision(False, 401, reason, resource=resource, token_sent=True)
+        try:
+            identity = self._verifier.verify(token, now)
+        except UnknownKeyError as exc:
+            # Not the client's doing (keys not loaded yet, or rotated): ask for a refresh (rate-limited
+            # by the source's cooldown), remember nothing and charge no budget.
+            if self._on_unknown_key is not None:
+                self._on_unknown_key(exc.provider)
+            return Decision(False, 401, exc.reason, resource=resource, token_sent=True)
+        except AuthError as exc:
+            if exc.reason not in _MAY_BECOME_VALID:
+                self._refused.put(digest, exc.reason, now)
+            if budget is not None:
+                budget.record_failure(client, now)
+            return Decision(False, 401, exc.reason, resource=resource, token_sent=True)
+        self._cache.put_digest(digest, identity, now)
         return identity
+
+    def forget_tokens(self) -> None:
+        """Keys changed: cached identities (a removed key) and refusals (a new key) no longer hold."""
+        self._cache.clear()
+        self._refused.clear()
 
     def decide(self, check: CheckInput, now: float) -> Decision:
         resource = self._resource_for(check)
@@ -117,13 +165,16 @@ class Authorizer:
             return Decision(False, 403, INVALID_PATH)
         if resource == PUBLIC:
             return Decision(True, 200, "public", public=True, resource=PUBLIC)
-        token = bearer_token(check.headers)
+        try:
+            token = bearer_token(check.headers)
+        except InvalidRequest:
+            return Decision(False, 400, "invalid_request", resource=resource)
         if token is None:
             return Decision(False, 401, "token_missing", resource=resource)
-        try:
-            identity = self.identify(token, now)
-        except AuthError as exc:
-            return Decision(False, 401, exc.reason, resource=resource, token_sent=True)
+        found = self.identify(token, now, check.client, resource)
+        if isinstance(found, Decision):
+            return found
+        identity = found
         if resource is None:
             # No route policy and no fallback rule: deny rather than guess.
             return Decision(False, 403, "no_policy", identity=identity, token_sent=True)

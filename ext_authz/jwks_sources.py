@@ -9,12 +9,17 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import aiohttp
 
 from ext_authz.jwks import JwksError, KeySet, RefreshGate, backoff_delay, parse_jwks
 
 log = logging.getLogger(__name__)
+
+# The longest wait between retries of a failing JWKS fetch (Envoy's jwt_authn retries a failed fetch
+# after failed_refetch_duration, 1 s by default; we back off from 1 s to this).
+MAX_RETRY_S = 30.0
 
 
 async def _wait_for_wake(wake: asyncio.Event, timeout_s: float) -> None:
@@ -67,6 +72,11 @@ class JwksFileSource:
             _log_skipped(str(self._path), keys)
             self._on_keys(keys)
 
+    def seed(self, keys: KeySet) -> None:
+        """Start from keys loaded before (the previous config version's, same file); load_now still reads."""
+        self._current = keys
+        self._on_keys(keys)
+
     def load_now(self) -> KeySet:
         """Synchronous first load; raises JwksError (with the file name) on a bad file."""
         raw, digest = self._read()
@@ -99,10 +109,14 @@ class JwksFileSource:
         self._apply(keys)
         return keys.fingerprint != before
 
-    def request_refresh(self) -> None:
-        """Unknown kid seen: re-read soon, at most once per cooldown. Call from the event loop."""
+    def request_refresh(self) -> bool:
+        """Unknown kid seen: re-read soon, at most once per cooldown (True when it woke the poller).
+
+        Call from the event loop."""
         if self._gate.should_fetch(self._clock()):
             self._wake.set()
+            return True
+        return False
 
     async def run(self) -> None:
         """Poll until cancelled. File reads are small and local, so they run inline."""
@@ -112,7 +126,14 @@ class JwksFileSource:
 
 
 class JwksUrlSource:
-    """Fetches a JWKS over HTTP(S) in the background, off the request path, keeping last good keys."""
+    """Fetches a JWKS over HTTPS in the background, off the request path, keeping last good keys.
+
+    Plain http:// only with allow_insecure (development only: anyone on the path could swap the keys).
+    Redirects are never followed, to another host or the same: like Envoy's own JWKS fetcher
+    (jwt_authn's jwks_fetcher.cc takes a 200 and nothing else), a 3xx is a failed fetch, so the
+    keys only ever come from the configured URL. The body is capped at max_bytes, asked for and
+    read unencoded (no gzip bomb), and the fetch is bounded by timeout_s.
+    """
 
     def __init__(
         self,
@@ -121,10 +142,18 @@ class JwksUrlSource:
         refresh_interval_s: float = 300.0,
         cooldown_s: float = 30.0,
         timeout_s: float = 5.0,
-        max_bytes: int = 1_000_000,
+        max_bytes: int = 256 * 1024,
         clock: Callable[[], float] = time.monotonic,
         retry_base_s: float = 1.0,
+        allow_insecure: bool = False,
+        retry_cap_s: float = MAX_RETRY_S,
     ) -> None:
+        scheme = urlsplit(url).scheme
+        if scheme != "https" and not (scheme == "http" and allow_insecure):
+            raise ValueError(f"{url}: a JWKS URL must be https:// (http:// only with allow_insecure, "
+                             "DEVELOPMENT ONLY)")
+        if scheme == "http":
+            log.warning("JWKS %s is fetched over plain http (allow_insecure): DEVELOPMENT ONLY", url)
         self._url = url
         self._on_keys = on_keys
         self._refresh_interval_s = refresh_interval_s
@@ -132,29 +161,62 @@ class JwksUrlSource:
         self._max_bytes = max_bytes
         self._clock = clock
         self._retry_base_s = retry_base_s
+        self._retry_cap_s = min(retry_cap_s, refresh_interval_s)
         self._gate = RefreshGate(cooldown_s)
         self._wake = asyncio.Event()
         self._current: KeySet | None = None
+        self._fetches = 0
+        self._fetched = asyncio.Condition()
 
     @property
     def current(self) -> KeySet | None:
         return self._current
 
+    @property
+    def fetches(self) -> int:
+        """Fetch attempts finished so far (succeeded or not)."""
+        return self._fetches
+
+    async def wait_fetches(self, count: int) -> None:
+        """Until `count` fetch attempts have finished (a readiness poll for tests, no fixed sleeps)."""
+        async with self._fetched:
+            await self._fetched.wait_for(lambda: self._fetches >= count)
+
+    def seed(self, keys: KeySet) -> None:
+        """Start from keys fetched before (the previous config version's, same URL); a failed fetch keeps them."""
+        self._current = keys
+        self._on_keys(keys)
+
+    async def _read_body(self, response: aiohttp.ClientResponse) -> bytes:
+        if 300 <= response.status < 400:
+            location = response.headers.get("location", "")
+            raise JwksError(f"{self._url}: HTTP {response.status} redirect to {location[:200]!r} not followed "
+                            "(configure the final URL)")
+        if response.status != 200:
+            raise JwksError(f"{self._url}: HTTP {response.status}")
+        encoding = response.headers.get("content-encoding", "identity").strip().lower()
+        if encoding not in ("", "identity"):
+            raise JwksError(f"{self._url}: Content-Encoding {encoding[:40]!r} refused (asked for identity)")
+        if response.content_length is not None and response.content_length > self._max_bytes:
+            raise JwksError(f"{self._url}: JWKS larger than {self._max_bytes} bytes "
+                            f"(Content-Length {response.content_length})")
+        body = bytearray()
+        async for chunk in response.content.iter_chunked(65536):
+            body += chunk
+            if len(body) > self._max_bytes:
+                raise JwksError(f"{self._url}: JWKS larger than {self._max_bytes} bytes")
+        return bytes(body)
+
     async def _fetch(self) -> KeySet:
         timeout = aiohttp.ClientTimeout(total=self._timeout_s)
         try:
-            # A session per fetch: fetches are minutes apart, and nothing outlives run().
+            # A session per fetch: fetches are minutes apart, and nothing outlives run(). No proxy from
+            # the environment (trust_env=False), no redirects, no decompression.
             async with (
-                aiohttp.ClientSession(timeout=timeout) as session,
-                session.get(self._url, max_redirects=3) as response,
+                aiohttp.ClientSession(timeout=timeout, auto_decompress=False, trust_env=False) as session,
+                session.get(self._url, allow_redirects=False, headers={"accept-encoding": "identity"}) as response,
             ):
-                if response.status != 200:
-                    raise JwksError(f"{self._url}: HTTP {response.status}")
-                body = bytearray()
-                async for chunk in response.content.iter_chunked(65536):
-                    body += chunk
-                    if len(body) > self._max_bytes:
-                        raise JwksError(f"{self._url}: JWKS larger than {self._max_bytes} bytes")
+                body = await self._read_body(response)
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             raise JwksError(f"{self._url}: fetch failed: {exc!r}") from None
         try:
@@ -164,6 +226,14 @@ class JwksUrlSource:
 
     async def fetch_once(self) -> bool:
         """Fetch now; deliver changed keys. Return False (logged) on failure, keeping last good keys."""
+        try:
+            return await self._fetch_and_apply()
+        finally:
+            self._fetches += 1
+            async with self._fetched:
+                self._fetched.notify_all()
+
+    async def _fetch_and_apply(self) -> bool:
         self._gate.record(self._clock())
         try:
             keys = await self._fetch()
@@ -185,13 +255,15 @@ class JwksUrlSource:
         await self.fetch_once()
         return self._current
 
-    def request_refresh(self) -> None:
-        """Unknown kid seen: wake the fetch loop unless a fetch happened within cooldown. Never blocks.
+    def request_refresh(self) -> bool:
+        """Unknown kid seen: wake the fetch loop unless a fetch happened within cooldown (True when woken).
 
-        Must be called from the event loop thread that runs run().
+        Never blocks. Must be called from the event loop thread that runs run().
         """
         if self._gate.should_fetch(self._clock()):
             self._wake.set()
+            return True
+        return False
 
     async def run(self) -> None:
         """Refresh every refresh_interval_s (sooner on request); back off after failures. Until cancelled."""
@@ -204,4 +276,6 @@ class JwksUrlSource:
                 delay = self._refresh_interval_s
             else:
                 failures += 1
-                delay = backoff_delay(failures, self._retry_base_s, self._refresh_interval_s)
+                # Capped well below the refresh interval: a provider without keys keeps the service
+                # NOT_SERVING, so the retries must not drift minutes apart.
+                delay = backoff_delay(failures, self._retry_base_s, self._retry_cap_s)

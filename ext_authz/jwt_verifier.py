@@ -17,6 +17,11 @@ from ext_authz.jwks import SUPPORTED_ALGORITHMS, KeySet, VerificationKey, b64url
 
 # HS256 needs a key at least as long as its hash output (RFC 7518 §3.2).
 MIN_HS256_SECRET_BYTES = 32
+# The longest a token may live unless the provider says otherwise (Envoy's jwt_authn has `max_lifetime`
+# per provider too; RFC 6750 §5.3: token servers SHOULD issue short-lived bearer tokens).
+DEFAULT_MAX_LIFETIME_S = 86_400.0
+# NumericDate (RFC 7519 §2) is seconds since 1970; before 1970 or after 9999-12-31 is no real token's date.
+MAX_NUMERIC_DATE = 253_402_300_799.0
 
 
 @dataclass(frozen=True)
@@ -33,6 +38,7 @@ class ProviderSettings:
     tier_claim: str = "tier"
     email_claim: str = "email"
     default_tier: str = "free"
+    max_lifetime_s: float = DEFAULT_MAX_LIFETIME_S
 
     def __post_init__(self) -> None:
         # Tuples even when a loader hands lists, so the settings stay hashable and immutable.
@@ -54,6 +60,8 @@ class ProviderSettings:
             raise ValueError(f"provider {self.name!r}: audiences must be non-empty strings")
         if not (math.isfinite(self.leeway_s) and self.leeway_s >= 0):
             raise ValueError(f"provider {self.name!r}: leeway_s must be a finite number >= 0")
+        if not (math.isfinite(self.max_lifetime_s) and self.max_lifetime_s > 0):
+            raise ValueError(f"provider {self.name!r}: max_lifetime_s must be a finite number > 0")
         if "HS256" in self.algorithms:
             if self.hs256_secret is None:
                 raise ValueError(f"provider {self.name!r}: HS256 requires hs256_secret")
@@ -179,6 +187,9 @@ def _numeric_claim(payload: Mapping[str, Any], name: str) -> float | None:
         raise AuthError("bad_claim", f"'{name}' is out of range") from None
     if not math.isfinite(number):
         raise AuthError("bad_claim", f"'{name}' is not finite")
+    if not 0 <= number <= MAX_NUMERIC_DATE:
+        # A negative or far-future date is never an issuer's: refuse it rather than compute with it.
+        raise AuthError("bad_claim", f"'{name}' is not a plausible NumericDate")
     return number
 
 
@@ -337,6 +348,14 @@ class TokenVerifier:
         iat = _numeric_claim(payload, "iat")
         if iat is not None and iat > now + leeway:
             raise AuthError("issued_in_future", f"iat={iat}")
+        # A stolen token must not be good for years: its lifetime is bounded by the provider's
+        # max_lifetime_s, measured from iat, or from now when the token has none (as Envoy's
+        # jwt_authn `max_lifetime` does; the leeway covers clock skew with the issuer).
+        if iat is not None:
+            if exp - iat > settings.max_lifetime_s:
+                raise AuthError("lifetime_too_long", f"exp-iat={exp - iat:.0f}s")
+        elif exp - now > settings.max_lifetime_s + leeway:
+            raise AuthError("lifetime_too_long", f"exp-now={exp - now:.0f}s")
 
         if payload.get("iss") != settings.issuer:
             raise AuthError("bad_issuer", "issuer changed after provider selection")

@@ -13,6 +13,7 @@ from ext_authz.config import (
     AuthConfig,
     ExtAuthzService,
     RbacConfig,
+    auth_warnings,
     check_auth,
     settings_of,
 )
@@ -44,6 +45,9 @@ class ExtAuthzPlugin:
 
     def check(self, config: GatewayConfig) -> list[Problem]:
         return list(check_auth(config))
+
+    def warnings(self, config: GatewayConfig) -> list[str]:
+        return auth_warnings(config)
 
     def payload(self, config: GatewayConfig) -> Mapping[str, Any]:
         return resource.payload(config)

@@ -12,14 +12,15 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
-from ext_authz.config import AuthConfig, RbacConfig, auth_of, rbac_of
+from ext_authz.config import AuthConfig, FailureBudgetConfig, JwtProviderConfig, RbacConfig, auth_of, rbac_of
 from ext_authz.decision import Authorizer, PathRule
+from ext_authz.failure_budget import FailureBudget
 from ext_authz.jwks import KeySet
 from ext_authz.jwks_sources import JwksFileSource, JwksUrlSource
 from ext_authz.jwt_verifier import ProviderSettings, TokenVerifier
 from ext_authz.metrics import service_metrics
 from ext_authz.rbac import Grant, RbacPolicy
-from ext_authz.token_cache import TokenCache
+from ext_authz.token_cache import NegativeCache, TokenCache
 from outrider.config.model import GatewayConfig, Name, RouteConfig
 from outrider.service_resource import PerItemJson, canonical_json_with_items
 
@@ -145,6 +146,7 @@ def provider_settings(auth: AuthConfig) -> list[ProviderSettings]:
             name=p.name, issuer=p.issuer, audiences=tuple(p.audiences), algorithms=tuple(p.algorithms),
             hs256_secret=secret or None, leeway_s=auth.leeway_s, roles_claim=p.roles_claim,
             tier_claim=p.tier_claim, email_claim=p.email_claim, default_tier=p.default_tier,
+            max_lifetime_s=p.max_lifetime_s,
         ))
     return settings
 
@@ -165,35 +167,86 @@ def fallback_rules(rules: list[FallbackRule]) -> list[PathRule]:
     ]
 
 
-class KeyManager:
-    """Owns one key source per provider and feeds rotations into the verifier and the cache."""
+KeySource = JwksFileSource | JwksUrlSource
 
-    def __init__(self, auth: AuthConfig, verifier: TokenVerifier, cache: TokenCache) -> None:
+
+def _origin(p: JwtProviderConfig) -> tuple[str, str] | None:
+    """Where a provider's keys come from; two versions with the same origin share the last good keys."""
+    if p.jwks_file is not None:
+        return ("file", str(p.jwks_file))
+    if p.jwks_url is not None:
+        return ("url", p.jwks_url)
+    return None
+
+
+class KeyManager:
+    """Owns one key source per provider and feeds rotations into the verifier and the caches.
+
+    `ready` is set once every provider has keys (at once for HS256-only providers): until then the
+    service's health stays NOT_SERVING, since every token of a provider without keys is refused.
+    """
+
+    def __init__(self, auth: AuthConfig, verifier: TokenVerifier, forget_tokens: Callable[[], None],
+                 previous: KeyManager | None = None) -> None:
         self._verifier = verifier
-        self._cache = cache
-        self.sources: dict[str, JwksFileSource | JwksUrlSource] = {}
+        self._forget_tokens = forget_tokens
+        self.sources: dict[str, KeySource] = {}
+        self.origins: dict[str, tuple[str, str]] = {}
+        self._loaded: set[str] = set()
+        self.ready = asyncio.Event()
         for p in auth.providers:
             on_keys = self._on_keys_for(p.name)
             if p.jwks_file is not None:
                 self.sources[p.name] = JwksFileSource(p.jwks_file, on_keys, poll_interval_s=1.0)
             elif p.jwks_url is not None:
-                self.sources[p.name] = JwksUrlSource(p.jwks_url, on_keys, refresh_interval_s=p.jwks_refresh_s,
-                                                     cooldown_s=p.jwks_cooldown_s)
+                self.sources[p.name] = JwksUrlSource(
+                    p.jwks_url, on_keys, refresh_interval_s=p.jwks_refresh_s, cooldown_s=p.jwks_cooldown_s,
+                    max_bytes=p.jwks_max_bytes, allow_insecure=p.allow_insecure)
+            origin = _origin(p)
+            if origin is not None:
+                self.origins[p.name] = origin
+        if previous is not None:
+            self._seed_from(previous)
+        self._check_ready()
+
+    def _seed_from(self, previous: KeyManager) -> None:
+        # The same source as the live version's: start from its last good keys, so a new version never
+        # has a window without keys (and an unreachable JWKS URL during a config push changes nothing).
+        for name, source in self.sources.items():
+            old = previous.sources.get(name)
+            if old is not None and previous.origins.get(name) == self.origins.get(name) and old.current is not None:
+                source.seed(old.current)
 
     def _on_keys_for(self, provider: str) -> Callable[[KeySet], None]:
         def on_keys(keys: KeySet) -> None:
             self._verifier.set_keys(provider, keys)
-            # A removed key must stop working now, not when cached tokens expire.
-            self._cache.clear()
+            # A removed key must stop working now, not when cached tokens expire; a refused token may
+            # verify under a new key.
+            self._forget_tokens()
             service_metrics().jwks_refreshes.labels(provider=provider).inc()
             log.info("keys loaded", extra={"provider": provider, "kids": sorted(str(k) for k in keys.keys)})
+            self._loaded.add(provider)
+            self._check_ready()
         return on_keys
 
+    def _check_ready(self) -> None:
+        if self._loaded >= self.sources.keys():
+            self.ready.set()
+
+    @property
+    def missing(self) -> list[str]:
+        """Providers without keys yet."""
+        return sorted(self.sources.keys() - self._loaded)
+
     async def load_all(self) -> None:
-        for name, source in self.sources.items():
-            if isinstance(source, JwksFileSource):
-                source.load_now()  # a missing or broken key file is a refused payload: fail loudly
-            elif await source.load_now() is None:
+        """First load of every source, side by side (so N unreachable URLs cost one fetch timeout, not N)."""
+        files = [s for s in self.sources.values() if isinstance(s, JwksFileSource)]
+        urls = {name: s for name, s in self.sources.items() if isinstance(s, JwksUrlSource)}
+        for source in files:
+            source.load_now()  # a missing or broken key file is a refused payload: fail loudly
+        fetched = await asyncio.gather(*(source.fetch_once() for source in urls.values()))
+        for name, ok in zip(urls, fetched, strict=True):
+            if not ok:
                 log.warning("initial JWKS fetch failed; retrying in the background", extra={"provider": name})
 
     def request_refresh(self, provider: str) -> None:
@@ -210,21 +263,40 @@ class Policy:
     keys: KeyManager
     tasks: list[asyncio.Task[None]]
     decisions_logged: bool = True
+    budget: tuple[FailureBudgetConfig, FailureBudget] | None = None
 
 
-async def build_policy(data: Mapping[str, Any]) -> Policy:
-    """Verifier, keys (loaded now), token cache and RBAC for one payload.
+def _budget(settings: FailureBudgetConfig, previous: Policy | None) -> tuple[FailureBudgetConfig, FailureBudget] | None:
+    if not settings.enabled:
+        return None
+    if previous is not None and previous.budget is not None and previous.budget[0] == settings:
+        # Same settings: the clients' buckets carry over, so a config push does not reset a flooder.
+        return previous.budget
+    return settings, FailureBudget(settings.burst, settings.per_second, settings.max_clients)
 
-    Raises PayloadError for a bad payload and JwksError for a key file that cannot be loaded; in
-    both cases nothing is left running.
+
+async def build_policy(data: Mapping[str, Any], previous: Policy | None = None) -> Policy:
+    """Verifier, keys (loaded now), caches, failure budget and RBAC for one payload.
+
+    Keys of the providers whose source is unchanged start from `previous`'s last good ones. Raises
+    PayloadError for a bad payload and JwksError for a key file that cannot be loaded; in both cases
+    nothing is left running.
     """
     parsed = parse(data)
     auth = parsed.auth
     verifier = TokenVerifier(provider_settings(auth), max_token_bytes=auth.max_token_bytes)
     cache = TokenCache(max_entries=auth.token_cache_entries, max_ttl_s=auth.token_cache_ttl_s)
-    keys = KeyManager(auth, verifier, cache)
+    refused = NegativeCache(max_entries=auth.negative_cache_entries, ttl_s=auth.negative_cache_ttl_s)
+
+    def forget_tokens() -> None:
+        cache.clear()
+        refused.clear()
+
+    keys = KeyManager(auth, verifier, forget_tokens, previous.keys if previous is not None else None)
     await keys.load_all()
+    budget = _budget(auth.failure_budget, previous)
     authorizer = Authorizer(verifier, cache, rbac_policy(parsed.rbac), fallback_rules(parsed.rules),
-                            on_unknown_key=keys.request_refresh)
+                            on_unknown_key=keys.request_refresh, refused=refused,
+                            budget=budget[1] if budget is not None else None)
     tasks = [asyncio.create_task(source.run()) for source in keys.sources.values()]
-    return Policy(authorizer, keys, tasks, parsed.logging.decisions)
+    return Policy(authorizer, keys, tasks, parsed.logging.decisions, budget)

@@ -72,6 +72,11 @@ class ServiceRuntime(Protocol):
         """Release what the live version holds (connections, background tasks)."""
         ...
 
+    # Optional, looked up with getattr (a runtime need not define it):
+    #     ready: asyncio.Event
+    # set once the live version can serve (e.g. ext_authz: keys loaded for every provider); gRPC health
+    # says SERVING only when it is set and a first version is applied.
+
 
 def _no_paths(_config: GatewayConfig) -> Sequence[Path]:
     return ()
@@ -236,9 +241,25 @@ def counted(service: str, apply: ApplyFn) -> ApplyFn:
     return counting
 
 
+def all_set(events: Sequence[asyncio.Event], tasks: list[asyncio.Task[None]]) -> asyncio.Event:
+    """An event set once every one of `events` is set (the waiting task goes into `tasks`)."""
+    if len(events) == 1:
+        return events[0]
+    combined = asyncio.Event()
+
+    async def wait_all() -> None:
+        for event in events:
+            await event.wait()
+        combined.set()
+
+    tasks.append(asyncio.create_task(wait_all()))
+    return combined
+
+
 async def run_service(spec: ServiceSpec, settings: StartupSettings, source: ConfigSource,
                       *, drain_grace_s: float = 5.0) -> None:
-    """Serve one service until SIGTERM: runtime ← versions from the source; health gated on the first."""
+    """Serve one service until SIGTERM: runtime ← versions from the source; health gated on the first
+    version and on the runtime's own `ready` when it has one."""
     runtime = spec.runtime(settings)
     tasks: list[asyncio.Task[None]] = []
     try:
@@ -246,8 +267,10 @@ async def run_service(spec: ServiceSpec, settings: StartupSettings, source: Conf
         if settings.metrics_port:  # 0: no /metrics endpoint (tests running several services in one process)
             start_metrics_server(settings.address, settings.metrics_port)
         tasks.append(asyncio.create_task(source.run()))
+        runtime_ready: asyncio.Event | None = getattr(runtime, "ready", None)
+        ready = all_set([source.ready] if runtime_ready is None else [source.ready, runtime_ready], tasks)
         await serve(runtime.register, settings.address, settings.port, runtime.health_names,
-                    drain_grace_s=drain_grace_s, ready=source.ready)
+                    drain_grace_s=drain_grace_s, ready=ready)
     finally:
         await cancel_tasks(tasks)
         await runtime.close()

@@ -40,7 +40,7 @@ CASES: dict[str, tuple[int, str, str]] = {
     "jwks_file_missing": (15, "auth.providers[0].jwks_file", "file not found"),
     "port_clash": (1, "admin.port", "port 9901 is already used by listeners[0].port"),
     "bad_action": (19, "rbac.roles.user[0].actions[1]", "'read', 'write', 'delete'"),
-    "jwks_url_scheme": (13, "auth.providers[0]", "jwks_url must be an http(s) URL"),
+    "jwks_url_scheme": (13, "auth.providers[0]", "jwks_url must be an https:// URL"),
     "leeway_negative": (12, "auth.leeway_s", "greater than or equal to 0"),
     # sections the kernel does not know: a typo'd one, and a typo inside a plugin's section
     "unknown_section": (20, "transformationz", "unknown field"),

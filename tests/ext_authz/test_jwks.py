@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import datetime
 import json
 import logging
+import ssl
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -244,9 +247,9 @@ class FakeClock:
         return self.now
 
 
-async def quiet_period() -> None:
-    """Give a background task a chance to do something it must not do."""
-    await asyncio.sleep(0.2)
+def url_source(url: str, on_keys: Callable[[KeySet], None], **kwargs: Any) -> JwksUrlSource:
+    """A source on the local test server, which speaks plain HTTP (allowed only with allow_insecure)."""
+    return JwksUrlSource(url, on_keys, allow_insecure=True, **kwargs)
 
 
 @pytest.fixture
@@ -354,11 +357,10 @@ async def test_file_source_request_refresh_respects_cooldown(
     running(source.run())
     write_jwks(path, public_jwk(keys.rsa2, "two"))
     clock.now = 4.0
-    source.request_refresh()  # within cooldown of the initial load
-    await quiet_period()
+    assert source.request_refresh() is False  # within cooldown of the initial load: the poller is not woken
     assert len(got.keysets) == 1
     clock.now = 5.0
-    source.request_refresh()
+    assert source.request_refresh() is True
     assert list((await got.next()).keys) == ["two"]
 
 
@@ -371,6 +373,8 @@ class JwksServer:
     body: bytes = b""
     status: int = 200
     delay_s: float = 0.0
+    headers: dict[str, str] = field(default_factory=dict)
+    stream: bool = False  # answer with the body in chunks (no Content-Length)
     hits: int = 0
     hit: asyncio.Condition = field(default_factory=asyncio.Condition)
 
@@ -386,13 +390,22 @@ class JwksServer:
 async def jwks_server() -> AsyncIterator[JwksServer]:
     server = JwksServer(url="")
 
-    async def handler(_request: web.Request) -> web.Response:
+    async def handler(request: web.Request) -> web.StreamResponse:
         server.hits += 1
         async with server.hit:
             server.hit.notify_all()
         if server.delay_s:
-            await asyncio.sleep(server.delay_s)
-        return web.Response(body=server.body, status=server.status, content_type="application/json")
+            await asyncio.sleep(server.delay_s)  # a slow server (the client's timeout is under test)
+        if server.stream:
+            streamed = web.StreamResponse(status=server.status, headers=server.headers)
+            streamed.enable_chunked_encoding()
+            await streamed.prepare(request)
+            with contextlib.suppress(ConnectionError):  # the client hangs up once over its cap
+                for start in range(0, len(server.body), 65536):
+                    await streamed.write(server.body[start:start + 65536])
+            return streamed
+        return web.Response(body=server.body, status=server.status, content_type="application/json",
+                            headers=server.headers)
 
     app = web.Application()
     app.router.add_get("/jwks", handler)
@@ -411,7 +424,7 @@ async def jwks_server() -> AsyncIterator[JwksServer]:
 async def test_url_source_initial_fetch(jwks_server: JwksServer, keys: KeyRing) -> None:
     jwks_server.set_keys(public_jwk(keys.rsa, "one"), public_jwk(keys.ed25519, "ed"))
     got = Collected()
-    source = JwksUrlSource(jwks_server.url, got)
+    source = url_source(jwks_server.url, got)
     ks = await source.load_now()
     assert ks is not None and set(ks.keys) == {"one", "ed"}
     assert got.keysets == [ks]
@@ -435,7 +448,7 @@ async def test_url_source_failed_first_fetch_returns_none(
 ) -> None:
     jwks_server.status, jwks_server.body, jwks_server.delay_s = status, body, delay
     got = Collected()
-    source = JwksUrlSource(jwks_server.url, got, **kwargs)
+    source = url_source(jwks_server.url, got, **kwargs)
     assert await source.load_now() is None
     assert source.current is None
     assert got.keysets == []
@@ -443,7 +456,7 @@ async def test_url_source_failed_first_fetch_returns_none(
 
 async def test_url_source_unreachable_returns_none(keys: KeyRing) -> None:
     got = Collected()
-    source = JwksUrlSource("http://127.0.0.1:1/jwks", got, timeout_s=1.0)
+    source = url_source("http://127.0.0.1:1/jwks", got, timeout_s=1.0)
     assert await source.load_now() is None
 
 
@@ -453,30 +466,26 @@ async def test_url_source_rotation_via_request_refresh_with_cooldown(
     jwks_server.set_keys(public_jwk(keys.rsa, "one"))
     got = Collected()
     clock = FakeClock()
-    source = JwksUrlSource(jwks_server.url, got, refresh_interval_s=3600, cooldown_s=30.0, clock=clock)
+    source = url_source(jwks_server.url, got, refresh_interval_s=3600, cooldown_s=30.0, clock=clock)
     await source.load_now()
     await got.next()
     running(source.run())
     jwks_server.set_keys(public_jwk(keys.rsa2, "two"))
 
-    clock.now = 10.0  # unknown kid seen, but the initial fetch was 10 s ago
-    for _ in range(50):
-        source.request_refresh()
-    await quiet_period()
+    clock.now = 10.0  # unknown kid seen, but the initial fetch was 10 s ago: the fetch loop is never woken
+    assert [source.request_refresh() for _ in range(50)] == [False] * 50
     assert jwks_server.hits == 1
     assert source.current is not None and list(source.current.keys) == ["one"]
 
-    clock.now = 30.0  # cooldown over: a burst of unknown kids costs exactly one fetch
-    for _ in range(50):
-        source.request_refresh()
+    clock.now = 30.0  # cooldown over: a burst of unknown kids wakes the loop once, so costs one fetch
+    assert [source.request_refresh() for _ in range(50)] == [True] + [False] * 49
     assert list((await got.next()).keys) == ["two"]
+    await source.wait_fetches(2)
     assert jwks_server.hits == 2
 
     clock.now = 45.0
-    for _ in range(50):
-        source.request_refresh()
-    await quiet_period()
-    assert jwks_server.hits == 2
+    assert [source.request_refresh() for _ in range(50)] == [False] * 50
+    assert source.fetches == 2 and jwks_server.hits == 2
 
 
 async def test_url_source_failure_keeps_last_good_keys(
@@ -485,17 +494,16 @@ async def test_url_source_failure_keeps_last_good_keys(
     jwks_server.set_keys(public_jwk(keys.rsa, "one"))
     got = Collected()
     clock = FakeClock()
-    source = JwksUrlSource(jwks_server.url, got, refresh_interval_s=3600, cooldown_s=30.0, clock=clock)
+    source = url_source(jwks_server.url, got, refresh_interval_s=3600, cooldown_s=30.0, clock=clock)
     first = await source.load_now()
     assert await got.next() is first
     running(source.run())
 
-    for hits, (status, body) in enumerate([(500, b"down"), (200, b"{garbage"), (200, b'{"keys": []}')], 2):
+    for fetches, (status, body) in enumerate([(500, b"down"), (200, b"{garbage"), (200, b'{"keys": []}')], 2):
         jwks_server.status, jwks_server.body = status, body
         clock.now += 31
-        source.request_refresh()
-        await jwks_server.wait_hits(hits)
-        await quiet_period()
+        assert source.request_refresh()
+        await source.wait_fetches(fetches)  # that fetch has finished (and failed): no time-based wait
         assert source.current is first
         assert got.keysets == [first]
 
@@ -511,7 +519,7 @@ async def test_url_source_run_retries_with_backoff_until_first_success(
 ) -> None:
     jwks_server.status, jwks_server.body = 503, b"starting"
     got = Collected()
-    source = JwksUrlSource(jwks_server.url, got, refresh_interval_s=3600, retry_base_s=0.02)
+    source = url_source(jwks_server.url, got, refresh_interval_s=3600, retry_base_s=0.02)
     assert await source.load_now() is None
     running(source.run())
     await jwks_server.wait_hits(4)
@@ -526,7 +534,7 @@ async def test_url_source_periodic_refresh_and_no_callback_when_unchanged(
 ) -> None:
     jwks_server.set_keys(public_jwk(keys.rsa, "one"))
     got = Collected()
-    source = JwksUrlSource(jwks_server.url, got, refresh_interval_s=0.05)
+    source = url_source(jwks_server.url, got, refresh_interval_s=0.05)
     await source.load_now()
     await got.next()
     running(source.run())
@@ -534,3 +542,124 @@ async def test_url_source_periodic_refresh_and_no_callback_when_unchanged(
     assert len(got.keysets) == 1  # same keys fetched again: nothing delivered, caches stay warm
     jwks_server.set_keys(public_jwk(keys.rsa2, "two"))
     assert list((await got.next()).keys) == ["two"]
+
+
+# --- URL source hardening: https only, no redirects, bounded answers -----------------------------------
+
+
+def test_plain_http_needs_allow_insecure() -> None:
+    with pytest.raises(ValueError, match=r"must be https://.*DEVELOPMENT ONLY"):
+        JwksUrlSource("http://keys.example/jwks.json", Collected())
+    with pytest.raises(ValueError, match="must be https://"):
+        JwksUrlSource("ftp://keys.example/jwks.json", Collected(), allow_insecure=True)
+    JwksUrlSource("https://keys.example/jwks.json", Collected())
+    JwksUrlSource("http://127.0.0.1/jwks.json", Collected(), allow_insecure=True)
+
+
+@pytest.mark.parametrize("same_host", [False, True], ids=["other-host", "same-host"])
+async def test_redirects_are_never_followed(jwks_server: JwksServer, keys: KeyRing, same_host: bool,
+                                            caplog: pytest.LogCaptureFixture) -> None:
+    # Envoy's JWKS fetcher (jwt_authn, common/jwks_fetcher.cc) takes a 200 and nothing else; so do we:
+    # the keys only ever come from the configured URL, whatever host a redirect names.
+    target = JwksServer(url="")
+    target.set_keys(public_jwk(keys.attacker_rsa, "evil"))
+    app = web.Application()
+
+    async def serve_target(_request: web.Request) -> web.Response:
+        target.hits += 1
+        return web.Response(body=target.body, content_type="application/json")
+
+    app.router.add_get("/jwks", serve_target)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        location = jwks_server.url if same_host else f"http://localhost:{port}/jwks"
+        jwks_server.status, jwks_server.headers = 302, {"location": location}
+        got = Collected()
+        with caplog.at_level(logging.WARNING, logger="ext_authz.jwks_sources"):
+            assert await url_source(jwks_server.url, got).load_now() is None
+        assert got.keysets == []
+        assert target.hits == 0 and jwks_server.hits == 1
+        assert "HTTP 302 redirect" in caplog.text and "not followed" in caplog.text
+    finally:
+        await runner.cleanup()
+
+
+@pytest.mark.parametrize(("stream", "headers"), [(True, {}), (False, {}), (False, {"content-encoding": "gzip"})],
+                         ids=["chunked-over-cap", "content-length-over-cap", "compressed"])
+async def test_oversized_or_encoded_answers_are_refused(jwks_server: JwksServer, keys: KeyRing, stream: bool,
+                                                        headers: dict[str, str]) -> None:
+    # A usable JWKS, padded over the cap when the cap is under test: only the cap can refuse it.
+    pad = " " * 400_000 if not headers else ""
+    jwks_server.body = json.dumps({"keys": [public_jwk(keys.rsa, "one")], "pad": pad}).encode()
+    jwks_server.stream, jwks_server.headers = stream, headers
+    source = url_source(jwks_server.url, Collected(), max_bytes=100_000)
+    assert await source.load_now() is None
+    assert source.fetches == 1
+
+
+def _self_signed(tmp_path: Path) -> ssl.SSLContext:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+            .sign(key, hashes.SHA256()))
+    (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                                         serialization.PrivateFormat.PKCS8,
+                                                         serialization.NoEncryption()))
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    return context
+
+
+async def test_https_certificates_are_verified(tmp_path: Path, keys: KeyRing) -> None:
+    # An https:// URL whose server shows a certificate no CA vouches for gives no keys.
+    app = web.Application()
+    hits = 0
+
+    async def handler(_request: web.Request) -> web.Response:
+        nonlocal hits
+        hits += 1
+        return web.Response(body=json.dumps({"keys": [public_jwk(keys.rsa, "one")]}), content_type="application/json")
+
+    app.router.add_get("/jwks", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=_self_signed(tmp_path))
+        await site.start()
+        port = runner.addresses[0][1]
+        source = JwksUrlSource(f"https://127.0.0.1:{port}/jwks", Collected())
+        assert await source.load_now() is None
+        assert hits == 0  # the handshake failed: no request was ever sent
+    finally:
+        await runner.cleanup()
+
+
+async def test_seeded_keys_survive_a_failed_fetch(jwks_server: JwksServer, keys: KeyRing) -> None:
+    first = parse_jwks({"keys": [public_jwk(keys.rsa, "one")]})
+    got = Collected()
+    source = url_source(jwks_server.url, got)
+    source.seed(first)
+    assert got.keysets == [first]
+    jwks_server.status = 503
+    assert await source.load_now() is first
+    assert got.keysets == [first]
+
+
+async def test_retries_while_failing_are_capped(jwks_server: JwksServer, running: Any) -> None:
+    # A provider without keys keeps the service NOT_SERVING: retries must not drift to refresh_interval_s.
+    jwks_server.status = 503
+    source = url_source(jwks_server.url, Collected(), refresh_interval_s=3600, retry_base_s=0.01, retry_cap_s=0.02)
+    running(source.run())
+    async with asyncio.timeout(3.0):  # capped: ~0.2 s of back-off; doubling without the cap: 5 s
+        await source.wait_fetches(10)

@@ -216,6 +216,50 @@ def test_time_claims_use_the_passed_now(
         expect_reason(verifier, token, reason, now)
 
 
+DAY = 86_400.0
+
+
+@pytest.mark.parametrize(
+    ("claim_overrides", "reason"),
+    [
+        ({"iat": NOW - 10, "exp": NOW - 10 + DAY}, None),
+        ({"iat": NOW - 10, "exp": NOW - 10 + DAY + 1}, "lifetime_too_long"),
+        # Issued long ago with a long life: still refused although little of it is left.
+        ({"iat": NOW - 30 * DAY, "exp": NOW + 60}, "lifetime_too_long"),
+        ({"iat": DROP, "exp": NOW + DAY + LEEWAY}, None),
+        ({"iat": DROP, "exp": NOW + DAY + LEEWAY + 1}, "lifetime_too_long"),
+        ({"iat": NOW - 10, "exp": NOW + 50 * 365 * DAY}, "lifetime_too_long"),
+        # "An exp millions of years away" (issue 11): not a NumericDate any issuer writes.
+        ({"iat": NOW - 10, "exp": NOW + 3e6 * 365 * DAY}, "bad_claim"),
+        ({"iat": DROP, "exp": 1e300}, "bad_claim"),
+        ({"iat": -5.0}, "bad_claim"),
+        ({"nbf": -1}, "bad_claim"),
+        ({"exp": -1}, "bad_claim"),
+        ({"iat": 10**400}, "bad_claim"),
+    ],
+    ids=["lifetime-24h", "lifetime-24h+1s", "old-iat-long-life", "no-iat-24h+leeway", "no-iat-24h+leeway+1s",
+         "fifty-years", "millions-of-years", "exp-1e300", "negative-iat", "negative-nbf", "negative-exp",
+         "huge-int-iat"],
+)
+def test_token_lifetime_is_bounded(
+    verifier: TokenVerifier, keys: KeyRing, sign: Signer, claim_overrides: dict[str, Any], reason: str | None
+) -> None:
+    # RFC 7519 §4.1.4/§4.1.6 define exp and iat as NumericDates; Envoy's jwt_authn bounds a provider's
+    # token lifetime with `max_lifetime`; we bound exp - iat (exp - now without iat) by max_lifetime_s.
+    token = sign(claims(**{"nbf": DROP, **claim_overrides}), keys.rsa, "RS256", kid="rsa-1")
+    if reason is None:
+        assert verifier.verify(token, NOW).user_id == "user-1"
+    else:
+        expect_reason(verifier, token, reason)
+
+
+def test_max_lifetime_is_per_provider(keys: KeyRing, sign: Signer) -> None:
+    hour = TokenVerifier([ProviderSettings("main", ISS, (AUD,), ("RS256",), max_lifetime_s=3600)])
+    hour.set_keys("main", parse_jwks({"keys": [public_jwk(keys.rsa, "rsa-1")]}))
+    assert hour.verify(sign(claims(iat=NOW, exp=NOW + 3600), keys.rsa, "RS256", kid="rsa-1"), NOW)
+    expect_reason(hour, sign(claims(iat=NOW, exp=NOW + 3601), keys.rsa, "RS256", kid="rsa-1"), "lifetime_too_long")
+
+
 # --- attacks and malformed tokens: (id, builder, reason) -----------------------------------------
 
 
@@ -480,6 +524,8 @@ def test_non_string_token_is_malformed(verifier: TokenVerifier) -> None:
         ({"algorithms": ()}, "must not be empty"),
         ({"issuer": ""}, "issuer must not be empty"),
         ({"leeway_s": -1.0}, "leeway_s"),
+        ({"max_lifetime_s": 0.0}, "max_lifetime_s"),
+        ({"max_lifetime_s": float("inf")}, "max_lifetime_s"),
         ({"audiences": ("",)}, "audiences"),
     ],
 )

@@ -191,3 +191,38 @@ async def test_the_runtime_swaps_versions_and_keeps_the_last_good(config: Gatewa
         assert runtime.decision_log.enabled is False
     finally:
         await runtime.close()
+
+
+@pytest.mark.parametrize(("url", "insecure", "error"), [
+    ("http://keys.example/jwks.json", False, "must be https://"),
+    ("http://keys.example/jwks.json", True, None),
+    ("https://keys.example/jwks.json", False, None),
+    ("https:///jwks.json", False, "with a host"),
+    ("https://user:pw@keys.example/jwks.json", False, "must not carry credentials"),
+    ("file:///etc/jwks.json", True, "must be an https:// URL"),
+])
+def test_jwks_url_must_be_https(tmp_path: Path, url: str, insecure: bool, error: str | None) -> None:
+    from outrider.config import ConfigError
+    from outrider.plugins import config_warnings
+
+    data = with_free_ports(example_config_dict())
+    provider = data["auth"]["providers"][0]
+    provider.pop("jwks_file")
+    provider["jwks_url"] = url
+    if insecure:
+        provider["allow_insecure"] = True
+    path = write_config(data, tmp_path / "gateway.yaml")
+    if error is not None:
+        with pytest.raises(ConfigError, match=error) as info:
+            load_config(path)
+        if "https://" in error and insecure is False:
+            assert "allow_insecure: true" in str(info.value) and "DEVELOPMENT ONLY" in str(info.value)
+        return
+    config = load_config(path)
+    warnings = config_warnings(config, [PLUGIN])
+    assert bool(warnings) == url.startswith("http:")
+    assert all("DEVELOPMENT ONLY" in w for w in warnings)
+    # The hardening settings travel in the payload (the service reads them from there).
+    sent = payload(config)["auth"]
+    assert sent["providers"][0]["max_lifetime_s"] == 86_400 and sent["providers"][0]["allow_insecure"] is insecure
+    assert sent["failure_budget"]["enabled"] is True
