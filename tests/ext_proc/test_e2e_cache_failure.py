@@ -102,3 +102,36 @@ def test_redis_backend_shares_entries_and_stores_no_credentials(tmp_path: Path, 
         assert stack.get(path, headers=auth).headers["x-cache-status"] == "MISS"
     finally:
         stack.stop()
+
+
+def test_a_cache_redis_that_refuses_us_costs_the_cache_not_the_request(tmp_path: Path) -> None:
+    """Redis up but refusing every command (it wants a password the gateway does not have): each cache call
+    fails, and requests are still answered — from the upstream, marked BYPASS/MISS, counted as cache errors."""
+    import httpx
+
+    from tests.redis_harness import redis_process, redis_url
+
+    guarded = redis_process(tmp_path / "redis", extra=["--requirepass", "not-the-gateways-password"])
+    guarded.start().wait_ready(10)
+    data = ext_proc_config_dict()
+    data["cache"]["backend"] = "redis"
+    data["cache"]["redis_url"] = redis_url(guarded)  # no credentials: every command gets NOAUTH
+    (tmp_path / "stack").mkdir()
+    stack = start_stack(tmp_path / "stack", data)
+    try:
+        metrics = f"http://127.0.0.1:{stack.data['services']['ext_proc']['metrics_port']}/metrics"
+
+        def cache_errors() -> float:
+            lines = httpx.get(metrics, timeout=5).text.splitlines()
+            return sum(float(line.rsplit(" ", 1)[1]) for line in lines
+                       if line.startswith("ext_proc_cache_errors_total"))
+
+        before = cache_errors()
+        answers = [stack.get(CATALOG) for _ in range(3)]
+        assert [a.status_code for a in answers] == [200, 200, 200]
+        assert all(a.headers["x-cache-status"] != "HIT" for a in answers)  # nothing could be stored or read
+        assert answers[0].json()["path"] == CATALOG  # answered by the upstream itself
+        assert cache_errors() >= before + 3
+    finally:
+        stack.stop()
+        guarded.stop()

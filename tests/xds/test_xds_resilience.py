@@ -67,7 +67,10 @@ def test_control_plane_killed_traffic_continues_restart_serves_same_version(stac
     xds.kill()
     for path in ("/kept/a", "/api/v1/public/a"):
         assert stack.get(path).status_code == 200  # Envoy keeps serving its last config
-    # The file was left broken by the test above: the restarted control plane serves its persisted state.
+    # A broken file at restart: the control plane serves its persisted state (file + the API's change).
+    broken = json.loads(json.dumps(stack.data))
+    broken["routes"].append({"name": "broken", "match": {"prefix": "/broken/"}, "upstream": "nope", "public": True})
+    write_config(broken, stack.config_path)
     xds.start().wait_ready(30)
     with xds_admin(stack) as admin:
         listed = admin.get("/v1/routes").json()
@@ -105,7 +108,7 @@ def _dump(admin_url: str) -> dict[str, Any]:
 
 
 def test_delta_and_state_of_the_world_envoys_converge(stack: Stack, tmp_path: Path) -> None:
-    config = config_from_data(stack.data)  # the file itself was left broken above
+    config = config_from_data(stack.data)  # the test's own copy: the file may hold anything by now
     admin_port = free_port()
     bootstrap = compile_ads_bootstrap(config, delta=True)
     bootstrap["admin"]["address"]["socket_address"]["port_value"] = admin_port
