@@ -14,7 +14,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc
 from ext_proc.cache_backends import CacheBackend, MemoryCache, RedisCache
 from ext_proc.config import CacheConfig
 from ext_proc.plugin import PLUGIN
-from ext_proc.resource import build
+from ext_proc.resource import PlanMemo, build
 from ext_proc.service import ExternalProcessorService, Live
 from outrider.logs import DecisionLog
 from outrider.service_main import ServiceSpec, StartupSettings, cancel_tasks, run_main
@@ -50,6 +50,7 @@ class ExtProcRuntime:
         self.decision_log = DecisionLog("ext_proc")
         self.service = ExternalProcessorService(None, self.decision_log)
         self._cache_key: tuple[Any, ...] | None = None
+        self._plans = PlanMemo()  # unchanged routes keep their plans across versions
         self._closing: set[asyncio.Task[None]] = set()
         self._flusher = asyncio.create_task(self.decision_log.run_flusher())
 
@@ -57,7 +58,9 @@ class ExtProcRuntime:
         external_processor_pb2_grpc.add_ExternalProcessorServicer_to_server(self.service, server)
 
     async def apply(self, version: str, payload: Mapping[str, Any]) -> None:
-        built = build(payload)  # raises ConfigRejected: nothing below runs, the live version stays
+        # In a thread: a large version must not stall the streams this loop serves (the GIL still hands the
+        # loop a turn every few ms). Raises ConfigRejected: nothing below runs, the live version stays.
+        built = await asyncio.to_thread(build, payload, self._plans)
         old = self.service.live
         key = _backend_key(built.cache)
         keep = old is not None and key == self._cache_key

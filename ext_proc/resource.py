@@ -18,6 +18,7 @@ from ext_proc.config import (
     CacheConfig,
     ExtProcService,
     RouteCacheConfig,
+    RouteSettings,
     TransformationsConfig,
     ValidationConfig,
     cache_of,
@@ -30,7 +31,7 @@ from ext_proc.config import (
 from ext_proc.plan import RoutePlan, compile_route_plans, global_settings
 from outrider.config.errors import format_loc
 from outrider.config.model import GatewayConfig, RouteConfig, RouteMatch
-from outrider.service_resource import PerItemJson, canonical_json_with_items
+from outrider.service_resource import PerItemJson, canonical_json, canonical_json_with_items
 from outrider.xds_client import ConfigRejected
 
 M = TypeVar("M", bound=BaseModel)
@@ -122,38 +123,69 @@ def _optional(cls: type[M], value: Any, where: str) -> M | None:
     return None if value is None else _model(cls, value, where)
 
 
-def build(data: Mapping[str, Any]) -> ExtProcBuild:
-    """Validate a payload with ext_proc's config models and compile its plans; ConfigRejected says why not."""
+class PlanMemo:
+    """Each upstream route's plan of the last build, by the route's payload text under the same global sections.
+
+    Validating and compiling a route costs ~0.3 ms; with 10,000 routes a new version took ~2 s of the event
+    loop, though a change touches one route. A route whose text and global sections are unchanged reuses its
+    plan (the plan is a pure function of both). Only the last build's routes are kept.
+    """
+
+    def __init__(self) -> None:
+        self.head: str | None = None
+        self.plans: dict[str, RoutePlan] = {}
+
+
+def build(data: Mapping[str, Any], memo: PlanMemo | None = None) -> ExtProcBuild:
+    """Validate a payload with ext_proc's config models and compile its plans; ConfigRejected says why not.
+
+    With `memo`, routes unchanged since the memo's last build are not validated or compiled again; the memo
+    is updated only when the whole build succeeds.
+    """
     try:
         sections = _Sections(
             _optional(TransformationsConfig, data["transformations"], "transformations"),
             _optional(CacheConfig, data["cache"], "cache"),
             _optional(ValidationConfig, data["validation"], "validation"),
         )
-        routes = []
+        head = canonical_json({k: data[k] for k in ("transformations", "cache", "validation")})
+        known = memo.plans if memo is not None and memo.head == head else {}
+        names: list[str] = []
+        routes: dict[str, RouteSettings] = {}
+        reused: dict[str, RoutePlan] = {}  # by route name
+        texts: dict[str, str] = {}  # route text → name, for the memo
         for index, item in enumerate(data["routes"]):
+            names.append(str(item["name"]))
+            text = canonical_json(item) if memo is not None else ""
+            texts[text] = names[-1]
+            if text in known:
+                reused[names[-1]] = known[text]
+                continue
             where = f"routes[{index}]"
-            routes.append(_Route(
+            route = _Route(
                 name=str(item["name"]),
                 match=_model(RouteMatch, item["match"], f"{where}.match"),
                 direct_response=None if item["upstream"] else True,
                 transformations=_optional(TransformationsConfig, item["transformations"], f"{where}.transformations"),
                 cache=_optional(RouteCacheConfig, item["cache"], f"{where}.cache"),
                 validation=_optional(ValidationConfig, item["validation"], f"{where}.validation"),
-            ))
+            )
+            if route.direct_response is None:
+                routes[route.name] = route_settings(route, sections)
         decisions = bool(data["logging"]["decisions"])
         service = _model(ExtProcService, data["services"]["ext_proc"], "services.ext_proc")
     except (KeyError, TypeError) as exc:
         raise ConfigRejected(f"malformed ext_proc payload: {type(exc).__name__}: {exc}") from None
-    names = [route.name for route in routes]
     if len(set(names)) != len(names):
         raise ConfigRejected("route names repeat")
     try:
-        plans = compile_route_plans(
-            {route.name: route_settings(route, sections) for route in routes if route.direct_response is None},
-            global_settings(sections))
+        compiled = compile_route_plans(routes, global_settings(sections))
     except ValueError as exc:  # a rule the models accepted but the compilers cannot use
         raise ConfigRejected(f"cannot compile ext_proc plans: {exc}") from None
+    plans = {**reused, **compiled}
+    if memo is not None:
+        memo.head = head
+        memo.plans = {text: plans[name] for text, name in texts.items() if name in plans}
     caches = any(plan.cache is not None for plan in plans.values())
     return ExtProcBuild(plans, (sections.cache or CacheConfig()) if caches else None, decisions,
                         service.failure_mode_allow)

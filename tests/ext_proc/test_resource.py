@@ -109,3 +109,32 @@ def test_bad_payloads_are_refused_with_the_reason(edit: Any, needle: str) -> Non
     with pytest.raises(ConfigRejected) as info:
         build(wire)
     assert needle in str(info.value)
+
+
+def test_plan_memo_reuses_unchanged_routes_and_recompiles_what_changed() -> None:
+    import copy
+
+    from ext_proc.resource import PlanMemo, build
+    from tests.ext_proc.conftest import config_from, ext_proc_config_dict
+
+    data = ext_proc_config_dict()
+    memo = PlanMemo()
+    first = build(payload(config_from(data)), memo)
+    changed = copy.deepcopy(data)
+    strict = next(r for r in changed["routes"] if r["name"] == "lab-strict")
+    strict["validation"] = {**strict.get("validation", {}), "max_url_length": 40}
+    changed["routes"] = [r for r in changed["routes"] if r["name"] != "lab-lenient"]
+    second = build(payload(config_from(changed)), memo)
+    fresh = build(payload(config_from(changed)))
+    assert second.plans.keys() == fresh.plans.keys() and "lab-lenient" not in second.plans
+    for name, plan in second.plans.items():
+        if name in ("lab-strict", ""):
+            continue
+        assert plan is first.plans[name], name  # unchanged: the very same compiled plan
+    assert second.plans["lab-strict"] is not first.plans["lab-strict"]
+    assert second.plans["lab-strict"].validator is not None
+    assert second.plans["lab-strict"].validator.config.max_url_length == 40
+    # A change to the global sections touches every route: nothing is reused.
+    changed["validation"]["max_url_length"] = 1000
+    third = build(payload(config_from(changed)), memo)
+    assert all(third.plans[n] is not second.plans[n] for n in third.plans if n)
