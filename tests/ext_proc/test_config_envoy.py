@@ -173,3 +173,27 @@ def test_body_modes_and_request_buffer_limits() -> None:
     assert routes["lab-strict"]["request_body_buffer_limit"] == 512
     for name in ("lab-headers", "health-live", "outrider-not-found"):
         assert "request_body_buffer_limit" not in routes[name]
+
+
+def test_headers_set_memo_follows_route_changes() -> None:
+    """The per-route memo of request_headers_set gives what a fresh computation gives after a change."""
+    from ext_proc.config import TransformationsConfig, route_settings, transformations_of
+    from ext_proc.envoy import _names, request_headers_set
+
+    def fresh(config: Any) -> list[str]:
+        names = _names(transformations_of(config)) if transformations_of(config) is not None else set()
+        for route in config.routes:
+            if transformations_of(route) is not None:
+                t = route_settings(route, config).transformations
+                names |= _names(t) if t is not None else set()
+        return sorted({n.lower() for n in names})
+
+    first = request_headers_set(CONFIG)
+    assert first == fresh(CONFIG)
+    routes = list(CONFIG.routes)
+    index = next(i for i, r in enumerate(routes) if transformations_of(r) is not None)
+    renamed = TransformationsConfig.model_validate({"request": {"rename_headers": {"X-Api-Key": "X-Client-Key"}}})
+    routes[index] = routes[index].model_copy(update={"transformations": renamed})
+    changed = CONFIG.model_copy(update={"routes": routes})
+    assert request_headers_set(changed) == fresh(changed)
+    assert "x-client-key" in request_headers_set(changed)
