@@ -45,3 +45,7 @@ def redis_server(tmp_path: Path) -> Iterator[str]:
     proc = redis_process(tmp_path / "redis").start().wait_ready(10)
     yield redis_url(proc)
     proc.stop()
+
+
+# A scripted ADS server (tests/kernel/ads_script.py), for the services' --xds mode tests.
+from tests.kernel.ads_script import ads  # noqa: E402, F401 - a fixture, found by pytest through this conftest

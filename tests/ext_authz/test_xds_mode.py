@@ -4,16 +4,13 @@ with the reason and the last good one stays."""
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import functools
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import grpc
-import pytest
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from google.rpc import code_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -25,7 +22,7 @@ from outrider.devtoken import mint_dev_token
 from outrider.process import ManagedProcess, free_port
 from outrider.service_resource import EXT_AUTHZ_TYPE_URL as TYPE
 from tests.harness import KEYS_DIR, ROOT, example_config_dict, with_free_ports, write_config
-from tests.kernel.ads_script import ScriptedAds, start_ads
+from tests.kernel.ads_script import ScriptedAds, until
 
 ITEM = "/api/v2/items/42"
 NEW_ROUTE = {"name": "items", "match": {"regex": "/api/v2/items/[0-9]+"}, "upstream": "demo", "resource": "items"}
@@ -40,27 +37,8 @@ def check_request(method: str, path: str, token: str | None) -> external_auth_pb
     return request
 
 
-async def until(check: Callable[[], Awaitable[Any]], want: Any, wait_s: float = 15.0) -> None:
-    deadline = asyncio.get_running_loop().time() + wait_s
-    got: Any = None
-    while asyncio.get_running_loop().time() < deadline:
-        try:
-            got = await check()
-            if got == want:
-                return
-        except grpc.aio.AioRpcError as exc:  # the port is not bound yet
-            got = exc.code()
-        await asyncio.sleep(0.05)
-    pytest.fail(f"still {got!r}, wanted {want!r}")
 
 
-@pytest.fixture
-async def ads() -> AsyncIterator[tuple[ScriptedAds, int]]:
-    port = free_port()
-    servicer = ScriptedAds()
-    server = await start_ads(port, servicer)
-    yield servicer, port
-    await server.stop(None)
 
 
 def config_of(data: dict[str, Any], tmp_path: Path) -> GatewayConfig:

@@ -8,7 +8,6 @@ import copy
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
@@ -24,7 +23,7 @@ from outrider.process import ManagedProcess, free_port
 from outrider.service_resource import EXT_PROC_TYPE_URL as TYPE
 from tests.ext_proc.conftest import config_from, ext_proc_config_dict
 from tests.harness import ROOT
-from tests.kernel.ads_script import ScriptedAds, start_ads
+from tests.kernel.ads_script import ScriptedAds, until
 
 NEW_ROUTE = {"name": "lab-new", "match": {"prefix": "/lab/new/"}, "upstream": "demo", "public": True,
              "validation": {"max_url_length": 32, "xss": False, "sql_injection": False}}
@@ -64,27 +63,8 @@ async def health(stub: health_pb2_grpc.HealthStub, name: str) -> int:
     return int((await stub.Check(health_pb2.HealthCheckRequest(service=name), timeout=2)).status)
 
 
-async def until(check: Any, want: Any, wait_s: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + wait_s
-    got: Any = None
-    while asyncio.get_running_loop().time() < deadline:
-        try:
-            got = await check()
-            if got == want:
-                return
-        except grpc.aio.AioRpcError as exc:   # the port is not bound yet
-            got = exc.code()
-        await asyncio.sleep(0.05)
-    pytest.fail(f"still {got!r}, wanted {want!r}")
 
 
-@pytest.fixture
-async def ads() -> AsyncIterator[tuple[ScriptedAds, int]]:
-    port = free_port()
-    servicer = ScriptedAds()
-    server = await start_ads(port, servicer)
-    yield servicer, port
-    await server.stop(None)
 
 
 async def test_ext_proc_serves_pushed_versions(ads: tuple[ScriptedAds, int], tmp_path: Path) -> None:

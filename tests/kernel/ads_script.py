@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import grpc
+import pytest
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.protobuf import any_pb2
 
+from outrider.process import free_port
 from outrider.service_resource import pack
 
 
@@ -64,3 +66,28 @@ async def start_ads(port: int, servicer: ScriptedAds) -> grpc.aio.Server:
     assert server.add_insecure_port(f"127.0.0.1:{port}") == port
     await server.start()
     return server
+
+
+async def until(check: Callable[[], Awaitable[Any]], want: Any, wait_s: float = 15.0) -> None:
+    """Poll `check` until it returns `want` (an RpcError while the port is not bound yet counts as its code)."""
+    deadline = asyncio.get_running_loop().time() + wait_s
+    got: Any = None
+    while asyncio.get_running_loop().time() < deadline:
+        try:
+            got = await check()
+            if got == want:
+                return
+        except grpc.aio.AioRpcError as exc:  # the port is not bound yet
+            got = exc.code()
+        await asyncio.sleep(0.05)
+    pytest.fail(f"still {got!r}, wanted {want!r}")
+
+
+@pytest.fixture
+async def ads() -> AsyncIterator[tuple[ScriptedAds, int]]:
+    """A scripted ADS server on a free port: (the servicer to push and read with, its port)."""
+    port = free_port()
+    servicer = ScriptedAds()
+    server = await start_ads(port, servicer)
+    yield servicer, port
+    await server.stop(None)

@@ -4,13 +4,10 @@ a version it cannot apply is NACKed with the reason and the last good limits sta
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import functools
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
@@ -23,7 +20,7 @@ from outrider.service_resource import RATELIMIT_TYPE_URL as TYPE
 from ratelimit_service.app import SERVICE_NAME
 from ratelimit_service.resource import payload
 from tests.harness import ROOT, example_config_dict, with_free_ports, write_config
-from tests.kernel.ads_script import ScriptedAds, start_ads
+from tests.kernel.ads_script import ScriptedAds, until
 
 EXTRA = "domain: extra\ndescriptors:\n  - key: k\n    rate_limit: {unit: minute, requests_per_unit: 5}\n"
 
@@ -36,27 +33,8 @@ def request(domain: str, *entries: tuple[str, str]) -> rls_pb2.RateLimitRequest:
     return out
 
 
-async def until(check: Callable[[], Awaitable[Any]], want: Any, wait_s: float = 15.0) -> None:
-    deadline = asyncio.get_running_loop().time() + wait_s
-    got: Any = None
-    while asyncio.get_running_loop().time() < deadline:
-        try:
-            got = await check()
-            if got == want:
-                return
-        except grpc.aio.AioRpcError as exc:  # the port is not bound yet
-            got = exc.code()
-        await asyncio.sleep(0.05)
-    pytest.fail(f"still {got!r}, wanted {want!r}")
 
 
-@pytest.fixture
-async def ads() -> AsyncIterator[tuple[ScriptedAds, int]]:
-    port = free_port()
-    servicer = ScriptedAds()
-    server = await start_ads(port, servicer)
-    yield servicer, port
-    await server.stop(None)
 
 
 async def test_ratelimit_applies_pushed_versions(ads: tuple[ScriptedAds, int], tmp_path: Path) -> None:
