@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from outrider.metrics import per_registry
 
 
 @dataclass(frozen=True)
@@ -16,12 +17,6 @@ class AuthzMetrics:
     errors: Counter
 
 
-def service_metrics(registry: CollectorRegistry | None = None) -> AuthzMetrics:
-    """The service's metrics in `registry`: registered by the first call (the service's start), shared after."""
-    return _build(REGISTRY if registry is None else registry)
-
-
-@functools.cache  # once per registry: every later caller gets the same objects
 def _build(registry: CollectorRegistry) -> AuthzMetrics:
     metrics = AuthzMetrics(
         checks=Counter("authz_checks_total", "ext_authz Check decisions", ["decision", "reason"],
@@ -51,3 +46,7 @@ class DecisionCounter:
         if child is None:
             child = self._children[key] = self._counter.labels(decision=decision, reason=reason)
         child.inc()
+
+
+# The metrics in a registry (default: the process's), made by the first call: the service's start.
+service_metrics = per_registry(_build)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from outrider.metrics import per_registry
 
 
 @dataclass(frozen=True)
@@ -17,12 +18,6 @@ class ExtProcMetrics:
     message_seconds: Histogram
 
 
-def service_metrics(registry: CollectorRegistry | None = None) -> ExtProcMetrics:
-    """The service's metrics in `registry`: registered by the first call (the service's start), shared after."""
-    return _build(REGISTRY if registry is None else registry)
-
-
-@functools.cache  # once per registry: every later caller gets the same objects
 def _build(registry: CollectorRegistry) -> ExtProcMetrics:
     return ExtProcMetrics(
         streams=Counter("ext_proc_streams_total", "Processing streams opened by Envoy", ["route"],
@@ -54,3 +49,7 @@ class LabelCache:
         if child is None:
             child = self._children[labels] = self._counter.labels(*labels)
         child.inc()
+
+
+# The metrics in a registry (default: the process's), made by the first call: the service's start.
+service_metrics = per_registry(_build)

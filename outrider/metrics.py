@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from functools import cache
+from typing import Protocol, TypeVar
 
-from prometheus_client import Counter, start_http_server
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, start_http_server
 
 from outrider.workers import metrics_served_by_parent, when_bound
 
@@ -30,3 +33,22 @@ def config_reloads() -> Counter:
     return Counter("outrider_config_reloads_total",
                    "Config versions a service applied or rejected (from its file or from the control plane)",
                    ["service", "result"])
+
+
+T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
+
+
+class ServiceMetrics(Protocol[T_co]):
+    def __call__(self, registry: CollectorRegistry | None = None) -> T_co: ...
+
+
+def per_registry(build: Callable[[CollectorRegistry], T]) -> ServiceMetrics[T]:
+    """A service's `service_metrics(registry=None)`: its metrics built in `registry` (default: the process's)
+    by the first call — the service's start, never an import — and the same objects for every later caller."""
+    once = functools.cache(build)
+
+    def service_metrics(registry: CollectorRegistry | None = None) -> T:
+        return once(REGISTRY if registry is None else registry)
+
+    return service_metrics

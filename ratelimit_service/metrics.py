@@ -6,10 +6,11 @@ parent's aggregate (multiprocess mode reads only what the metric objects write t
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from outrider.metrics import per_registry
 
 DESCRIPTOR_LABELS = ["domain", "descriptor"]
 SHED_REASONS = ("deadline", "in_flight")
@@ -46,12 +47,6 @@ class RateLimitMetrics:
     memory_evictions: Counter
 
 
-def service_metrics(registry: CollectorRegistry | None = None) -> RateLimitMetrics:
-    """The service's metrics in `registry`: registered by the first call (the service's start), shared after."""
-    return _build(REGISTRY if registry is None else registry)
-
-
-@functools.cache  # once per registry: every later caller gets the same objects
 def _build(registry: CollectorRegistry) -> RateLimitMetrics:
     metrics = RateLimitMetrics(
         hits=Counter("rate_limit_hits_total", "Hits (hits_addend summed) per matched descriptor",
@@ -121,3 +116,7 @@ class DescriptorCounts:
                 m.hits.labels(domain, descriptor), m.rejections.labels(domain, descriptor),
                 m.near_limit.labels(domain, descriptor), m.shadow.labels(domain, descriptor))
         return found
+
+
+# The metrics in a registry (default: the process's), made by the first call: the service's start.
+service_metrics = per_registry(_build)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 from dataclasses import dataclass
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from outrider.metrics import per_registry
 from xds_server.callbacks import Callbacks
 from xds_server.protocol import DeltaResponse, Node, SotwResponse
 from xds_server.snapshot import SHORT, short
@@ -36,12 +36,6 @@ class XdsMetrics:
     push_seconds: Histogram
 
 
-def service_metrics(registry: CollectorRegistry | None = None) -> XdsMetrics:
-    """The control plane's metrics in `registry`: registered by the first call (its start), shared after."""
-    return _build(REGISTRY if registry is None else registry)
-
-
-@functools.cache  # once per registry: every later caller gets the same objects
 def _build(registry: CollectorRegistry) -> XdsMetrics:
     return XdsMetrics(
         # Gauges say how processes combine should the control plane ever run as several (multiprocess mode).
@@ -129,3 +123,7 @@ class MetricsCallbacks(Callbacks):
 
     def stale(self, stream_id: int, node: Node, type_url: str) -> None:
         self._metrics.stale.labels(type=_label(type_url)).inc()
+
+
+# The metrics in a registry (default: the process's), made by the first call: the service's start.
+service_metrics = per_registry(_build)
