@@ -282,7 +282,8 @@ async def build_policy(data: Mapping[str, Any], previous: Policy | None = None) 
     PayloadError for a bad payload and JwksError for a key file that cannot be loaded; in both cases
     nothing is left running.
     """
-    parsed = parse(data)
+    # Validating a large payload (a rule per route) runs beside the event loop that serves Checks.
+    parsed = await asyncio.to_thread(parse, data)
     auth = parsed.auth
     verifier = TokenVerifier(provider_settings(auth), max_token_bytes=auth.max_token_bytes)
     cache = TokenCache(max_entries=auth.token_cache_entries, max_ttl_s=auth.token_cache_ttl_s)
@@ -295,7 +296,8 @@ async def build_policy(data: Mapping[str, Any], previous: Policy | None = None) 
     keys = KeyManager(auth, verifier, forget_tokens, previous.keys if previous is not None else None)
     await keys.load_all()
     budget = _budget(auth.failure_budget, previous)
-    authorizer = Authorizer(verifier, cache, rbac_policy(parsed.rbac), fallback_rules(parsed.rules),
+    rules = await asyncio.to_thread(fallback_rules, parsed.rules)
+    authorizer = Authorizer(verifier, cache, rbac_policy(parsed.rbac), rules,
                             on_unknown_key=keys.request_refresh, refused=refused,
                             budget=budget[1] if budget is not None else None)
     tasks = [asyncio.create_task(source.run()) for source in keys.sources.values()]

@@ -211,7 +211,9 @@ class ServiceConfigClient:
             call.cancel()
 
     async def _handle(self, response: discovery_pb2.DiscoveryResponse) -> discovery_pb2.DiscoveryRequest | None:
-        step = self._state.on_response(response)
+        # Decoding a version (JSON of a 10,000-route gateway: MBs) happens beside the event loop, which keeps
+        # serving the service's calls meanwhile; only this stream's task waits for it.
+        step = await asyncio.to_thread(self._state.on_response, response)
         if not isinstance(step, Update):
             if step is not None and step.HasField("error_detail"):
                 log.error("config version refused", extra={
