@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 CONFIG ?= examples/gateway.yaml
 
-.PHONY: install run test check bench bench-services test-deps bench-deps clean protos
+.PHONY: install run test check bench bench-services soak test-deps bench-deps clean protos
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -59,6 +59,12 @@ bench-services: install bench-deps
 	$(BIN)/python bench/ext_proc_bench.py
 	$(BIN)/python bench/ratelimit_bench.py
 	$(BIN)/python bench/xds_bench.py
+	$(BIN)/python bench/config_flow_bench.py
+	$(BIN)/python bench/authz_failure_bench.py
+
+# 10 minutes of mixed valid and hostile traffic from 100,000 users; RSS of every process over time.
+soak: install bench-deps
+	$(BIN)/python bench/soak.py
 
 clean:
 	rm -rf $(VENV) .run .pytest_cache .mypy_cache .ruff_cache
