@@ -1,4 +1,4 @@
-"""Raw HTTP/1.1 over a socket (httpx would normalise the paths under test) and Envoy's counters."""
+"""Raw HTTP/1.1 over a socket (httpx would normalise the paths under test), Envoy's counters, the edge configs."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-from tests.harness import Stack
+from tests.harness import Stack, example_config_dict
 
 
 @dataclass(frozen=True)
@@ -58,3 +58,13 @@ def counter(stack: Stack, name: str) -> int:
         if key == name:
             return int(value)
     return 0
+
+
+def edge_config(**edge: Any) -> dict[str, Any]:
+    """The example with an `edge` section. Per-IP limits are lifted: these tests send hundreds of anonymous
+    requests from one address, which is not what per_ip is tested by."""
+    data = example_config_dict()
+    data["rate_limits"]["per_ip"] = {"requests_per_unit": 100_000, "unit": "second"}
+    if edge:
+        data["edge"] = edge
+    return data

@@ -11,7 +11,6 @@ import select
 import socket
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
@@ -19,7 +18,7 @@ from outrider.config import load_config
 from outrider.config.schema import config_from_data
 from outrider.envoy_config import compile_bootstrap, compile_listeners
 from tests.conftest import start_stack
-from tests.edge.conftest import counter, raw_request
+from tests.edge.conftest import counter, edge_config, raw_request
 from tests.harness import EXAMPLE_CONFIG, Stack, example_config_dict
 
 HEADERS_TIMEOUT_MS = 1000
@@ -28,18 +27,10 @@ MAX_CONNECTIONS = 20
 OVERRIDES = {"x-http-method-override": "DELETE", "x-http-method": "PUT", "x-method-override": "PATCH"}
 
 
-def _config(**edge: Any) -> dict[str, Any]:
-    data = example_config_dict()
-    data["rate_limits"]["per_ip"] = {"requests_per_unit": 100_000, "unit": "second"}
-    if edge:
-        data["edge"] = edge
-    return data
-
-
 @pytest.fixture(scope="module")
 def default(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """The example config's edge: every default (no trusted hops)."""
-    running = start_stack(tmp_path_factory.mktemp("default"), _config())
+    running = start_stack(tmp_path_factory.mktemp("default"), edge_config())
     yield running
     running.stop()
 
@@ -47,7 +38,7 @@ def default(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 @pytest.fixture(scope="module")
 def tuned(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """Short timeouts and a small connection limit (to test them in seconds), one trusted proxy in front."""
-    running = start_stack(tmp_path_factory.mktemp("tuned"), _config(
+    running = start_stack(tmp_path_factory.mktemp("tuned"), edge_config(
         request_headers_timeout_ms=HEADERS_TIMEOUT_MS, request_timeout_ms=REQUEST_TIMEOUT_MS,
         max_connections=MAX_CONNECTIONS, xff_num_trusted_hops=1))
     yield running

@@ -22,9 +22,9 @@ from hypothesis import HealthCheck, given, settings
 
 from outrider.path_policy import violation
 from tests.conftest import start_stack
-from tests.edge.conftest import counter, raw_request
+from tests.edge.conftest import counter, edge_config, raw_request
 from tests.edge.test_path_policy import PUBLIC, REFUSED, interpretations, variant
-from tests.harness import Stack, example_config_dict
+from tests.harness import Stack
 
 ISSUE_EXAMPLES = ["/api/v1/public/..%3b/admin/x", "/api/v1/public/%c0%ae%c0%ae/admin/x", "/api/v1/public/...//admin/x"]
 UPSTREAM_REQUESTS = "cluster.demo.upstream_rq_total"
@@ -34,25 +34,16 @@ UPSTREAM_REQUESTS = "cluster.demo.upstream_rq_total"
 SAMPLE = variant().map(lambda target: target.replace("?next=/../admin", "?next=home"))
 
 
-def _config(**edge: Any) -> dict[str, Any]:
-    data = example_config_dict()
-    # The sample below sends a few hundred anonymous requests from one address: not what per_ip is tested by.
-    data["rate_limits"]["per_ip"] = {"requests_per_unit": 100_000, "unit": "second"}
-    if edge:
-        data["edge"] = edge
-    return data
-
-
 @pytest.fixture(scope="module")
 def strict(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    running = start_stack(tmp_path_factory.mktemp("strict"), _config())
+    running = start_stack(tmp_path_factory.mktemp("strict"), edge_config())
     yield running
     running.stop()
 
 
 @pytest.fixture(scope="module")
 def lenient(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    data = _config(non_canonical_paths="normalize")
+    data = edge_config(non_canonical_paths="normalize")
     legacy = {"name": "legacy", "match": {"prefix": "/api/v1/legacy/"}, "upstream": "demo", "public": True,
               "allow_path_parameters": True}
     data["routes"].insert(1, legacy)

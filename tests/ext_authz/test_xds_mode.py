@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +18,9 @@ from ext_authz.app import SERVICE_NAME
 from ext_authz.resource import payload
 from outrider.config import GatewayConfig, load_config
 from outrider.devtoken import mint_dev_token
-from outrider.process import ManagedProcess, free_port
 from outrider.service_resource import EXT_AUTHZ_TYPE_URL as TYPE
-from tests.harness import KEYS_DIR, ROOT, example_config_dict, with_free_ports, write_config
-from tests.kernel.ads_script import ScriptedAds, until
+from tests.harness import KEYS_DIR, example_config_dict, with_free_ports, write_config
+from tests.kernel.ads_script import ScriptedAds, start_xds_service, until
 
 ITEM = "/api/v2/items/42"
 NEW_ROUTE = {"name": "items", "match": {"regex": "/api/v2/items/[0-9]+"}, "upstream": "demo", "resource": "items"}
@@ -47,11 +45,7 @@ def config_of(data: dict[str, Any], tmp_path: Path) -> GatewayConfig:
 
 async def test_ext_authz_decides_with_pushed_versions(ads: tuple[ScriptedAds, int], tmp_path: Path) -> None:
     servicer, ads_port = ads
-    port, metrics_port = free_port(), free_port()
-    proc = ManagedProcess("ext_authz", [
-        sys.executable, "-m", "ext_authz", "--xds", f"127.0.0.1:{ads_port}", "--node-id", "gw/ext_authz",
-        "--node-cluster", "outrider", "--port", str(port), "--metrics-port", str(metrics_port)],
-        log_path=tmp_path / "ext_authz.log", cwd=ROOT).start()
+    proc, port = start_xds_service("ext_authz", "ext_authz", ads_port, tmp_path)
     v1_data = with_free_ports(example_config_dict())
     v1 = config_of(v1_data, tmp_path)
     provider = v1.auth.providers[0]

@@ -19,11 +19,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from ext_proc.app import SERVICE_NAME
 from ext_proc.resource import payload
 from ext_proc.service import ROUTE_METADATA
-from outrider.process import ManagedProcess, free_port
+from outrider.process import ManagedProcess
 from outrider.service_resource import EXT_PROC_TYPE_URL as TYPE
 from tests.ext_proc.conftest import config_from, ext_proc_config_dict
 from tests.harness import ROOT
-from tests.kernel.ads_script import ScriptedAds, until
+from tests.kernel.ads_script import ScriptedAds, start_xds_service, until
 
 NEW_ROUTE = {"name": "lab-new", "match": {"prefix": "/lab/new/"}, "upstream": "demo", "public": True,
              "validation": {"max_url_length": 32, "xss": False, "sql_injection": False}}
@@ -69,11 +69,7 @@ async def health(stub: health_pb2_grpc.HealthStub, name: str) -> int:
 
 async def test_ext_proc_serves_pushed_versions(ads: tuple[ScriptedAds, int], tmp_path: Path) -> None:
     servicer, ads_port = ads
-    port, metrics_port = free_port(), free_port()
-    proc = ManagedProcess("ext_proc", [
-        sys.executable, "-m", "ext_proc", "--xds", f"127.0.0.1:{ads_port}", "--node-id", "gw/ext_proc",
-        "--node-cluster", "outrider", "--port", str(port), "--metrics-port", str(metrics_port)],
-        log_path=tmp_path / "ext_proc.log", cwd=ROOT).start()
+    proc, port = start_xds_service("ext_proc", "ext_proc", ads_port, tmp_path)
     try:
         hello = await servicer.next_request(wait_s=30)
         assert (hello.node.id, hello.node.cluster, hello.type_url, hello.version_info) == (

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -11,8 +13,9 @@ import pytest
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.protobuf import any_pb2
 
-from outrider.process import free_port
+from outrider.process import ManagedProcess, free_port
 from outrider.service_resource import pack
+from tests.harness import ROOT
 
 
 class ScriptedAds(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
@@ -91,3 +94,13 @@ async def ads() -> AsyncIterator[tuple[ScriptedAds, int]]:
     server = await start_ads(port, servicer)
     yield servicer, port
     await server.stop(None)
+
+
+def start_xds_service(module: str, name: str, ads_port: int, log_dir: Path) -> tuple[ManagedProcess, int]:
+    """`python -m <module> --xds` as node gw/<name> of the scripted ADS server: (process, its gRPC port)."""
+    port, metrics_port = free_port(), free_port()
+    proc = ManagedProcess(name, [
+        sys.executable, "-m", module, "--xds", f"127.0.0.1:{ads_port}", "--node-id", f"gw/{name}",
+        "--node-cluster", "outrider", "--port", str(port), "--metrics-port", str(metrics_port)],
+        log_path=log_dir / f"{name}.log", cwd=ROOT).start()
+    return proc, port

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import sys
 from pathlib import Path
 
 import grpc
@@ -15,12 +14,11 @@ from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from outrider.config import load_config
-from outrider.process import ManagedProcess, free_port
 from outrider.service_resource import RATELIMIT_TYPE_URL as TYPE
 from ratelimit_service.app import SERVICE_NAME
 from ratelimit_service.resource import payload
-from tests.harness import ROOT, example_config_dict, with_free_ports, write_config
-from tests.kernel.ads_script import ScriptedAds, until
+from tests.harness import example_config_dict, with_free_ports, write_config
+from tests.kernel.ads_script import ScriptedAds, start_xds_service, until
 
 EXTRA = "domain: extra\ndescriptors:\n  - key: k\n    rate_limit: {unit: minute, requests_per_unit: 5}\n"
 
@@ -39,11 +37,7 @@ def request(domain: str, *entries: tuple[str, str]) -> rls_pb2.RateLimitRequest:
 
 async def test_ratelimit_applies_pushed_versions(ads: tuple[ScriptedAds, int], tmp_path: Path) -> None:
     servicer, ads_port = ads
-    port, metrics_port = free_port(), free_port()
-    proc = ManagedProcess("ratelimit", [
-        sys.executable, "-m", "ratelimit_service", "--xds", f"127.0.0.1:{ads_port}", "--node-id", "gw/ratelimit",
-        "--node-cluster", "outrider", "--port", str(port), "--metrics-port", str(metrics_port)],
-        log_path=tmp_path / "ratelimit.log", cwd=ROOT).start()
+    proc, port = start_xds_service("ratelimit_service", "ratelimit", ads_port, tmp_path)
     data = with_free_ports(example_config_dict())
     data["rate_limits"]["files"] = ["extra.yaml"]
     (tmp_path / "extra.yaml").write_text(EXTRA)
