@@ -239,18 +239,19 @@ def test_authorization_never_reaches_a_public_upstream(mesh: Mesh) -> None:
     assert "x-user-id" not in seen["headers"]
 
 
-# ---- Envoy Gateway's global rate limit on our RLS ------------------------------------------------------
+# ---- global rate limit on our RLS: the tier plans ----------------------------------------------------
 
 
-def test_eg_rate_limit_domain_maps_to_the_tier_plan(mesh: Mesh) -> None:
-    if mesh.kind != "envoy-gateway":
-        pytest.skip("Envoy Gateway's BackendTrafficPolicy")
-    headers = {"authorization": f"Bearer {mesh.token('rl-user')}"}
+def test_rate_limit_reaches_the_tier_plan(mesh: Mesh) -> None:
+    """Envoy Gateway: its domain (default/eg/http) and rule descriptors, read by rate_limits.mesh. Istio: the
+    EnvoyFilter's metadata actions build our own descriptors from ext_authz's dynamic metadata."""
+    headers = {"authorization": f"Bearer {mesh.token(f'rl-{mesh.kind}')}"}
     answers = [mesh.get("/api/v1/users/profile", headers) for _ in range(4)]
     assert [a.status for a in answers] == [200, 200, 200, 429], answers
     # The free plan (3 a minute) as the filter reports it (DRAFT_VERSION_03 headers from our limit).
     assert answers[0].headers["x-ratelimit-limit"].startswith("3, 3;w=60"), answers[0].headers
     assert json.loads(answers[3].body)["error"] == "rate_limited"
-    # Per user: another free user still has the whole plan.
-    other = {"authorization": f"Bearer {mesh.token('rl-other')}"}
+    # Per user: another free user still has the whole plan; public requests carry no identity, no plan.
+    other = {"authorization": f"Bearer {mesh.token(f'rl-other-{mesh.kind}')}"}
     assert mesh.get("/api/v1/users/profile", other).status == 200
+    assert all(mesh.get("/api/v1/public/x").status == 200 for _ in range(4))
