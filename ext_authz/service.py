@@ -53,8 +53,8 @@ def build_ok(decision: Decision) -> external_auth_pb2.CheckResponse:
     if identity is None:
         ok.headers_to_remove.extend(IDENTITY_HEADERS)
         # A public route's upstream has no use for a credential, and must not see one it could log or
-        # replay: behind someone else's Envoy nothing else strips it. OkHttpResponse.headers_to_remove is
-        # Envoy's since 1.17 (api/envoy/service/auth/v3/external_auth.proto).
+        # replay: behind someone else's Envoy nothing else strips it. OkHttpResponse.headers_to_remove is in
+        # Envoy's v3 API since 1.17 (envoyproxy.io/docs/envoy/v1.17.1/api-v3/service/auth/v3/external_auth.proto).
         ok.headers_to_remove.append(AUTHORIZATION)
         return response
     roles = ",".join(identity.roles)
