@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from ext_authz.failure_budget import FailureBudget, client_key
+from ext_authz.fallback import REFUSED, DirectAnswer, PathRule, Refused, resolve
 from ext_authz.jwt_verifier import AuthError, Identity, TokenVerifier, UnknownKeyError
 from ext_authz.rbac import RbacPolicy, action_for_method
 from ext_authz.token_cache import NegativeCache, TokenCache, token_digest
-from outrider.path_policy import canonical_path
+
+__all__ = ["Authorizer", "CheckInput", "Decision", "DirectAnswer", "PathRule", "bearer_token"]
 
 PUBLIC = "public"
 INVALID_PATH = "invalid_path"
-_REFUSED = "!invalid_path"  # _resource_for's answer for a path no fallback rule may see (never a resource name)
+DIRECT_RESPONSE = "direct_response"
 # Refusals that time may undo (nbf or iat still ahead): never remembered as refused.
 _MAY_BECOME_VALID = frozenset({"not_yet_valid", "issued_in_future"})
 
@@ -41,26 +42,7 @@ class Decision:
     token_sent: bool = False
     public: bool = False                # allowed without identity: strip any identity headers
     retry_after_s: float | None = None  # 429: when the client may try a token again
-
-
-@dataclass(frozen=True)
-class PathRule:
-    """Fallback policy for requests whose route carries no context_extensions (someone else's Envoy config).
-
-    `matches` takes the canonical path (outrider.path_policy.canonical_path), never the raw request target.
-    """
-
-    prefix: str | None
-    exact: str | None
-    regex: re.Pattern[str] | None
-    resource: str | None                # None = public
-
-    def matches(self, path: str) -> bool:
-        if self.exact is not None:
-            return path == self.exact
-        if self.prefix is not None:
-            return path.startswith(self.prefix)
-        return self.regex is not None and self.regex.fullmatch(path) is not None
+    answer: DirectAnswer | None = None  # a direct-response route's own answer (status, body) in Envoy's place
 
 
 class InvalidRequest(Exception):
@@ -101,7 +83,8 @@ class Authorizer:
         self._refused = refused if refused is not None else NegativeCache(0)
         self._budget = budget
 
-    def _resource_for(self, check: CheckInput) -> str | None:
+    def _resource_for(self, check: CheckInput) -> str | PathRule | Refused | None:
+        """The route's resource (or PUBLIC) from its context_extensions; else the fallback rule it is on."""
         resource = check.context.get("resource")
         if resource:
             return resource
@@ -111,13 +94,10 @@ class Authorizer:
             return None
         # Rules match the normalised path only; a path an upstream could read differently (encoded or overlong
         # dots and slashes, `..`, `;` parameters, ...) is refused, as the gateway's own Envoy refuses it.
-        path = canonical_path(check.path)
-        if path is None:
-            return _REFUSED
-        for rule in self._fallback:
-            if rule.matches(path):
-                return rule.resource if rule.resource is not None else PUBLIC
-        return None
+        rule = resolve(self._fallback, check.path, check.headers)
+        if isinstance(rule, PathRule) and rule.answer is None:
+            return rule.resource if rule.resource is not None else PUBLIC
+        return rule
 
     def identify(self, token: str, now: float, client: str = "", resource: str | None = None) -> Identity | Decision:
         """The token's identity (cached, else verified), or the refusal: 401, or 429 once the client is over
@@ -160,9 +140,14 @@ class Authorizer:
         self._refused.clear()
 
     def decide(self, check: CheckInput, now: float) -> Decision:
-        resource = self._resource_for(check)
-        if resource == _REFUSED:
+        found = self._resource_for(check)
+        if found is REFUSED:
             return Decision(False, 403, INVALID_PATH)
+        if isinstance(found, PathRule):
+            # A route the gateway answers itself (blocked path, health): never forwarded, never public.
+            assert found.answer is not None
+            return Decision(False, found.answer.status, DIRECT_RESPONSE, answer=found.answer)
+        resource = found if isinstance(found, str) else None
         if resource == PUBLIC:
             return Decision(True, 200, "public", public=True, resource=PUBLIC)
         try:
@@ -171,10 +156,10 @@ class Authorizer:
             return Decision(False, 400, "invalid_request", resource=resource)
         if token is None:
             return Decision(False, 401, "token_missing", resource=resource)
-        found = self.identify(token, now, check.client, resource)
-        if isinstance(found, Decision):
-            return found
-        identity = found
+        identified = self.identify(token, now, check.client, resource)
+        if isinstance(identified, Decision):
+            return identified
+        identity = identified
         if resource is None:
             # No route policy and no fallback rule: deny rather than guess.
             return Decision(False, 403, "no_policy", identity=identity, token_sent=True)

@@ -13,15 +13,17 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from ext_authz.config import AuthConfig, FailureBudgetConfig, JwtProviderConfig, RbacConfig, auth_of, rbac_of
-from ext_authz.decision import Authorizer, PathRule
+from ext_authz.decision import Authorizer
 from ext_authz.failure_budget import FailureBudget
+from ext_authz.fallback import DirectAnswer, HeaderCondition, PathRule
 from ext_authz.jwks import KeySet
 from ext_authz.jwks_sources import JwksFileSource, JwksUrlSource
 from ext_authz.jwt_verifier import ProviderSettings, TokenVerifier
 from ext_authz.metrics import service_metrics
 from ext_authz.rbac import Grant, RbacPolicy
 from ext_authz.token_cache import NegativeCache, TokenCache
-from outrider.config.model import GatewayConfig, Name, RouteConfig
+from outrider.config.model import DirectResponse, GatewayConfig, Name, RouteConfig
+from outrider.config.traffic import HeaderMatch
 from outrider.service_resource import PerItemJson, canonical_json_with_items
 
 log = logging.getLogger("ext_authz")
@@ -39,13 +41,18 @@ class _Strict(BaseModel):
 
 
 class FallbackRule(_Strict):
-    """One route of the gateway as a path rule (routes without an upstream are left out)."""
+    """One route of the gateway as a fallback rule: public, protected (resource) or answered directly."""
 
     prefix: str | None = None
     path: str | None = None
     regex: str | None = None
     public: bool = False
     resource: Name | None = None
+    # The route's header conditions: the rule applies only when they hold (Envoy's first-match semantics).
+    headers: list[HeaderMatch] = []
+    # A route without an upstream: ext_authz answers it in the foreign Envoy's place (never forwarded).
+    direct_response: DirectResponse | None = None
+    allow_path_parameters: bool = False
 
     @field_validator("regex")
     @classmethod
@@ -62,8 +69,9 @@ class FallbackRule(_Strict):
         given = [k for k in ("prefix", "path", "regex") if getattr(self, k) is not None]
         if len(given) != 1:
             raise ValueError(f"give exactly one of prefix, path, regex (got {given or 'none'})")
-        if self.public == (self.resource is not None):
-            raise ValueError("a rule is either public or protects a resource")
+        outcomes = [self.public, self.resource is not None, self.direct_response is not None]
+        if outcomes.count(True) != 1:
+            raise ValueError("a rule is exactly one of public, protecting a resource, or a direct_response")
         return self
 
 
@@ -80,16 +88,23 @@ class ExtAuthzPayload(_Strict):
     logging: DecisionLogging = DecisionLogging()
 
 
-def _rule(route: RouteConfig) -> dict[str, Any] | None:
-    """A route as a fallback path rule; None for a route without an upstream (nothing to authorize)."""
-    if route.upstream is None:
-        return None
-    rule: dict[str, Any] = {"public": route.public, "resource": route.resource}
+def _rule(route: RouteConfig) -> dict[str, Any]:
+    """A route as a fallback rule. Every route is one: a direct-response route (a blocked path, a health
+    path) must be answered as the gateway answers it, not fall through to a later, wider rule."""
+    rule: dict[str, Any]
+    if route.direct_response is not None:
+        rule = {"direct_response": route.direct_response.model_dump(mode="json")}
+    else:
+        rule = {"public": route.public, "resource": route.resource}
     # Exactly one of these is set (RouteMatch validates it); the others stay out of the payload.
     for key in ("prefix", "path", "regex"):
         value = getattr(route.match, key)
         if value is not None:
             rule[key] = value
+    if route.match.headers:
+        rule["headers"] = [h.model_dump(mode="json", exclude_defaults=True) for h in route.match.headers]
+    if route.allow_path_parameters:
+        rule["allow_path_parameters"] = True
     return rule
 
 
@@ -103,8 +118,7 @@ def _head(config: GatewayConfig) -> dict[str, Any]:
 
 def payload(config: GatewayConfig) -> dict[str, Any]:
     """Everything ext_authz needs from a validated config, as JSON values (jwks_file paths absolute)."""
-    rules = [rule for rule in map(_rule, config.routes) if rule is not None]
-    return {**_head(config), "rules": rules}
+    return {**_head(config), "rules": [_rule(route) for route in config.routes]}
 
 
 class PayloadJson:
@@ -158,13 +172,22 @@ def rbac_policy(rbac: RbacConfig) -> RbacPolicy:
     })
 
 
+def _condition(match: HeaderMatch) -> HeaderCondition:
+    return HeaderCondition(match.name.lower(), match.exact, match.prefix,
+                           re.compile(match.regex) if match.regex is not None else None,
+                           bool(match.present), match.invert)
+
+
 def fallback_rules(rules: list[FallbackRule]) -> list[PathRule]:
     """The routes as path rules, in order, for Envoy configs that send no context_extensions."""
-    return [
-        PathRule(r.prefix, r.path, re.compile(r.regex) if r.regex is not None else None,
-                 None if r.public else r.resource)
-        for r in rules
-    ]
+    out = []
+    for r in rules:
+        direct = r.direct_response
+        answer = DirectAnswer(direct.status, direct.body, direct.content_type) if direct is not None else None
+        out.append(PathRule(r.prefix, r.path, re.compile(r.regex) if r.regex is not None else None,
+                            r.resource, headers=tuple(map(_condition, r.headers)), answer=answer,
+                            allow_parameters=r.allow_path_parameters))
+    return out
 
 
 KeySource = JwksFileSource | JwksUrlSource

@@ -15,6 +15,7 @@ from envoy.type.v3 import http_status_pb2
 from google.rpc import code_pb2, status_pb2
 
 from ext_authz.decision import Authorizer, CheckInput, Decision
+from ext_authz.fallback import DirectAnswer
 from ext_authz.jwt_verifier import Identity
 from ext_authz.metrics import AuthzMetrics, DecisionCounter, service_metrics
 from outrider.identity import IDENTITY_HEADERS
@@ -37,6 +38,7 @@ _CLIENT_ERRORS = {
 # xff_num_trusted_hops names) and overwrites what a client sent (HTTP header manipulation,
 # x-envoy-external-address); tests/e2e/test_token_hardening.py checks a client cannot choose it.
 EXTERNAL_ADDRESS = "x-envoy-external-address"
+AUTHORIZATION = "authorization"
 
 
 def _header(key: str, value: str) -> base_pb2.HeaderValueOption:
@@ -50,6 +52,10 @@ def build_ok(decision: Decision) -> external_auth_pb2.CheckResponse:
     identity = decision.identity
     if identity is None:
         ok.headers_to_remove.extend(IDENTITY_HEADERS)
+        # A public route's upstream has no use for a credential, and must not see one it could log or
+        # replay: behind someone else's Envoy nothing else strips it. OkHttpResponse.headers_to_remove is in
+        # Envoy's v3 API since 1.17 (envoyproxy.io/docs/envoy/v1.17.1/api-v3/service/auth/v3/external_auth.proto).
+        ok.headers_to_remove.append(AUTHORIZATION)
         return response
     roles = ",".join(identity.roles)
     # Overwrite, never append: whatever the client sent under these names is discarded.
@@ -104,7 +110,20 @@ def _denied_template(status: int, value: str | None,
     return found
 
 
+def build_direct(answer: DirectAnswer) -> external_auth_pb2.CheckResponse:
+    """A direct-response route answered in Envoy's place: a denied CheckResponse with the route's own status
+    (any, 2xx too: Envoy's ext_authz filter replies locally with the code it is given), body and type."""
+    response = external_auth_pb2.CheckResponse(status=status_pb2.Status(code=code_pb2.PERMISSION_DENIED))
+    denied = response.denied_response
+    denied.status.code = answer.status  # an open enum: any HTTP status
+    denied.headers.append(_header("content-type", answer.content_type))
+    denied.body = answer.body
+    return response
+
+
 def build_denied(decision: Decision, request_id: str) -> external_auth_pb2.CheckResponse:
+    if decision.answer is not None:
+        return build_direct(decision.answer)
     retry_after = None
     if decision.retry_after_s is not None:
         # Whole seconds, rounded up (RFC 9110 §10.2.3): never tell a client to come back too early.

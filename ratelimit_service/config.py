@@ -27,6 +27,10 @@ UNIT_SECONDS: dict[str, int] = {
     "week": 7 * 86_400, "month": 30 * 86_400, "year": 365 * 86_400,
 }
 Count = Annotated[int, Field(ge=0, le=4_294_967_295)]
+# A rate limit domain: a name, or Envoy Gateway's `<namespace>/<gateway>/<listener>` (its ratelimit filter's
+# domain is the IR listener name, internal/xds/translator/ratelimit.go getRateLimitDomain in envoyproxy/gateway).
+Domain = Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-/]*$")]
+DescriptorKey = Annotated[str, Field(min_length=1, max_length=256)]
 
 
 class _LimitRules(StrictModel):
@@ -200,6 +204,43 @@ class OverloadConfig(StrictModel):
     max_in_flight: Annotated[int, Field(ge=1, le=1_000_000)] = 1024
 
 
+class MeshDescriptor(StrictModel):
+    """How one kind of descriptor a mesh's Envoy sends is read: as a tier plan, the per-IP or an endpoint limit.
+
+    `match` names entries the descriptor must hold (value `*`: any value). Exactly one of:
+    - `tier` (a plan name) or `tier_from` (the entry holding the tier name), with `user` (the entry holding
+      the user id): the tier plan, per user;
+    - `per_ip` (the entry holding the client address; a `/32` or `/128` mask is dropped): the per-IP limit;
+    - `endpoint` (a path or prefix of `rate_limits.endpoints`): that endpoint's shared limit.
+    """
+
+    match: Annotated[dict[DescriptorKey, str], Field(min_length=1)]
+    tier: Name | None = None
+    tier_from: DescriptorKey | None = None
+    user: DescriptorKey | None = None
+    per_ip: DescriptorKey | None = None
+    endpoint: str | None = None
+
+    @model_validator(mode="after")
+    def _one_reading(self) -> MeshDescriptor:
+        kinds = [k for k in ("tier", "tier_from", "per_ip", "endpoint") if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise ValueError(f"give exactly one of tier, tier_from, per_ip, endpoint (got {kinds or 'none'})")
+        if kinds[0] in ("tier", "tier_from") and self.user is None:
+            raise ValueError("a tier reading needs `user`: the entry whose value is the user id")
+        if kinds[0] not in ("tier", "tier_from") and self.user is not None:
+            raise ValueError("`user` applies to tier and tier_from readings only")
+        return self
+
+
+class MeshDomain(StrictModel):
+    """A mesh's rate limit domain whose descriptors are read as this gateway's (`rate_limits.mesh`)."""
+
+    domain: Domain
+    # In order; the first whose `match` holds reads a descriptor. A descriptor none reads is not limited.
+    descriptors: Annotated[list[MeshDescriptor], Field(min_length=1)]
+
+
 class RouteRateLimit(StrictModel):
     """A route's `rate_limit` field: its failure policy, when not the gateway's `rate_limits.failure_mode`."""
 
@@ -214,7 +255,7 @@ FAILURE_MODE_KEY = "outrider_failure_mode"
 class RateLimitsConfig(StrictModel):
     """Rate limits of the gateway; tier plans compile into the same model as envoyproxy/ratelimit files."""
 
-    domain: Name = "outrider"
+    domain: Domain = "outrider"
     # No redis: counters live in the service's memory (one process; fine for `make run`).
     redis: RedisBackendConfig | None = None
     # Answer budget when Redis is slow or down; must stay well under services.ratelimit.timeout_ms.
@@ -232,6 +273,25 @@ class RateLimitsConfig(StrictModel):
     files: list[ConfigPath] = Field(default_factory=list)
     memory: MemoryStoreConfig = MemoryStoreConfig()
     overload: OverloadConfig = OverloadConfig()
+    # Domains of a mesh's Envoy (Istio, Envoy Gateway) whose descriptors map onto the plans above.
+    mesh: list[MeshDomain] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _mesh_names(self) -> RateLimitsConfig:
+        domains = [m.domain for m in self.mesh]
+        if self.domain in domains or len(set(domains)) != len(domains):
+            raise ValueError("mesh: each domain once, and not rate_limits.domain itself")
+        endpoints = {e.path if e.path is not None else e.prefix for e in self.endpoints}
+        for i, m in enumerate(self.mesh):
+            for j, d in enumerate(m.descriptors):
+                if d.tier is not None and d.tier not in self.tiers:
+                    raise ValueError(f"mesh[{i}].descriptors[{j}].tier: no plan named '{d.tier}' in tiers")
+                if d.per_ip is not None and self.per_ip is None:
+                    raise ValueError(f"mesh[{i}].descriptors[{j}].per_ip: rate_limits.per_ip is not set")
+                if d.endpoint is not None and d.endpoint not in endpoints:
+                    raise ValueError(f"mesh[{i}].descriptors[{j}].endpoint: '{d.endpoint}' is not a path or "
+                                     "prefix of rate_limits.endpoints")
+        return self
 
     @model_validator(mode="before")
     @classmethod

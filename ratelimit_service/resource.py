@@ -17,6 +17,7 @@ from ratelimit_service.config import (
     settings_of,
 )
 from ratelimit_service.limits import LimitTable, compile_table
+from ratelimit_service.mesh import MeshMaps
 from ratelimit_service.service import Settings
 
 # Bumped when the payload's shape changes incompatibly; a service refuses a schema it does not know.
@@ -120,5 +121,5 @@ def build(data: Mapping[str, Any]) -> RateLimitResource:
     rl = parsed.rate_limits or RateLimitsConfig()
     settings = Settings(table, near_ratio=rl.near_limit_ratio, failure_mode_deny=rl.failure_mode == "deny",
                         min_time_left_s=rl.min_time_left_ms(parsed.envoy_timeout_ms) / 1000,
-                        max_in_flight=rl.overload.max_in_flight)
+                        max_in_flight=rl.overload.max_in_flight, mesh=MeshMaps(rl))
     return RateLimitResource(rl, settings, parsed.logging.decisions)

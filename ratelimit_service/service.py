@@ -7,7 +7,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -30,6 +30,7 @@ from ratelimit_service.decision import (
 )
 from ratelimit_service.guard import GuardedBackend
 from ratelimit_service.limits import Limit, LimitTable
+from ratelimit_service.mesh import MeshMaps
 from ratelimit_service.metrics import SHED_REASONS, DescriptorCounts, RateLimitMetrics, service_metrics
 
 log = logging.getLogger("ratelimit_service.service")
@@ -64,6 +65,8 @@ class Settings:
     # its failure policy at once; so is one arriving while max_in_flight decisions wait on the store.
     min_time_left_s: float = 0.03
     max_in_flight: int = 1024
+    # A mesh's domains whose descriptors are read as ours (rate_limits.mesh); empty: none.
+    mesh: MeshMaps = field(default_factory=lambda: MeshMaps(None))
 
 
 # The settings before any config version: no table yet. Calls are answered UNAVAILABLE so that Envoy
@@ -199,6 +202,8 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
                     raise InvalidRequest(reason)
                 domain, inputs = request.domain, _inputs(request)
                 deny, descriptors = deny_of(inputs, deny), len(inputs)
+                if settings.mesh:
+                    domain, inputs = settings.mesh.translate(domain, inputs)
                 if shed is not None:
                     return self._shed_answer(shed, deny, len(inputs), started)
                 laid_out = plan(settings.table, domain, inputs, now_ms)
@@ -253,8 +258,9 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
         settings = self.settings
         now_ms = int(self._clock() * 1000)
         inputs = _inputs(request)
-        return await self._decide_planned(settings, plan(settings.table, request.domain, inputs, now_ms), now_ms,
-                                          deny_of(inputs, settings.failure_mode_deny))
+        deny = deny_of(inputs, settings.failure_mode_deny)
+        domain, inputs = settings.mesh.translate(request.domain, inputs)
+        return await self._decide_planned(settings, plan(settings.table, domain, inputs, now_ms), now_ms, deny)
 
     async def _decide_planned(self, settings: Settings, laid_out: Plan, now_ms: int,
                               deny: bool) -> rls_pb2.RateLimitResponse:

@@ -60,10 +60,12 @@ async def policy(config: GatewayConfig) -> AsyncIterator[Policy]:
 def expected(config: GatewayConfig, method: str, path: str, roles: tuple[str, ...] | None) -> tuple[bool, int]:
     """What the config says, worked out from the config itself (independently of the payload)."""
     bare = path.split("?", 1)[0]
-    route = next((r for r in config.routes if r.upstream is not None and (
+    route = next((r for r in config.routes if (
         (r.match.prefix is not None and bare.startswith(r.match.prefix))
         or (r.match.path is not None and bare == r.match.path)
         or (r.match.regex is not None and re.fullmatch(r.match.regex, bare) is not None))), None)
+    if route is not None and route.direct_response is not None:
+        return False, route.direct_response.status  # answered by the authorizer, never forwarded
     if route is not None and route.public:
         return True, 200
     if roles is None:
@@ -97,10 +99,14 @@ def test_payload_is_json_deterministic_and_self_contained(config: GatewayConfig,
     assert canonical(payload(again)) == canonical(first)
     provider = first["auth"]["providers"][0]
     assert Path(provider["jwks_file"]).is_absolute() and Path(provider["jwks_file"]).is_file()
-    # Only routes with an upstream, in config order, one match key each.
+    # Every route (direct responses too: behind a foreign Envoy they are answered, not skipped), in config
+    # order, one match key each.
     assert [next(k for k in ("prefix", "path", "regex") if k in r) for r in first["rules"]][-3:] == \
         ["path", "regex", "prefix"]
-    assert len(first["rules"]) == len([r for r in config.routes if r.upstream is not None])
+    assert len(first["rules"]) == len(config.routes)
+    assert [r for r in first["rules"] if "direct_response" in r] == [
+        {"path": "/health/live", "direct_response": {"status": 200, "body": '{"status":"live"}',
+                                                      "content_type": "application/json"}}]
     assert first["logging"] == {"decisions": config.logging.decisions}
 
 
@@ -123,9 +129,10 @@ BAD: list[tuple[str, Any, str]] = [
     ("unknown key", lambda p: p.update(extra=1), "extra: Extra inputs are not permitted"),
     ("bad action", lambda p: p["rbac"]["roles"]["user"][0].update(actions=["fly"]), "rbac.roles.user.0.actions.0"),
     ("bad regex", lambda p: p["rules"].append({"regex": "(", "public": True}), "regex does not compile"),
-    ("two matches", lambda p: p["rules"][0].update(path="/x"), "give exactly one of prefix, path, regex"),
+    ("two matches", lambda p: p["rules"][1].update(path="/x"), "give exactly one of prefix, path, regex"),
     ("no providers", lambda p: p["auth"].update(providers=[]), "auth.providers"),
-    ("public and resource", lambda p: p["rules"][0].update(resource="files"), "either public or protects"),
+    ("public and resource", lambda p: p["rules"][1].update(resource="files"),
+     "exactly one of public, protecting a resource"),
 ]
 
 
