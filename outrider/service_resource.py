@@ -20,7 +20,8 @@ T = TypeVar("T")
 
 # The shape of payload_json this code writes and reads; a service refuses any other (NACK), so a
 # control plane newer than its services fails loudly instead of being half understood.
-SCHEMA = 1
+# 2: ext_authz's rules carry direct-response routes, header conditions and allow_path_parameters (mesh fallback).
+SCHEMA = 2
 
 _PREFIX = "type.googleapis.com/"
 EXT_AUTHZ_TYPE_URL = _PREFIX + ExtAuthzConfig.DESCRIPTOR.full_name

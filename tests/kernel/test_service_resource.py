@@ -39,7 +39,7 @@ def test_round_trip_and_canonical_json() -> None:
 
 
 @pytest.mark.parametrize(("message", "needle"), [
-    (ExtProcConfig(schema=2, version="v", payload_json="{}"), "schema 2 is not supported"),
+    (ExtProcConfig(schema=SCHEMA + 1, version="v", payload_json="{}"), f"schema {SCHEMA + 1} is not supported"),
     (ExtProcConfig(schema=SCHEMA, version="v", payload_json="{not json"), "not valid JSON"),
     (ExtProcConfig(schema=SCHEMA, version="v", payload_json="[1]"), "must hold a JSON object"),
 ])
