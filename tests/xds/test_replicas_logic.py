@@ -247,11 +247,11 @@ def test_the_cli_overrides_the_listen_settings() -> None:
 
     from xds_server.app import with_overrides
 
-    args = argparse.Namespace(address="0.0.0.0", port=18100, admin_address=None, admin_port=18101,  # noqa: S104
+    args = argparse.Namespace(address="0.0.0.0", port=18100, admin_address=None, admin_port=18101,
                               metrics_port=None)
     settings = with_overrides(XdsService(), args)
     assert (settings.address, settings.port, settings.admin_port, settings.metrics_port) == (
-        "0.0.0.0", 18100, 18101, 19084)  # noqa: S104
+        "0.0.0.0", 18100, 18101, 19084)
 
 
 def test_state_versions_are_what_the_snapshot_versions_are_made_of() -> None:
