@@ -369,7 +369,10 @@ class Controller:
         while True:
             await self._refresh_wanted.wait()
             self._refresh_wanted.clear()
-            await self.refresh()
+            try:
+                await self.refresh()
+            except Exception:  # a replica that silently stopped following would serve stale config forever
+                log.exception("refresh from the config store failed; waiting for the next notification")
 
     async def refresh(self) -> bool:
         async with self._lock:
