@@ -149,6 +149,40 @@ class Subscription:
             error_detail=status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message=reason))
 
 
+class Failover:
+    """Which control-plane replica the next stream goes to, and after how long (pure: jitter passed in).
+
+    After every stream the next replica in the list is tried: at once (a short pause against a busy loop)
+    while the round still has replicas not tried since the last answer, else after a delay that doubles up
+    to max_s, with jitter that spreads the reconnects of many services after a control plane restart. A
+    stream that was answered starts the delay over.
+    """
+
+    def __init__(self, targets: list[str], initial_s: float, max_s: float) -> None:
+        self.targets = targets
+        self.initial_s = initial_s
+        self.max_s = max_s
+        self._index = 0
+        self._failed = 0  # streams without an answer since the last answered one
+        self._delay = initial_s
+
+    @property
+    def current(self) -> str:
+        return self.targets[self._index]
+
+    def after_stream(self, answered: bool, jitter: float) -> float:
+        """Move to the next replica; seconds to wait before its stream (jitter: a number in [0, 1))."""
+        self._failed = 0 if answered else self._failed + 1
+        if answered:
+            self._delay = self.initial_s
+        self._index = (self._index + 1) % len(self.targets)
+        if self._failed % len(self.targets) != 0:
+            return self.initial_s * jitter
+        wait = self._delay * (0.5 + jitter / 2)
+        self._delay = min(self._delay * 2, self.max_s)
+        return wait
+
+
 def reason_of(exc: BaseException) -> str:
     """The NACK message for an apply that raised: the message alone for a refusal, else the type too."""
     if isinstance(exc, ConfigRejected):
@@ -200,16 +234,13 @@ class ServiceConfigClient:
         return grpc.aio.insecure_channel(target, options=self._options)
 
     async def run(self) -> None:
-        """Subscribe forever; a broken stream is reopened on the next replica, after a jittered delay that
-        grows once every replica of a round failed without an answer. Cancel to stop."""
-        delay = self._backoff_initial_s
+        """Subscribe forever; a broken stream is reopened on the next replica (Failover says when). Cancel
+        to stop."""
+        failover = Failover(self.targets, self._backoff_initial_s, self._backoff_max_s)
         channels = {target: self._channel(target) for target in dict.fromkeys(self.targets)}
-        index = 0
-        failed_in_round = 0
         try:
             while True:
-                self.target = self.targets[index]
-                self._state.server = self.target
+                self.target = self._state.server = failover.current
                 answered = False
                 try:
                     stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channels[self.target])
@@ -222,17 +253,7 @@ class ServiceConfigClient:
                     log.exception("control plane stream broke", extra={"target": self.target})
                 finally:
                     self.connected = False
-                failed_in_round = 0 if answered else failed_in_round + 1
-                if answered:
-                    delay = self._backoff_initial_s
-                index = (index + 1) % len(self.targets)
-                if len(self.targets) > 1 and failed_in_round % len(self.targets) != 0:
-                    # The next replica may well be up: try it at once (a short pause against a busy loop).
-                    await asyncio.sleep(min(delay, self._backoff_initial_s) * random.random())  # noqa: S311
-                    continue
-                # Jitter spreads the reconnects of many services after a control plane restart.
-                await asyncio.sleep(delay * (0.5 + random.random() / 2))  # noqa: S311 (jitter, not a secret)
-                delay = min(delay * 2, self._backoff_max_s)
+                await asyncio.sleep(failover.after_stream(answered, random.random()))  # noqa: S311 (jitter)
         finally:
             for channel in channels.values():
                 await channel.close()

@@ -211,6 +211,24 @@ def test_the_services_client_takes_a_list_of_replicas() -> None:
     assert client.targets == ["10.0.0.1:18000", "10.0.0.2:18000"]
 
 
+def test_a_service_fails_over_to_the_next_replica_at_once_and_backs_off_after_a_whole_round() -> None:
+    from outrider.xds_client import Failover
+
+    failover = Failover(["a:1", "b:2", "c:3"], 0.1, 0.4)
+    assert failover.current == "a:1"
+    assert failover.after_stream(answered=True, jitter=0.0) == pytest.approx(0.05)  # A went away: a pause
+    assert failover.current == "b:2"
+    assert failover.after_stream(answered=False, jitter=1.0) == pytest.approx(0.1)  # B down: C at once-ish
+    assert failover.current == "c:3"
+    assert failover.after_stream(answered=False, jitter=1.0) == pytest.approx(0.1)
+    assert failover.after_stream(answered=False, jitter=1.0) == pytest.approx(0.2)  # a whole round failed
+    assert [failover.after_stream(False, 1.0) for _ in range(3)][-1] == pytest.approx(0.4)  # capped
+    assert failover.after_stream(answered=True, jitter=1.0) == pytest.approx(0.1)  # answered: start over
+    single = Failover(["a:1"], 0.1, 2.0)
+    assert [round(single.after_stream(False, 1.0), 3) for _ in range(3)] == [0.1, 0.2, 0.4]
+    assert single.current == "a:1"
+
+
 # --- bootstrap and settings -------------------------------------------------------------------------------
 
 
