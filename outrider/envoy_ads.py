@@ -58,20 +58,22 @@ def compile_ads_bootstrap(config: GatewayConfig, delta: bool | None = None) -> d
     xds = config.services.xds
     use_delta = xds.protocol == "delta" if delta is None else delta
     servers = xds.ads_servers()
+    static = all(_is_ip(_host_port(s)[0]) for s in servers)
     xds_cluster: dict[str, Any] = {
         "name": XDS_CLUSTER,
-        # Names (a Kubernetes Service) are resolved by DNS, every address an endpoint.
-        "type": "STATIC" if all(_is_ip(_host_port(s)[0]) for s in servers) else "STRICT_DNS",
+        # Names (a Kubernetes Service; a headless one lists every pod) are resolved by DNS, every address an
+        # endpoint.
+        "type": "STATIC" if static else "STRICT_DNS",
         "connect_timeout": "1s",
         "typed_extension_protocol_options": HTTP2_OPTIONS,
         "load_assignment": _xds_endpoints(servers),
     }
-    if len(servers) > 1:
-        # A replica that is killed (no FIN) or hangs must leave its priority level at once, so the next
-        # stream goes to the next replica: active gRPC health checks every second, one failure is enough
+    if len(servers) > 1 or not static:
+        # A replica that is killed (no FIN) or hangs must leave the load balancer at once, so the next
+        # stream goes to another replica: active gRPC health checks every second, one failure is enough
         # (https://www.envoyproxy.io/docs/envoy/latest/intro/arch_overview/upstream/health_checking).
-        # Only with several replicas: with one there is nowhere else to go, and the committed single-server
-        # bootstrap stays as it was.
+        # Not for one address: there is nowhere else to go, and the committed single-server bootstrap stays
+        # as it was.
         xds_cluster["health_checks"] = [{
             "timeout": "1s", "interval": "1s", "no_traffic_interval": "1s",
             "unhealthy_threshold": 1, "healthy_threshold": 1,

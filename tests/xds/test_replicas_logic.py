@@ -248,7 +248,9 @@ def test_the_bootstrap_lists_every_replica_in_priority_order_with_health_checks(
     assert cluster["type"] == "STATIC"
     assert cluster["health_checks"][0]["grpc_health_check"]["service_name"] == ADS_SERVICE
     dns = compile_ads_bootstrap(_config(servers=["outrider-control-plane:18000"]))["static_resources"]["clusters"][0]
-    assert dns["type"] == "STRICT_DNS" and "health_checks" not in dns
+    assert dns["type"] == "STRICT_DNS" and "health_checks" in dns  # a headless Service lists every pod
+    single = compile_ads_bootstrap(_config())["static_resources"]["clusters"][0]
+    assert single["type"] == "STATIC" and "health_checks" not in single
 
 
 def test_settings_refuse_a_bad_server_or_store() -> None:
