@@ -48,11 +48,12 @@ class Replicas:
         self.admin_b.close()
 
 
-@pytest.fixture(scope="module")
-def replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replicas]:
-    workdir = tmp_path_factory.mktemp("replicas")
+@pytest.fixture(scope="module", params=["sotw", "delta"])
+def replicas(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replicas]:
+    """Envoy on state-of-the-world or incremental xDS (their reconnects tell the server different things)."""
+    workdir = tmp_path_factory.mktemp(f"replicas-{request.param}")
     redis = redis_process(workdir / "redis").start().wait_ready(10)
-    data = with_free_ports(xds_data())
+    data = with_free_ports(xds_data(request.param))
     xds = data["services"]["xds"]
     b_port, b_admin, b_metrics = free_port(), free_port(), free_port()
     xds["store"] = {"kind": "redis", "url": redis_url(redis), "key_prefix": "test:xds:"}
