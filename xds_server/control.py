@@ -297,6 +297,7 @@ class Controller:
                 await self._store.save(State(version, digest, given), base)
             except Conflict:
                 # Another replica committed first: take its state and redo this edit on top of it.
+                service_metrics().store_conflicts.inc()
                 log.info("change lost the compare-and-set; redoing it on the newer state",
                          extra={"source": source, "built_on": base})
                 await self._refresh_locked()
@@ -430,6 +431,7 @@ class Controller:
                       extra={"stored_version": state.version, "version": self.version})
             return False
         self._serve(config, state.given, state.version, state.file_digest, snapshot)
+        service_metrics().store_refreshes.inc()
         log.info("serving a newer stored version", extra={"version": state.version})
         return True
 
