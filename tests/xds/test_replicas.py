@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+import redis as redis_lib
 
 from outrider.process import ManagedProcess, free_port, tcp_ready
 from tests.harness import ROOT, Stack, with_free_ports, write_config
@@ -27,8 +28,9 @@ EXT_AUTHZ = f"{GATEWAY}/ext_authz"
 class Replicas:
     """Replica A (started by the stack, as `outrider run` would) and replica B (same config file, other ports)."""
 
-    def __init__(self, stack: Stack, b: ManagedProcess, b_port: int, b_admin: int) -> None:
+    def __init__(self, stack: Stack, b: ManagedProcess, b_port: int, b_admin: int, redis: ManagedProcess) -> None:
         self.stack = stack
+        self.redis = redis
         self.b = b
         self.b_port = b_port
         self.b_admin = b_admin
@@ -71,7 +73,7 @@ def replicas(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
              "--admin-port", str(b_admin), "--metrics-port", str(b_metrics)],
             ready=tcp_ready("127.0.0.1", b_port), env={"OUTRIDER_ADMIN_TOKEN": admin_token(stack)},
             log_path=workdir / "xds_server_b.log", cwd=ROOT).start().wait_ready(30)
-        running = Replicas(stack, b, b_port, b_admin)
+        running = Replicas(stack, b, b_port, b_admin, redis)
         yield running
     finally:
         if running is not None:
@@ -188,3 +190,23 @@ def test_killing_replica_a_moves_envoy_and_the_services_to_b_without_losing_a_re
         thread.join(10)
     assert sent > 20 and not failures, (sent, failures[:5])
 
+
+
+def test_without_redis_a_replica_keeps_serving_and_refuses_changes_then_writes_its_state_back(
+        replicas: Replicas) -> None:
+    stack = replicas.stack
+    served = replicas.admin_b.get("/v1/routes").json()["version"]
+    replicas.redis.stop()
+    refused = replicas.admin_b.put("/v1/routes/lost", json=_route("lost"))
+    assert refused.status_code == 503 and "store unavailable" in refused.json()["error"], refused.text
+    assert stack.get("/after/x").status_code == 200 and stack.get("/lost/x").status_code == 404
+    replicas.redis.start().wait_ready(10)  # back, empty: nothing was persisted on disk
+    store = redis_lib.Redis(port=replicas.redis.port)  # type: ignore[attr-defined]
+    try:
+        Stack.wait_until(lambda: store.hget("test:xds:state", "version") == served.encode(), timeout_s=10,
+                         what="replica B to write its served state back")
+    finally:
+        store.close()
+    put = replicas.admin_b.put("/v1/routes/back", json=_route("back"))
+    assert put.status_code == 200 and int(put.json()["version"]) == int(served) + 1, put.text
+    _live_after(stack, "/back/x")
