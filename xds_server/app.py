@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +47,9 @@ def state_dir(settings: XdsService, config_path: Path) -> Path:
 def open_store(settings: XdsService, config_path: Path) -> Store:
     """The state store services.xds.store names: the state file, or Redis shared with other replicas."""
     if isinstance(settings.store, RedisStoreSettings):
-        return RedisStore(settings.store.url, settings.store.key_prefix)
+        env = settings.store.password_env
+        return RedisStore(settings.store.url, settings.store.key_prefix,
+                          password=(os.environ.get(env) or None) if env else None)
     return FileStore(state_dir(settings, config_path))
 
 

@@ -47,13 +47,16 @@ class RedisStore:
     shared = True
 
     def __init__(self, url: str, key_prefix: str = "outrider:xds:", *, timeout_s: float = 2.0,
-                 reconnect_max_s: float = 2.0) -> None:
+                 reconnect_max_s: float = 2.0, password: str | None = None) -> None:
         self.url = url
+        # Given apart from the URL (from an environment variable), so it is in no config file and no log.
+        self._auth = {"password": password} if password else {}
         self.key = f"{key_prefix}state"
         self.channel = f"{key_prefix}changes"
         self._reconnect_max_s = reconnect_max_s
         # Short timeouts: a Redis that is gone must fail a change quickly, not hang the admin call.
-        self._client = aioredis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+        self._client = aioredis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+                                         **self._auth)
         self._cas = self._client.register_script(_CAS)
 
     async def load(self) -> State | None:
@@ -88,7 +91,7 @@ class RedisStore:
         while True:
             # Its own connection: a subscribed connection can run no other command. Health checks (PING)
             # find a Redis that vanished without closing the connection.
-            client = aioredis.from_url(self.url, socket_connect_timeout=2.0, health_check_interval=5)
+            client = aioredis.from_url(self.url, socket_connect_timeout=2.0, health_check_interval=5, **self._auth)
             pubsub = client.pubsub()
             try:
                 await pubsub.subscribe(self.channel)

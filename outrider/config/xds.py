@@ -51,6 +51,9 @@ class RedisStoreSettings(BaseModel):
     kind: Literal["redis"]
     url: Annotated[str, Field(pattern=r"^(redis|rediss|unix)://\S+$")]
     key_prefix: Annotated[str, Field(min_length=1)] = "outrider:xds:"
+    # The environment variable holding Redis's password (a Kubernetes Secret), so the config file (a
+    # ConfigMap) needs none; unset or empty: the URL's own password, if any.
+    password_env: Annotated[str, Field(min_length=1)] | None = None
 
 
 def _server_address(value: str) -> str:

@@ -63,3 +63,26 @@ async def test_every_save_is_announced_and_a_restart_makes_the_watcher_look_agai
         watcher.cancel()
         await store.close()
         proc.stop()
+
+
+async def test_the_password_comes_from_the_environment_not_the_config(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from outrider.config.xds import XdsService
+    from xds_server.app import open_store
+
+    proc = redis_process(tmp_path / "redis", extra=["--requirepass", "s3cret"]).start().wait_ready(10)
+    settings = XdsService.model_validate(
+        {"store": {"kind": "redis", "url": redis_url(proc), "password_env": "TEST_XDS_REDIS_PASSWORD"}})
+    try:
+        monkeypatch.delenv("TEST_XDS_REDIS_PASSWORD", raising=False)
+        anonymous = open_store(settings, tmp_path / "gateway.yaml")
+        with pytest.raises(StoreUnavailable):
+            await anonymous.load()
+        await anonymous.close()
+        monkeypatch.setenv("TEST_XDS_REDIS_PASSWORD", "s3cret")
+        store = open_store(settings, tmp_path / "gateway.yaml")
+        await store.save(State(1, "d", {}), None)
+        assert await store.stored_version() == 1
+        await store.close()
+    finally:
+        proc.stop()
