@@ -49,11 +49,19 @@ class RedisStoreSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     kind: Literal["redis"]
-    url: Annotated[str, Field(pattern=r"^(redis|rediss|unix)://\S+$")]
+    url: str
     key_prefix: Annotated[str, Field(min_length=1)] = "outrider:xds:"
     # The environment variable holding Redis's password (a Kubernetes Secret), so the config file (a
     # ConfigMap) needs none; unset or empty: the URL's own password, if any.
     password_env: Annotated[str, Field(min_length=1)] | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        scheme, sep, rest = value.partition("://")
+        if scheme not in ("redis", "rediss", "unix") or not sep or not rest or any(c.isspace() for c in value):
+            raise ValueError("must be a redis://, rediss:// (TLS) or unix:// URL, e.g. redis://redis:6379/0")
+        return value
 
 
 def _server_address(value: str) -> str:
