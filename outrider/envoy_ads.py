@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 from outrider.config.model import GatewayConfig
@@ -9,6 +10,39 @@ from outrider.envoy_contribution import HTTP2_OPTIONS
 from outrider.envoy_edge import overload_manager
 
 XDS_CLUSTER = "outrider_xds"
+# Health of each replica on its own ADS service name (xds_server reports it through grpc.health.v1).
+ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
+
+
+def _host_port(server: str) -> tuple[str, int]:
+    host, _, port = server.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _xds_endpoints(servers: list[str]) -> dict[str, Any]:
+    """The xds cluster's endpoints: one replica per priority level, in the order given.
+
+    Envoy sends everything to the highest priority level that has healthy hosts, and spills to the next one
+    only as the level becomes unhealthy (https://www.envoyproxy.io/docs/envoy/latest/intro/arch_overview/
+    upstream/load_balancing/priority): with one replica per level the ADS stream goes to the first healthy
+    replica in order, like the services' --xds list. When the stream breaks, Envoy's gRPC mux opens a new
+    one after retry_back_off, through the cluster's load balancer, so it lands on the next healthy replica.
+    """
+    levels: list[dict[str, Any]] = []
+    for index, server in enumerate(servers):
+        host, port = _host_port(server)
+        level: dict[str, Any] = {"priority": index} if index else {}  # 0 is the default: left out
+        level["lb_endpoints"] = [{"endpoint": {"address": {"socket_address": {"address": host, "port_value": port}}}}]
+        levels.append(level)
+    return {"cluster_name": XDS_CLUSTER, "endpoints": levels}
 
 
 def _ads_source() -> dict[str, Any]:
@@ -23,14 +57,28 @@ def compile_ads_bootstrap(config: GatewayConfig, delta: bool | None = None) -> d
     """
     xds = config.services.xds
     use_delta = xds.protocol == "delta" if delta is None else delta
+    servers = xds.ads_servers()
+    static = all(_is_ip(_host_port(s)[0]) for s in servers)
     xds_cluster: dict[str, Any] = {
         "name": XDS_CLUSTER,
-        "type": "STATIC",
+        # Names (a Kubernetes Service; a headless one lists every pod) are resolved by DNS, every address an
+        # endpoint.
+        "type": "STATIC" if static else "STRICT_DNS",
         "connect_timeout": "1s",
         "typed_extension_protocol_options": HTTP2_OPTIONS,
-        "load_assignment": {"cluster_name": XDS_CLUSTER, "endpoints": [{"lb_endpoints": [{"endpoint": {
-            "address": {"socket_address": {"address": xds.address, "port_value": xds.port}}}}]}]},
+        "load_assignment": _xds_endpoints(servers),
     }
+    if len(servers) > 1 or not static:
+        # A replica that is killed (no FIN) or hangs must leave the load balancer at once, so the next
+        # stream goes to another replica: active gRPC health checks every second, one failure is enough
+        # (https://www.envoyproxy.io/docs/envoy/latest/intro/arch_overview/upstream/health_checking).
+        # Not for one address: there is nowhere else to go, and the committed single-server bootstrap stays
+        # as it was.
+        xds_cluster["health_checks"] = [{
+            "timeout": "1s", "interval": "1s", "no_traffic_interval": "1s",
+            "unhealthy_threshold": 1, "healthy_threshold": 1,
+            "grpc_health_check": {"service_name": ADS_SERVICE},
+        }]
     tls = xds.tls
     if tls is not None and tls.client_cert_file is not None and tls.client_key_file is not None:
         # mTLS to the control plane: Envoy presents the gateway's client certificate and checks the control

@@ -280,7 +280,9 @@ def _parser(spec: ServiceSpec) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=f"python -m {spec.name}", description=spec.description)
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--config", type=Path, help="standalone: run from this gateway config file (watched)")
-    mode.add_argument("--xds", metavar="HOST:PORT", help="control-plane mode: ADS server to subscribe to")
+    mode.add_argument("--xds", metavar="HOST:PORT[,HOST:PORT...]",
+                      help="control-plane mode: ADS server(s) to subscribe to; several replicas are tried in "
+                           "order and failed over")
     xds = parser.add_argument_group("control-plane mode (--xds)")
     xds.add_argument("--node-id", help="this service's node id, e.g. outrider-gateway/" + spec.name)
     xds.add_argument("--node-cluster", help="the gateway's node cluster (services.xds.node_cluster)")
@@ -312,6 +314,9 @@ def startup(spec: ServiceSpec, argv: list[str] | None = None) -> tuple[StartupSe
                if value is None]
     if missing:
         parser.error(f"--xds needs {', '.join(missing)}")
+    bad = [t for t in args.xds.split(",") if not _host_port(t.strip())]
+    if bad:
+        parser.error(f"--xds: {', '.join(repr(t) for t in bad)} is not HOST:PORT")
     settings = StartupSettings(spec.name, args.address, args.port, args.metrics_port, args.log_level)
     tls = (args.xds_ca, args.xds_cert, args.xds_key)
     if any(tls) and not all(tls):
@@ -322,6 +327,11 @@ def startup(spec: ServiceSpec, argv: list[str] | None = None) -> tuple[StartupSe
             args.xds_ca.read_bytes(), args.xds_key.read_bytes(), args.xds_cert.read_bytes())
         options["server_name"] = args.xds_server_name
     return settings, XdsSource(spec, args.xds, args.node_id, args.node_cluster, **options)
+
+
+def _host_port(text: str) -> bool:
+    host, sep, port = text.rpartition(":")
+    return bool(sep and host and port.isdigit() and 1 <= int(port) <= 65535)
 
 
 def run_main(spec: ServiceSpec, argv: list[str] | None = None) -> None:

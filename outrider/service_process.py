@@ -39,7 +39,7 @@ def service_process(name: str, module: str, settings: ListenSettings, config: Ga
         return ManagedProcess(name, [python, "-m", module, "--config", str(config_path)],
                               ready=http_ready(f"http://{settings.address}:{settings.metrics_port}/metrics"))
     xds = config.services.xds
-    argv = [python, "-m", module, "--xds", f"{xds.address}:{xds.port}",
+    argv = [python, "-m", module, "--xds", ",".join(xds.ads_servers()),
             "--node-id", service_node_id(xds.node_id, name), "--node-cluster", xds.node_cluster,
             "--address", settings.address, "--port", str(settings.port), "--metrics-port", str(settings.metrics_port),
             "--log-level", config.logging.level, "--workers", str(settings.workers)]

@@ -9,6 +9,11 @@ nonce, and either the response's version_info (ACK) or the last version successf
 error_detail (NACK) — a NACKed version is never applied, the last good config stays. A client that
 reconnects sends the version it holds, so the server can tell what it has.
 The decision logic (`Subscription`) is sans-IO; `ServiceConfigClient` only moves messages over gRPC.
+
+Several control-plane replicas (`--xds A,B`): the client streams from the first, and when a stream fails or
+ends it moves to the next one in the list (round and round, backing off once a whole round failed). It
+never applies a version older than the one it runs when that version comes from another replica than the
+one it got its version from (a replica that is behind; a single control plane's own rollback is obeyed).
 """
 
 from __future__ import annotations
@@ -77,6 +82,10 @@ class Subscription:
         # Digests of the payload live now and of the one being applied: the same payload is ACKed, not re-applied.
         self._applied_digest: bytes | None = None
         self._pending_digest: bytes | None = None
+        # The control plane the current stream talks to, and the one the applied version came from.
+        self.server = ""
+        self._applied_from = ""
+        self._pending_from = ""
 
     def initial_request(self) -> discovery_pb2.DiscoveryRequest:
         """The first request of a stream: node, type, and the version held (empty on the very first)."""
@@ -97,18 +106,34 @@ class Subscription:
             decoded = unpack_envelope(self.type_url, response.resources[0])
         except ResourceError as exc:
             return self.refused(response, str(exc))
+        older = self._older_from_elsewhere(decoded.version)
+        if older is not None:
+            return self.refused(response, older)
         digest = hashlib.sha256(decoded.payload_json.encode()).digest()
         if digest == self._applied_digest:
             # Nothing of ours changed (another part of the snapshot did, or a resend after a reconnect):
             # this version is what we already run, so it is ACKed without applying the same config again.
             return self.applied(response, decoded.version)
         self._pending_digest = digest
+        self._pending_from = self.server
         return Update(decoded.version, decoded.payload)
+
+    def _older_from_elsewhere(self, version: str) -> str | None:
+        """Why a version must not be applied: older than the applied one and from another replica."""
+        if self.applied_version is None or self.server == self._applied_from:
+            return None
+        if not (version.isdigit() and self.applied_version.isdigit()):
+            return None
+        if int(version) >= int(self.applied_version):
+            return None
+        return (f"version {version} from {self.server} is older than version {self.applied_version} "
+                f"applied from {self._applied_from}; keeping it")
 
     def applied(self, response: discovery_pb2.DiscoveryResponse, version: str) -> discovery_pb2.DiscoveryRequest:
         """The ACK of a response whose resource is now live."""
         if self._pending_digest is not None:
             self._applied_digest, self._pending_digest = self._pending_digest, None
+        self._applied_from = self.server
         self.applied_version = version
         self.acked_version = response.version_info
         return discovery_pb2.DiscoveryRequest(node=self.node, type_url=self.type_url,
@@ -124,6 +149,40 @@ class Subscription:
             error_detail=status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message=reason))
 
 
+class Failover:
+    """Which control-plane replica the next stream goes to, and after how long (pure: jitter passed in).
+
+    After every stream the next replica in the list is tried: at once (a short pause against a busy loop)
+    while the round still has replicas not tried since the last answer, else after a delay that doubles up
+    to max_s, with jitter that spreads the reconnects of many services after a control plane restart. A
+    stream that was answered starts the delay over.
+    """
+
+    def __init__(self, targets: list[str], initial_s: float, max_s: float) -> None:
+        self.targets = targets
+        self.initial_s = initial_s
+        self.max_s = max_s
+        self._index = 0
+        self._failed = 0  # streams without an answer since the last answered one
+        self._delay = initial_s
+
+    @property
+    def current(self) -> str:
+        return self.targets[self._index]
+
+    def after_stream(self, answered: bool, jitter: float) -> float:
+        """Move to the next replica; seconds to wait before its stream (jitter: a number in [0, 1))."""
+        self._failed = 0 if answered else self._failed + 1
+        if answered:
+            self._delay = self.initial_s
+        self._index = (self._index + 1) % len(self.targets)
+        if self._failed % len(self.targets) != 0:
+            return self.initial_s * jitter
+        wait = self._delay * (0.5 + jitter / 2)
+        self._delay = min(self._delay * 2, self.max_s)
+        return wait
+
+
 def reason_of(exc: BaseException) -> str:
     """The NACK message for an apply that raised: the message alone for a refusal, else the type too."""
     if isinstance(exc, ConfigRejected):
@@ -136,7 +195,7 @@ class ServiceConfigClient:
 
     def __init__(
         self,
-        target: str,
+        target: str | list[str],
         node_id: str,
         node_cluster: str,
         type_url: str,
@@ -147,7 +206,11 @@ class ServiceConfigClient:
         channel_credentials: grpc.ChannelCredentials | None = None,
         server_name: str | None = None,
     ) -> None:
-        self.target = target
+        # One address, or several replicas ("a:1,b:2" or a list) tried in order.
+        self.targets = [t.strip() for t in target.split(",")] if isinstance(target, str) else list(target)
+        if not self.targets or not all(self.targets):
+            raise ValueError(f"no control-plane address in {target!r}")
+        self.target = self.targets[0]
         self.type_url = type_url
         self._apply = apply
         self._backoff_initial_s = backoff_initial_s
@@ -165,19 +228,22 @@ class ServiceConfigClient:
         """The last applied version (the resource's snapshot version), None before the first."""
         return self._state.applied_version
 
-    def _channel(self) -> grpc.aio.Channel:
+    def _channel(self, target: str) -> grpc.aio.Channel:
         if self._credentials is not None:
-            return grpc.aio.secure_channel(self.target, self._credentials, options=self._options)
-        return grpc.aio.insecure_channel(self.target, options=self._options)
+            return grpc.aio.secure_channel(target, self._credentials, options=self._options)
+        return grpc.aio.insecure_channel(target, options=self._options)
 
     async def run(self) -> None:
-        """Subscribe forever; a broken stream is reopened after a jittered, growing delay. Cancel to stop."""
-        delay = self._backoff_initial_s
-        async with self._channel() as channel:
-            stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
+        """Subscribe forever; a broken stream is reopened on the next replica (Failover says when). Cancel
+        to stop."""
+        failover = Failover(self.targets, self._backoff_initial_s, self._backoff_max_s)
+        channels = {target: self._channel(target) for target in dict.fromkeys(self.targets)}
+        try:
             while True:
+                self.target = self._state.server = failover.current
                 answered = False
                 try:
+                    stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channels[self.target])
                     answered = await self._stream(stub)
                     log.warning("control plane closed the stream", extra={"target": self.target})
                 except grpc.aio.AioRpcError as exc:
@@ -187,11 +253,10 @@ class ServiceConfigClient:
                     log.exception("control plane stream broke", extra={"target": self.target})
                 finally:
                     self.connected = False
-                if answered:
-                    delay = self._backoff_initial_s
-                # Jitter spreads the reconnects of many services after a control plane restart.
-                await asyncio.sleep(delay * (0.5 + random.random() / 2))  # noqa: S311 (jitter, not a secret)
-                delay = min(delay * 2, self._backoff_max_s)
+                await asyncio.sleep(failover.after_stream(answered, random.random()))  # noqa: S311 (jitter)
+        finally:
+            for channel in channels.values():
+                await channel.close()
 
     async def _stream(self, stub: ads_pb2_grpc.AggregatedDiscoveryServiceStub) -> bool:
         """One ADS stream until the server ends it; True if the server answered at least once."""

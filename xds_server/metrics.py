@@ -34,6 +34,8 @@ class XdsMetrics:
     version: Gauge
     build_seconds: Histogram
     push_seconds: Histogram
+    store_conflicts: Counter
+    store_refreshes: Counter
 
 
 def _build(registry: CollectorRegistry) -> XdsMetrics:
@@ -50,6 +52,12 @@ def _build(registry: CollectorRegistry) -> XdsMetrics:
                       registry=registry),
         changes=Counter("xds_changes_total", "Config changes by source and outcome", ["source", "outcome"],
                         registry=registry),
+        store_conflicts=Counter("xds_store_conflicts_total",
+                                "Changes that lost the compare-and-set to another replica and were redone",
+                                registry=registry),
+        store_refreshes=Counter("xds_store_refreshes_total",
+                                "Newer versions committed by another replica and now served here",
+                                registry=registry),
         version=Gauge("xds_config_version", "Version of the config being served", multiprocess_mode="livemax",
                       registry=registry),
         build_seconds=Histogram(

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -113,10 +113,14 @@ def delta_request(message: discovery_pb2.DeltaDiscoveryRequest) -> DeltaRequest:
 
 class AdsService:
     def __init__(self, cache: SnapshotCache, encoder: ResponseEncoder | None = None,
-                 admits: Callable[[Node, frozenset[str]], bool] | None = None) -> None:
+                 admits: Callable[[Node, frozenset[str]], bool] | None = None,
+                 before_stream: Callable[[Node, str], Awaitable[None]] | None = None) -> None:
         self._cache = cache
         self._encoder = encoder or ResponseEncoder()
         self._admits = admits or (lambda node, peer: True)
+        # Awaited before a new stream is answered, with the version the client says it holds (SotW's
+        # version_info; "" for delta): replicas catch up with their shared store there.
+        self._before_stream = before_stream
 
     def register(self, server: grpc.aio.Server) -> None:
         handlers = {
@@ -161,6 +165,9 @@ class AdsService:
                         extra={"node": node.id, "cluster": node.cluster, "peer": sorted(peer)})
             await context.abort(grpc.StatusCode.PERMISSION_DENIED,
                                 f"node {node.id!r} (cluster {node.cluster!r}) is not expected by this control plane")
+
+        if self._before_stream is not None:
+            await self._before_stream(node, "" if delta else first.version_info)
 
         def send(response: Response) -> None:
             out.put_nowait(self._encoder.encode(response))

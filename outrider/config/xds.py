@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from outrider.config.base import ConfigPath
 
@@ -35,6 +35,42 @@ class XdsTls(BaseModel):
     server_name: Annotated[str, Field(min_length=1)] = "localhost"
 
 
+class FileStoreSettings(BaseModel):
+    """The state in `state_dir` (one control-plane process)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["file"] = "file"
+
+
+class RedisStoreSettings(BaseModel):
+    """The state in Redis, shared by control-plane replicas (compare-and-set saves, change notifications)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["redis"]
+    url: str
+    key_prefix: Annotated[str, Field(min_length=1)] = "outrider:xds:"
+    # The environment variable holding Redis's password (a Kubernetes Secret), so the config file (a
+    # ConfigMap) needs none; unset or empty: the URL's own password, if any.
+    password_env: Annotated[str, Field(min_length=1)] | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        scheme, sep, rest = value.partition("://")
+        if scheme not in ("redis", "rediss", "unix") or not sep or not rest or any(c.isspace() for c in value):
+            raise ValueError("must be a redis://, rediss:// (TLS) or unix:// URL, e.g. redis://redis:6379/0")
+        return value
+
+
+def _server_address(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"{value!r} is not host:port (e.g. 10.0.0.5:18000)")
+    return value
+
+
 class XdsService(BaseModel):
     """`enabled: true` moves Envoy onto ADS: listeners, routes, clusters, endpoints come from xds_server."""
 
@@ -58,8 +94,14 @@ class XdsService(BaseModel):
     admin_allowed_hosts: list[Annotated[str, Field(min_length=1)]] = Field(
         default_factory=lambda: ["127.0.0.1", "localhost", "::1"])
     metrics_port: Port = 19084
-    # Accepted changes are persisted here; relative to the config file's folder.
+    # Accepted changes are persisted here (store kind "file"); relative to the config file's folder.
     state_dir: Path = Path(".run/xds-state")
+    # Where the state lives: {kind: file} (state_dir) or {kind: redis, url: ..., key_prefix: ...} when
+    # several control-plane replicas serve one gateway (docs/replicas.md).
+    store: Annotated[FileStoreSettings | RedisStoreSettings, Field(discriminator="kind")] = FileStoreSettings()
+    # The control-plane replicas ("host:port") the gateway's ADS clients (Envoy, the services) use, tried in
+    # order and failed over. Empty: address:port only.
+    servers: list[str] = Field(default_factory=list)
     # "sotw" (state of the world) or "delta" (incremental xDS) for the Envoy that `outrider run` starts.
     protocol: Literal["sotw", "delta"] = "sotw"
     # Snapshots are kept per node id or per node cluster (several Envoys of one cluster share one).
@@ -76,3 +118,12 @@ class XdsService(BaseModel):
     tls: XdsTls | None = None
     # How often the config file is checked for edits (0 = never).
     watch_interval_ms: Annotated[int, Field(ge=0, le=60_000)] = 500
+
+    @field_validator("servers")
+    @classmethod
+    def _servers(cls, value: list[str]) -> list[str]:
+        return [_server_address(item) for item in value]
+
+    def ads_servers(self) -> list[str]:
+        """The "host:port" of every replica the gateway's ADS clients may use, in the order they try them."""
+        return list(self.servers) or [f"{self.address}:{self.port}"]

@@ -78,8 +78,8 @@ def compiled(given_config: dict[str, Any]) -> dict[str, dict[str, bytes]]:
 def test_save_load_compile_is_byte_identical(tmp_path: Path, data: dict[str, Any]) -> None:
     before = copy.deepcopy(data)
     store = FileStore(tmp_path / "state")
-    store.save(State(3, "digest", data))
-    loaded = store.load()
+    store.write(State(3, "digest", data))
+    loaded = store.read()
     assert loaded is not None and loaded.version == 3 and loaded.file_digest == "digest"
     assert loaded.given == before  # stored as given, not re-dumped
     assert compiled(loaded.given) == compiled(before)
@@ -89,4 +89,4 @@ def test_save_load_compile_is_byte_identical(tmp_path: Path, data: dict[str, Any
 def test_a_state_of_another_format_is_ignored(tmp_path: Path) -> None:
     store = FileStore(tmp_path)
     store.path.write_text('{"version": 4, "file_digest": "d", "config": {}}')
-    assert store.load() is None
+    assert store.read() is None
