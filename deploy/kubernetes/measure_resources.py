@@ -22,10 +22,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import cpu_seconds, machine_summary, print_table
-from bench.soak import Traffic, current_rss_mib, drive, processes
-from tests.harness import Stack, example_config_dict, with_free_ports, write_config
-from tests.redis_harness import redis_process, redis_url
+from bench.common import cpu_seconds, machine_summary, print_table  # noqa: E402  (the repo root is put on sys.path first)
+from bench.soak import Traffic, current_rss_mib, drive, processes  # noqa: E402  (the repo root is put on sys.path first)
+from tests.harness import Stack, example_config_dict, with_free_ports, write_config  # noqa: E402  (the repo root is put on sys.path first)
+from tests.redis_harness import redis_process, redis_url  # noqa: E402  (the repo root is put on sys.path first)
 
 
 def sample(pids: dict[str, int], seconds: float, during: asyncio.Future[object] | None = None
