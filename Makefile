@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 CONFIG ?= examples/gateway.yaml
 
-.PHONY: install run test check bench bench-services soak test-deps bench-deps clean protos
+.PHONY: install run test check bench bench-services soak test-deps bench-deps clean protos image
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,7 +16,8 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# Debian packages: redis-server for the tests; wrk and h2load (nghttp2-client) for the benchmarks.
+# Debian packages: redis-server and kubectl (kubernetes-client: kubectl 1.20, kustomize v2.0.3, enough for
+# tests/deploy's `kubectl kustomize`) for the tests; wrk and h2load (nghttp2-client) for the benchmarks.
 define apt_ensure
 	@missing=""; \
 	for pair in $(1); do cmd=$${pair%%:*}; pkg=$${pair##*:}; \
@@ -28,7 +29,7 @@ define apt_ensure
 endef
 
 test-deps:
-	$(call apt_ensure,redis-server:redis-server)
+	$(call apt_ensure,redis-server:redis-server kubectl:kubernetes-client)
 
 bench-deps: test-deps
 	$(call apt_ensure,wrk:wrk h2load:nghttp2-client)
@@ -65,6 +66,14 @@ bench-services: install bench-deps
 # 10 minutes of mixed valid and hostile traffic from 100,000 users; RSS of every process over time.
 soak: install bench-deps
 	$(BIN)/python bench/soak.py
+
+# The container image of deploy/kubernetes (Containerfile) with whichever builder is installed.
+IMAGE ?= outrider:0.1.0
+image:
+	@if command -v docker >/dev/null; then docker build -f Containerfile -t $(IMAGE) .; \
+	elif command -v podman >/dev/null; then podman build -f Containerfile -t $(IMAGE) .; \
+	elif command -v buildah >/dev/null; then buildah bud -f Containerfile -t $(IMAGE) .; \
+	else echo "make image: no container builder found (install docker, podman or buildah)" >&2; exit 1; fi
 
 clean:
 	rm -rf $(VENV) .run .pytest_cache .mypy_cache .ruff_cache
