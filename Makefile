@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 CONFIG ?= examples/gateway.yaml
 
-.PHONY: install run test check bench bench-services soak test-deps bench-deps clean protos image
+.PHONY: install run test check bench bench-services soak test-deps bench-deps clean protos
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -50,6 +50,15 @@ check: install
 protos: install
 	$(BIN)/python scripts/gen_protos.py
 
+# The container image of deploy/kubernetes (Containerfile) with whichever builder is installed.
+IMAGE ?= outrider:0.1.0
+.PHONY: image
+image:
+	@if command -v docker >/dev/null; then docker build -f Containerfile -t $(IMAGE) .; \
+	elif command -v podman >/dev/null; then podman build -f Containerfile -t $(IMAGE) .; \
+	elif command -v buildah >/dev/null; then buildah bud -f Containerfile -t $(IMAGE) .; \
+	else echo "make image: no container builder found (install docker, podman or buildah)" >&2; exit 1; fi
+
 # The whole gateway against Envoy alone and the trivial gRPC floors (~5 min); writes bench/RESULTS.md.
 bench: install bench-deps
 	$(BIN)/python bench/gateway_bench.py --out bench/RESULTS.md
@@ -66,14 +75,6 @@ bench-services: install bench-deps
 # 10 minutes of mixed valid and hostile traffic from 100,000 users; RSS of every process over time.
 soak: install bench-deps
 	$(BIN)/python bench/soak.py
-
-# The container image of deploy/kubernetes (Containerfile) with whichever builder is installed.
-IMAGE ?= outrider:0.1.0
-image:
-	@if command -v docker >/dev/null; then docker build -f Containerfile -t $(IMAGE) .; \
-	elif command -v podman >/dev/null; then podman build -f Containerfile -t $(IMAGE) .; \
-	elif command -v buildah >/dev/null; then buildah bud -f Containerfile -t $(IMAGE) .; \
-	else echo "make image: no container builder found (install docker, podman or buildah)" >&2; exit 1; fi
 
 clean:
 	rm -rf $(VENV) .run .pytest_cache .mypy_cache .ruff_cache
