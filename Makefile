@@ -16,7 +16,8 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# Debian packages: redis-server for the tests; wrk and h2load (nghttp2-client) for the benchmarks.
+# Debian packages: redis-server and kubectl (kubernetes-client: kubectl 1.20, kustomize v2.0.3, enough for
+# tests/deploy's `kubectl kustomize`) for the tests; wrk and h2load (nghttp2-client) for the benchmarks.
 define apt_ensure
 	@missing=""; \
 	for pair in $(1); do cmd=$${pair%%:*}; pkg=$${pair##*:}; \
@@ -28,7 +29,7 @@ define apt_ensure
 endef
 
 test-deps:
-	$(call apt_ensure,redis-server:redis-server)
+	$(call apt_ensure,redis-server:redis-server kubectl:kubernetes-client)
 
 bench-deps: test-deps
 	$(call apt_ensure,wrk:wrk h2load:nghttp2-client)
@@ -63,6 +64,15 @@ check: install
 # Regenerate outrider/protos/ from proto/ (tests/kernel/test_protos_current.py checks it is current).
 protos: install
 	$(BIN)/python scripts/gen_protos.py
+
+# The container image of deploy/kubernetes (Containerfile) with whichever builder is installed.
+IMAGE ?= outrider:0.1.0
+.PHONY: image
+image:
+	@if command -v docker >/dev/null; then docker build -f Containerfile -t $(IMAGE) .; \
+	elif command -v podman >/dev/null; then podman build -f Containerfile -t $(IMAGE) .; \
+	elif command -v buildah >/dev/null; then buildah bud -f Containerfile -t $(IMAGE) .; \
+	else echo "make image: no container builder found (install docker, podman or buildah)" >&2; exit 1; fi
 
 # The whole gateway against Envoy alone and the trivial gRPC floors (~5 min); writes bench/RESULTS.md.
 bench: install bench-deps
