@@ -6,6 +6,7 @@ have no virtual IPs; see docs/pod-harness.md). `close()` stops every pod and rem
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -46,6 +47,7 @@ class LocalCluster:
 
     def __init__(self, prefix: str = "orp", workdir: Path | None = None,
                  on_event: Callable[[str], None] | None = None) -> None:
+        self._own_workdir = workdir is None
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix=f"{prefix}-", dir=WORKDIR_PARENT))
         self.network = PodNetwork(prefix=prefix)
         self.objects = ObjectStore()
@@ -108,7 +110,8 @@ class LocalCluster:
         self._resolve_services()
         return report
 
-    def close(self) -> None:
+    def close(self, keep_workdir: bool = False) -> None:
+        """Stop every pod, remove the network; remove the work directory (logs, volumes) if it made it."""
         try:
             for name in list(self.pods):
                 try:
@@ -117,3 +120,5 @@ class LocalCluster:
                     self.network.remove_pod(name)
         finally:
             self.network.close()
+            if self._own_workdir and not keep_workdir:
+                shutil.rmtree(self.workdir, ignore_errors=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import shutil
 import signal
 import sys
 import threading
@@ -35,7 +34,8 @@ def cmd_pod(args: argparse.Namespace) -> int:
         return 1
     cluster = LocalCluster(prefix=args.prefix, on_event=_print)
     try:
-        with cluster:
+        cluster.network.create()
+        try:
             workloads = cluster.add_objects([*objects, *specs])
             if not workloads:
                 _print("no Pod or Deployment in " + ", ".join(args.spec))
@@ -57,12 +57,11 @@ def cmd_pod(args: argparse.Namespace) -> int:
                 report = cluster.stop_pod(name)
                 _print(f"pod {name} stopped in {report.duration_s:.1f}s: exit codes {report.exit_codes}"
                        + (f", SIGKILLed {report.killed}" if report.killed else ""))
+        finally:
+            cluster.close(keep_workdir=args.keep_logs)
     except (SpecError, RuntimeError) as exc:
         _print(str(exc))
         return 1
-    finally:
-        if not args.keep_logs:
-            shutil.rmtree(cluster.workdir, ignore_errors=True)
     return 0
 
 

@@ -13,6 +13,7 @@ import ipaddress
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,6 +69,7 @@ class PodNetwork:
     run_id: str = field(default_factory=lambda: secrets.token_hex(2))
     subnet: ipaddress.IPv4Network | None = None
     namespaces: dict[str, str] = field(default_factory=dict)  # pod name → netns name
+    host_links: dict[str, str] = field(default_factory=dict)  # pod name → host end of its veth pair
     addresses: dict[str, str] = field(default_factory=dict)  # pod name → IP
     hosts: dict[str, str] = field(default_factory=dict)  # host name → IP (pods and Services)
     _next_host: int = 2
@@ -97,6 +99,7 @@ class PodNetwork:
         address = str(self.subnet.network_address + index)
         host_if, pod_if = f"{self.prefix}{self.run_id}h{index}", f"{self.prefix}{self.run_id}p{index}"
         self.namespaces[pod] = ns
+        self.host_links[pod] = host_if
         _ip("netns", "add", ns)
         _ip("link", "add", host_if, "type", "veth", "peer", "name", pod_if)
         _ip("link", "set", host_if, "master", self.bridge)
@@ -137,8 +140,12 @@ class PodNetwork:
         ns = self.namespaces.pop(pod, None)
         if ns is None:
             return
-        # Deleting the namespace destroys eth0 in it, and with it the host end of the veth pair.
+        # A namespace lives on while a process is in it: end them first (a pod's runner normally has).
+        for pid in _ip("netns", "pids", ns, check=False).split():
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(pid), signal.SIGKILL)
         _ip("netns", "del", ns, check=False)
+        _ip("link", "del", self.host_links.pop(pod, ""), check=False)  # gone with the namespace, or now
         shutil.rmtree(NETNS_ETC / ns, ignore_errors=True)
         with contextlib.suppress(OSError):
             NETNS_ETC.rmdir()  # only when no other namespace has files there

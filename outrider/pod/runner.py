@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import shutil
 import signal
 import subprocess
@@ -16,6 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -32,6 +34,41 @@ RESTART_DELAY_S = 1.0  # the kubelet backs off from 10 s; a local harness restar
 
 class PodError(RuntimeError):
     pass
+
+
+class _Launcher:
+    """Starts every container process from one thread that lives as long as this process.
+
+    The parent-death signal (setpriv --pdeathsig, so no container outlives a crashed harness) fires when the
+    *thread* that forked the child ends, not the process: a container started from a short-lived thread (a
+    test starting two pods at once, a restart from a probe thread) would get SIGTERM as soon as it ends.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._requests: queue.Queue[tuple[Callable[[], subprocess.Popen[bytes]], Future[subprocess.Popen[bytes]]]]
+        self._requests = queue.Queue()
+        self._thread: threading.Thread | None = None
+
+    def _serve(self) -> None:
+        while True:
+            make, future = self._requests.get()
+            try:
+                future.set_result(make())
+            except BaseException as exc:  # handed to the caller
+                future.set_exception(exc)
+
+    def popen(self, make: Callable[[], subprocess.Popen[bytes]]) -> subprocess.Popen[bytes]:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._serve, name="pod-launcher", daemon=True)
+                self._thread.start()
+        future: Future[subprocess.Popen[bytes]] = Future()
+        self._requests.put((make, future))
+        return future.result()
+
+
+LAUNCHER = _Launcher()
 
 
 def local_argv(argv: Sequence[str]) -> list[str]:
@@ -135,8 +172,10 @@ class Pod:
         log = self._logs.get(spec.name)
         if log is None:
             log = self._logs[spec.name] = open(self.log_path(spec.name), "ab")  # noqa: SIM115 - closed in stop()
-        state.proc = subprocess.Popen(argv, env=self._env(spec), stdout=log, stderr=subprocess.STDOUT,
-                                      stdin=subprocess.DEVNULL, cwd="/", start_new_session=True)
+        env = self._env(spec)
+        state.proc = LAUNCHER.popen(lambda: subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                                             stdin=subprocess.DEVNULL, cwd="/",
+                                                             start_new_session=True))
         state.started.clear()
         state.readiness = None if spec.readiness is None else ProbeState(
             spec.readiness.success_threshold, spec.readiness.failure_threshold)
