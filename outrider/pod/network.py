@@ -9,6 +9,7 @@ Service names resolve through the pod's hosts file (`ip netns exec` bind-mounts 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import ipaddress
 import os
 import secrets
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 NETNS_ETC = Path("/etc/netns")
+LOCK_FILE = Path("/run/lock/outrider-pod-network.lock")
 
 
 class NetworkError(RuntimeError):
@@ -84,9 +86,14 @@ class PodNetwork:
         return str(self.subnet.network_address + 1)
 
     def create(self) -> PodNetwork:
-        self.subnet = self.subnet or free_subnet(self.base)
-        _ip("link", "add", self.bridge, "type", "bridge")
-        _ip("addr", "add", f"{self.gateway}/{self.subnet.prefixlen}", "dev", self.bridge)
+        # Held while picking a subnet and taking it: two harnesses starting at once (another test run, the
+        # other helpers' orr-/orm-/ors- networks) must not both take the first free /24.
+        LOCK_FILE.parent.mkdir(parents=True, exist_ok=True)
+        with open(LOCK_FILE, "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self.subnet = self.subnet or free_subnet(self.base)
+            _ip("link", "add", self.bridge, "type", "bridge")
+            _ip("addr", "add", f"{self.gateway}/{self.subnet.prefixlen}", "dev", self.bridge)
         _ip("link", "set", self.bridge, "up")
         return self
 
