@@ -262,6 +262,27 @@ def _env(items: Sequence[Any], objects: ObjectStore, where: str) -> tuple[tuple[
     return tuple(out.items())
 
 
+def _env_from(items: Sequence[Any], objects: ObjectStore, where: str) -> dict[str, str]:
+    """envFrom: every key of a ConfigMap or Secret (with an optional prefix)."""
+    out: dict[str, str] = {}
+    for i, item in enumerate(items):
+        at = f"{where}[{i}]"
+        for kind, ref_key in (("configMap", "configMapRef"), ("secret", "secretRef")):
+            if ref_key in item:
+                ref = _get(item, ref_key, at)
+                store = objects.config_maps if kind == "configMap" else objects.secrets
+                name = str(ref.get("name"))
+                if name not in store:
+                    if ref.get("optional"):
+                        break
+                    raise SpecError(f"{at}.{ref_key}: {kind} {name!r} not found (pass it with --objects)")
+                out.update({str(item.get("prefix", "")) + k: v.decode() for k, v in store[name].items()})
+                break
+        else:
+            raise SpecError(f"{at}: needs configMapRef or secretRef")
+    return out
+
+
 def _container(doc: Mapping[str, Any], role: Literal["init", "sidecar", "main"], objects: ObjectStore,
                where: str) -> Container:
     name = doc.get("name")
@@ -274,8 +295,9 @@ def _container(doc: Mapping[str, Any], role: Literal["init", "sidecar", "main"],
         raise SpecError(f"{where}.command: required here (there is no image ENTRYPOINT to fall back on)")
     ports_list = _list(doc, "ports", where)
     ports = {str(p.get("name", "")): int(p["containerPort"]) for p in ports_list if isinstance(p, Mapping)}
-    env = _env(_list(doc, "env", where), objects, f"{where}.env")
-    env_map = dict(env)
+    env_map = _env_from(_list(doc, "envFrom", where), objects, f"{where}.envFrom")
+    env_map.update(_env(_list(doc, "env", where), objects, f"{where}.env"))  # env wins over envFrom
+    env = tuple(env_map.items())
     argv = tuple(expand(a, env_map) for a in [*command, *args])
     mounts = tuple(Mount(str(m["name"]), str(m["mountPath"]), bool(m.get("readOnly", False)),
                          str(m.get("subPath", "")))

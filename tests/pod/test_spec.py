@@ -94,8 +94,11 @@ def test_env_from_secret_and_config_map_and_expansion() -> None:
         "env": [{"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "s", "key": "token"}}},
                 {"name": "LEVEL", "valueFrom": {"configMapKeyRef": {"name": "c", "key": "level"}}},
                 {"name": "BOTH", "value": "$(TOKEN)-$(LEVEL)"}]}]}}
+    doc["spec"]["containers"][0]["envFrom"] = [{"configMapRef": {"name": "c"}, "prefix": "CM_"},
+                                                {"secretRef": {"name": "s"}}]
     container = parse_pod(doc, store).containers[0]
-    assert dict(container.env) == {"TOKEN": "secret", "LEVEL": "debug", "BOTH": "secret-debug"}
+    assert dict(container.env) == {"CM_level": "debug", "token": "secret", "TOKEN": "secret", "LEVEL": "debug",
+                                   "BOTH": "secret-debug"}
     assert container.argv == ("run", "--level", "debug", "$(LEVEL)", "$(UNKNOWN)")
     assert expand("$(A)$$", {"A": "x"}) == "x$"
 
