@@ -13,7 +13,9 @@ from outrider.pod.spec import SpecError
 
 
 def _print(text: str) -> None:
-    print(f"outrider: {text}", file=sys.stderr, flush=True)
+    # One write per line: probe threads report at the same time as the main thread.
+    sys.stderr.write(f"outrider: {text}\n")
+    sys.stderr.flush()
 
 
 def cmd_pod(args: argparse.Namespace) -> int:
@@ -46,11 +48,14 @@ def cmd_pod(args: argparse.Namespace) -> int:
             # In the order given, each ready before the next: list a Service's backends (the control plane)
             # before the pods that call it by name.
             for where, doc in workloads:
+                if stop.is_set():
+                    break
                 spec = cluster.pod_spec(doc, where)
                 pod = cluster.start_pod(spec)
                 _print(f"pod {spec.name} at {pod.ip} (network namespace {pod.netns}); logs in {pod.workdir}/logs")
                 pod.wait_ready(args.ready_timeout)
-            _print("all pods ready (Ctrl-C stops them in Kubernetes' order)")
+            if not stop.is_set():
+                _print("all pods ready (Ctrl-C stops them in Kubernetes' order)")
             while not stop.wait(0.5):
                 pass
             for name in reversed(list(cluster.pods)):

@@ -66,6 +66,11 @@ def mount_script(container: Container, volumes: dict[str, Path], read_only: set[
         if mount.read_only or mount.volume in read_only:
             lines.append(f"mount -o remount,bind,ro {shlex.quote(str(target))}")
         placed.append((target, source))
+    if container.read_only_root:
+        # This mount namespace's own copy of / turns read-only (the host's stays as it is); the volumes
+        # bound above are mounts of their own and stay writable, as in a container with
+        # readOnlyRootFilesystem.
+        lines.append("mount -o remount,bind,ro /")
     if container.working_dir:
         lines.append(f"cd {shlex.quote(container.working_dir)}")
     lines.append('exec "$@"')

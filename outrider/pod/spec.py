@@ -72,6 +72,8 @@ class Container:
     # "init": runs to completion before the next; "sidecar": a native sidecar (init + restartPolicy Always);
     # "main": a regular container.
     role: Literal["init", "sidecar", "main"] = "main"
+    # securityContext.readOnlyRootFilesystem: only the mounted volumes are writable.
+    read_only_root: bool = False
 
 
 @dataclass(frozen=True)
@@ -316,7 +318,7 @@ def _container(doc: Mapping[str, Any], role: Literal["init", "sidecar", "main"],
     return Container(name=name, argv=argv, env=env, ports=tuple((k, v) for k, v in ports.items()),
                      working_dir=doc.get("workingDir"), mounts=mounts, startup=probes["startupProbe"],
                      readiness=probes["readinessProbe"], liveness=probes["livenessProbe"], pre_stop=pre_stop,
-                     role=role)
+                     role=role, read_only_root=bool(_get(doc, "securityContext", where).get("readOnlyRootFilesystem")))
 
 
 def _volume(doc: Mapping[str, Any], objects: ObjectStore, where: str) -> Volume:

@@ -21,6 +21,9 @@ from tests.harness import EXAMPLE_CONFIG, KEYS_DIR
 NAMESPACE = "outrider"
 LISTENER_PORT = 10000
 ADMIN_TOKEN = "pod-harness-test-token"  # DEVELOPMENT ONLY: a fixed token for a throwaway control plane
+# The harness honours readOnlyRootFilesystem (only volumes are writable); the rest is the hardening.
+SECURITY_CONTEXT = {"runAsNonRoot": True, "readOnlyRootFilesystem": True, "allowPrivilegeEscalation": False,
+                    "capabilities": {"drop": ["ALL"]}}
 SIDECARS = [  # (container name, module, service name in node ids, port, metrics port) — examples/gateway.yaml's
     ("ext-authz", "ext_authz", "ext_authz", 18081, 19081),
     ("ratelimit", "ratelimit_service", "ratelimit", 18082, 19082),
@@ -69,6 +72,7 @@ def _sidecar(name: str, module: str, service: str, port: int, metrics_port: int)
                  "--node-cluster", "outrider", "--address", "0.0.0.0", "--port", str(port),
                  "--metrics-port", str(metrics_port)],
         "ports": [{"name": "grpc", "containerPort": port}, {"name": "metrics", "containerPort": metrics_port}],
+        "securityContext": SECURITY_CONTEXT,
         "startupProbe": {**grpc, "periodSeconds": 1, "failureThreshold": 30},
         "readinessProbe": {**grpc, "periodSeconds": 5},
         "livenessProbe": {**grpc, "periodSeconds": 10},
@@ -87,6 +91,7 @@ def gateway_deployment() -> dict[str, Any]:
         "livenessProbe": {"httpGet": {"path": "/health/live", "port": LISTENER_PORT},
                           "periodSeconds": 10, "timeoutSeconds": 5, "failureThreshold": 3},
         "lifecycle": {"preStop": {"exec": {"command": ["outrider", "drain", "--timeout", "20"]}}},
+        "securityContext": SECURITY_CONTEXT,
         "volumeMounts": [
             {"name": "config", "mountPath": "/etc/outrider", "readOnly": True},
             {"name": "jwt", "mountPath": "/etc/outrider/keys", "readOnly": True},

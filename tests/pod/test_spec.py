@@ -158,7 +158,7 @@ def test_volumes_and_mounts(var_tmp: Path) -> None:
         lines.index(f"mount --bind {dirs['jwt']} /etc/outrider/keys")
     assert "mount -o remount,bind,ro /etc/outrider/keys" in lines
     assert "mount -o remount,bind,ro /run/outrider" not in lines
-    assert lines[-1] == 'exec "$@"'
+    assert lines[-2:] == ["mount -o remount,bind,ro /", 'exec "$@"']  # readOnlyRootFilesystem, after the volumes
     # The Secret's mount point was made inside the ConfigMap's directory, not on the host's /etc.
     assert (dirs["config"] / "keys").is_dir()
 
