@@ -12,12 +12,14 @@ import contextlib
 import fcntl
 import ipaddress
 import os
+import re
 import secrets
 import shutil
 import signal
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 NETNS_ETC = Path("/etc/netns")
 LOCK_FILE = Path("/run/lock/outrider-pod-network.lock")
@@ -75,6 +77,7 @@ class PodNetwork:
     addresses: dict[str, str] = field(default_factory=dict)  # pod name → IP
     hosts: dict[str, str] = field(default_factory=dict)  # host name → IP (pods and Services)
     _next_host: int = 2
+    _alive: IO[str] | None = None  # this run's lock, held while the network exists
 
     @property
     def bridge(self) -> str:
@@ -91,6 +94,9 @@ class PodNetwork:
         LOCK_FILE.parent.mkdir(parents=True, exist_ok=True)
         with open(LOCK_FILE, "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
+            self._alive = open(run_lock(self.prefix, self.run_id), "w")  # noqa: SIM115 - held until close()
+            fcntl.flock(self._alive, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            sweep_stale(self.prefix)
             self.subnet = self.subnet or free_subnet(self.base)
             _ip("link", "add", self.bridge, "type", "bridge")
             _ip("addr", "add", f"{self.gateway}/{self.subnet.prefixlen}", "dev", self.bridge)
@@ -161,13 +167,62 @@ class PodNetwork:
         for pod in list(self.namespaces):
             self.remove_pod(pod)
         _ip("link", "del", self.bridge, check=False)
+        if self._alive is not None:
+            with contextlib.suppress(OSError):
+                run_lock(self.prefix, self.run_id).unlink()
+            self._alive.close()
+            self._alive = None
 
 
-def leftovers(prefix: str) -> list[str]:
-    """Namespaces and links named with `prefix` that are still there (tests assert there are none)."""
-    names = [line.split()[0] for line in _ip("netns", "list").splitlines() if line.startswith(prefix + "-")]
+def run_lock(prefix: str, run_id: str) -> Path:
+    return LOCK_FILE.parent / f"outrider-pod-{prefix}-{run_id}.lock"
+
+
+def _owner_alive(prefix: str, run_id: str) -> bool:
+    """A run holds its lock file while its network exists; a run that was killed (SIGKILL, a timeout) left
+    the file unlocked, or no file at all."""
+    try:
+        with open(run_lock(prefix, run_id)) as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            return False
+    except FileNotFoundError:
+        return False
+
+
+def sweep_stale(prefix: str) -> list[str]:
+    """Remove what killed runs of this prefix left (namespaces, links, hosts files); returns the names."""
+    removed: list[str] = []
+    pattern = _name_pattern(prefix)
+    for name in leftovers(prefix):
+        match = pattern.match(name)
+        if match is None or _owner_alive(prefix, match.group(1)):
+            continue
+        if name.startswith(f"{prefix}-{match.group(1)}-"):  # a namespace
+            for pid in _ip("netns", "pids", name, check=False).split():
+                with contextlib.suppress(ProcessLookupError, ValueError):
+                    os.kill(int(pid), signal.SIGKILL)
+            _ip("netns", "del", name, check=False)
+            shutil.rmtree(NETNS_ETC / name, ignore_errors=True)
+        else:
+            _ip("link", "del", name, check=False)
+        with contextlib.suppress(OSError):
+            run_lock(prefix, match.group(1)).unlink()
+        removed.append(name)
+    return removed
+
+
+def _name_pattern(prefix: str) -> re.Pattern[str]:
+    """Names a run makes: namespaces <prefix>-<run>-<pod>, bridge <prefix>-br<run>, veths <prefix><run>h<n>."""
+    return re.compile(rf"^{re.escape(prefix)}(?:-br|-|)([0-9a-f]{{4}})(?:$|-|[hp]\d+$)")
+
+
+def leftovers(prefix: str, run_id: str | None = None) -> list[str]:
+    """Namespaces and links of `prefix` (and of one run of it) that are still there (tests assert none)."""
+    names = [line.split()[0] for line in _ip("netns", "list").splitlines()]
     for line in _ip("-o", "link", "show").splitlines():
-        name = line.split(":")[1].strip().split("@")[0]
-        if name.startswith(prefix):
-            names.append(name)
-    return names
+        names.append(line.split(":")[1].strip().split("@")[0])
+    pattern = _name_pattern(prefix)
+    return [n for n in names if (m := pattern.match(n)) is not None and run_id in (None, m.group(1))]

@@ -54,7 +54,6 @@ def cluster() -> Iterator[Cluster]:
     """Control plane and demo upstream pods, then the two gateway pods — with the load already running through
     the gateway "Service" while they start, so a request sent before a pod is ready would show as a failure."""
     local = LocalCluster(prefix="orp")
-    run_prefix = f"orp-{local.network.run_id}"
     load: LoadGenerator | None = None
     try:
         local.network.create()
@@ -93,7 +92,7 @@ def cluster() -> Iterator[Cluster]:
         if load is not None:
             load.stop()
         local.close()
-        assert leftovers(run_prefix) == [], "network namespaces or links left behind"
+        assert leftovers("orp", local.network.run_id) == [], "network namespaces or links left behind"
 
 
 def test_gateway_pod_starts_in_kubernetes_order_and_is_ready_only_when_every_probe_passes(cluster: Cluster) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from outrider.pod.cluster import LocalCluster
-from outrider.pod.network import leftovers, unavailable_reason
+from outrider.pod.network import PodNetwork, leftovers, unavailable_reason
 
 pytestmark = pytest.mark.skipif(unavailable_reason() is not None, reason=str(unavailable_reason()))
 
@@ -48,7 +48,7 @@ def cluster() -> Iterator[LocalCluster]:
         yield local
     finally:
         local.close()
-        assert leftovers(f"orp-{local.network.run_id}") == []
+        assert leftovers("orp", local.network.run_id) == []
 
 
 def shared_log(local: LocalCluster, name: str) -> list[str]:
@@ -86,3 +86,20 @@ def test_grace_period_ends_in_sigkill(cluster: LocalCluster) -> None:
     assert sorted(report.killed) == ["main", "side-a", "side-b"]
     log = shared_log(cluster, "stubborn")
     assert "prestop" in log and "side-a-term" not in log
+
+
+def test_a_killed_runs_leftovers_are_swept_by_the_next_run() -> None:
+    stale = PodNetwork(prefix="orp").create()
+    stale.add_pod("x")
+    assert stale._alive is not None
+    stale._alive.close()  # as if its process had been SIGKILLed: the lock is gone, nothing was removed
+    assert len(leftovers("orp", stale.run_id)) == 3  # namespace, bridge, veth
+    fresh = PodNetwork(prefix="orp")
+    try:
+        fresh.create()
+        assert leftovers("orp", stale.run_id) == []
+        assert len(leftovers("orp", fresh.run_id)) == 1  # a live run is left alone (its bridge)
+    finally:
+        fresh.close()
+        stale._alive = None
+        stale.close()
