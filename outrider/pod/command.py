@@ -44,6 +44,8 @@ def cmd_pod(args: argparse.Namespace) -> int:
                 return 1
             for host in args.host:
                 name, _, address = host.partition("=")
+                if not name or not address:
+                    raise SpecError(f"--host {host!r}: expected NAME=IP")
                 cluster.network.set_host(name, address)
             # In the order given, each ready before the next: list a Service's backends (the control plane)
             # before the pods that call it by name.
@@ -73,7 +75,8 @@ def cmd_pod(args: argparse.Namespace) -> int:
 def add_command(sub: Any) -> None:  # argparse's _SubParsersAction is private
     p = sub.add_parser("pod", help="run Kubernetes pod specs (Pods, Deployments' templates) as local processes")
     p.add_argument("spec", nargs="+", help="YAML files with Pods/Deployments (and ConfigMaps, Secrets, Services)")
-    p.add_argument("--objects", nargs="*", default=[], help="more YAML files with ConfigMaps, Secrets, Services")
+    p.add_argument("--objects", nargs="+", action="extend", default=[], metavar="FILE",
+                   help="more YAML files with ConfigMaps, Secrets, Services (after the specs, or repeat the flag)")
     p.add_argument("--host", action="append", default=[], metavar="NAME=IP",
                    help="an extra name every pod resolves (e.g. a Redis on the host)")
     p.add_argument("--prefix", default="orp", help="prefix of the network namespaces and links (default orp)")
