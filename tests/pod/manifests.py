@@ -39,6 +39,11 @@ def gateway_config(control_plane: bool) -> dict[str, Any]:
     data["listeners"][0]["port"] = LISTENER_PORT
     services = data["services"]
     services["demo_upstream"]["enabled"] = False
+    # The test is about the pod lifecycle, on 2 cores shared with other test runs: a CPU-starved service
+    # must not turn into a fail-closed 403/500 that reads as a lost request. (The example's 250/500 ms
+    # budgets stay what a real deployment uses.)
+    services["ext_authz"]["timeout_ms"] = 2000
+    services["ext_proc"]["message_timeout_ms"] = 2000
     xds = services["xds"]
     if control_plane:
         xds.update(address="0.0.0.0", admin_address="0.0.0.0", state_dir="/run/outrider/xds-state")
