@@ -52,7 +52,8 @@ def cluster() -> Iterator[LocalCluster]:
 
 
 def shared_log(local: LocalCluster, name: str) -> list[str]:
-    return (local.pods[name].workdir / "volumes" / "shared" / "log").read_text().split()
+    path = local.pods[name].workdir / "volumes" / "shared" / "log"
+    return path.read_text().split() if path.exists() else []
 
 
 def wait_for_main(local: LocalCluster, name: str) -> None:
@@ -103,3 +104,25 @@ def test_a_killed_runs_leftovers_are_swept_by_the_next_run() -> None:
         fresh.close()
         stale._alive = None
         stale.close()
+
+
+def test_a_container_that_exits_or_fails_liveness_is_restarted(cluster: LocalCluster) -> None:
+    # Exits at its first start; at its second it runs, then fails its liveness probe once /tmp/sick exists.
+    script = ("if [ ! -f /tmp/once ]; then touch /tmp/once; exit 1; fi; "
+              f"echo main-start >> /tmp/log; {LOOP}")
+    doc = {"kind": "Pod", "metadata": {"name": "flaky"}, "spec": {
+        "terminationGracePeriodSeconds": 2,
+        "containers": [{"name": "main", "command": ["sh", "-c", script],
+                        "volumeMounts": [{"name": "shared", "mountPath": "/tmp"}],
+                        "livenessProbe": {"exec": {"command": ["sh", "-c", "! test -f /tmp/sick"]},
+                                          "periodSeconds": 1, "failureThreshold": 1}}],
+        "volumes": [{"name": "shared", "emptyDir": {}}]}}
+    running = cluster.start_pod(cluster.pod_spec(doc))
+    wait_for_main(cluster, "flaky")
+    assert running.containers["main"].restarts == 1
+    (running.workdir / "volumes" / "shared" / "sick").touch()
+    deadline = time.monotonic() + 10
+    while running.containers["main"].restarts < 2:
+        assert time.monotonic() < deadline, running.events
+        time.sleep(0.05)
+    assert any("liveness probe failed" in text for _, text in running.events)
