@@ -10,9 +10,11 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from outrider.devtoken import mint_dev_token
 from outrider.pod.cluster import LocalCluster
 from outrider.pod.network import leftovers, unavailable_reason
 from outrider.pod.runner import Pod, StopReport
+from tests.harness import KEYS_DIR
 from tests.pod import manifests
 from tests.pod.loadgen import LoadGenerator, Service
 
@@ -20,6 +22,13 @@ pytestmark = pytest.mark.skipif(unavailable_reason() is not None, reason=str(una
 
 GATEWAYS = ("gateway-a", "gateway-b")
 PUBLIC_PATH = "/api/v1/public/hello"
+
+
+def dev_token() -> str:
+    """DEVELOPMENT ONLY: a token signed with the published example key (examples/keys)."""
+    provider = manifests.gateway_config(control_plane=False)["auth"]["providers"][0]
+    return mint_dev_token(KEYS_DIR, provider["issuer"], provider["audiences"][0], subject="alice", roles=["user"],
+                          tier="free", ttl_s=600)
 
 
 class Watch:
@@ -117,6 +126,10 @@ def test_gateway_pod_starts_in_kubernetes_order_and_is_ready_only_when_every_pro
         with httpx.Client(base_url=f"http://{pod.ip}:{manifests.LISTENER_PORT}", trust_env=False) as client:
             assert client.get("/health/ready").status_code == 200
             assert client.get(PUBLIC_PATH).json()["path"] == PUBLIC_PATH  # the demo upstream pod answered
+            # The walkthrough's protected route: ext_authz (a sidecar, its keys from the Secret) decides.
+            assert client.get("/api/v1/users/profile").status_code == 401
+            seen = client.get("/api/v1/users/profile", headers={"Authorization": f"Bearer {dev_token()}"})
+            assert seen.status_code == 200 and seen.json()["headers"]["x-user-id"] == "alice"
     # The load ran all along: while no gateway pod was ready the Service had nowhere to send (not_sent), and
     # nothing it did send failed — no pod got traffic before every probe of it passed.
     assert load.result.not_sent > 0
