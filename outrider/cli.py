@@ -95,6 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", default=".run", help="where generated files go")
     p.set_defaults(func=cmd_run)
 
+    from outrider.envoy_command import add_commands as add_envoy_commands
+    from outrider.pod.command import add_command as add_pod_command
+
+    add_envoy_commands(sub)  # envoy, drain: a pod's main container and its preStop hook
+    add_pod_command(sub)  # pod: run a Kubernetes pod spec as local processes
+
     # The services' own commands (ext_authz's `token`, ...), found through their plugins.
     for plugin in discover():
         for command in plugin.cli_commands():
