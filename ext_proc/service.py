@@ -34,6 +34,7 @@ from ext_proc.events import (
 from ext_proc.metrics import ExtProcMetrics, LabelCache, service_metrics
 from ext_proc.plan import DEFAULT_ROUTE, RoutePlan
 from ext_proc.session import Session, error_response
+from outrider.envoy_access_log import CACHE_HIT_KEY, CACHE_NAMESPACE
 from outrider.logs import DecisionLog
 
 log = logging.getLogger("ext_proc.service")
@@ -138,6 +139,9 @@ def build_reply(reply: Reply) -> pb.ProcessingResponse:
     return response
 
 
+CACHE_HIT = "cache_hit"  # the reason of the Immediate that answers from the cache (ext_proc/session.py)
+
+
 def build_immediate(immediate: Immediate) -> pb.ProcessingResponse:
     response = pb.ProcessingResponse()
     out = response.immediate_response
@@ -145,6 +149,9 @@ def build_immediate(immediate: Immediate) -> pb.ProcessingResponse:
     out.headers.set_headers.extend(_header_option(k, v, False) for k, v in immediate.headers)
     out.body = immediate.body
     out.details = immediate.reason
+    if immediate.reason == CACHE_HIT:
+        # Read by Envoy's access log (`cache_hit`); a miss leaves nothing, which the log reads as false.
+        response.dynamic_metadata.update({CACHE_NAMESPACE: {CACHE_HIT_KEY: True}})
     return response
 
 
