@@ -35,7 +35,7 @@ from ext_proc.metrics import ExtProcMetrics, LabelCache, service_metrics
 from ext_proc.plan import DEFAULT_ROUTE, RoutePlan
 from ext_proc.session import Session, error_response
 from outrider.envoy_access_log import CACHE_HIT_KEY, CACHE_NAMESPACE
-from outrider.logs import DecisionLog
+from outrider.logs import REQUEST_ID, DecisionLog
 
 log = logging.getLogger("ext_proc.service")
 
@@ -234,7 +234,11 @@ class ExternalProcessorService(external_processor_pb2_grpc.ExternalProcessorServ
                 which = message.WhichOneof("request") or "request_headers"
                 stores: list[StoreCache] = []
                 try:
-                    response = await self._answer(session, live, to_event(message, which), stores)
+                    event = to_event(message, which)
+                    if isinstance(event, RequestHeaders):
+                        # This stream's own task: its log lines, and the cache writes it starts, carry the id.
+                        REQUEST_ID.set(event.headers.get("x-request-id"))
+                    response = await self._answer(session, live, event, stores)
                 except Exception:
                     # A bug must not kill the stream nor open the gateway: answer per the failure mode.
                     log.exception("message failed", extra={"route": plan.name, "phase": which})
