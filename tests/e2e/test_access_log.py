@@ -33,6 +33,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     data["upstreams"].append({"name": "down", "endpoints": [{"address": "127.0.0.1", "port": free_port()}]})
     data["routes"].insert(1, {"name": "down", "match": {"prefix": "/api/v1/down/"}, "upstream": "down",
                               "public": True})
+    data["routes"].insert(1, {"name": "old", "match": {"prefix": "/api/v1/old/"}, "upstream": "demo",
+                              "public": True, "rewrite": {"prefix": "/api/v1/public/"}})
     running = start_stack(tmp_path_factory.mktemp("access-log"), data)
     yield running
     running.stop()
@@ -138,6 +140,10 @@ def test_upstream_failure_line_is_an_error(stack: Stack) -> None:
 
 
 def test_logged_path_is_the_one_the_client_sent(stack: Stack) -> None:
+    rewritten = rid()
+    response = stack.get("/api/v1/old/thing?x=1", headers={"x-request-id": rewritten})
+    assert response.json()["path"] == "/api/v1/public/thing"  # what the upstream saw
+    checked(raw_line(stack, rewritten), request_id=rewritten, path="/api/v1/old/thing", status=200)
     request_id = rid()
     response = stack.get("/no/such/route", headers={"x-request-id": request_id,
                                                     "x-envoy-original-path": "/forged/path"})
