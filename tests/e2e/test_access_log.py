@@ -28,7 +28,6 @@ XFF = {"x-forwarded-for": "198.51.100.66, 203.0.113.7"}
 CLIENT = "203.0.113.7"
 
 
-
 def _envoy_version() -> tuple[int, ...]:
     out = subprocess.run([envoy_binary(), "--version"], capture_output=True, text=True, check=True).stdout
     return tuple(int(n) for n in re.search(r"/(\d+)\.(\d+)\.(\d+)/", out).groups())  # type: ignore[union-attr]
