@@ -62,7 +62,8 @@ def main() -> None:
     seconds = min(args.seconds, MAX_SECONDS)  # bounded: the machine is shared
     workdir = Path(tempfile.mkdtemp(prefix="access-log-bench-"))
     stacks: dict[bool, Stack] = {}
-    samples: dict[tuple[str, bool], list[tuple[float, float, int]]] = {(p, on): [] for p in PATHS for on in (True, False)}
+    samples: dict[tuple[str, bool], list[tuple[float, float, int]]] = {
+        (p, on): [] for p in PATHS for on in (True, False)}
     try:
         for on in (True, False):
             (workdir / str(on)).mkdir()
