@@ -8,7 +8,6 @@ disagree. The mapping, and what Envoy cannot give (a method per route), is the t
 
 from __future__ import annotations
 
-import logging
 import re
 import urllib.parse
 import urllib.request
@@ -16,13 +15,9 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from prometheus_client import REGISTRY
+from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
-
-from outrider.workers import metrics_served_by_parent
-
-log = logging.getLogger(__name__)
 
 # The services' own clusters (outrider_ext_authz, outrider_xds, ...) carry gRPC calls, not gateway traffic.
 SERVICE_CLUSTER_PREFIX = "outrider_"
@@ -223,12 +218,7 @@ class EnvoyStatsCollector(Collector):
         yield from design_metrics(parse_stats(text))
 
 
-def serve_envoy_metrics(admin_url: str) -> None:
-    """Add the collector to this process's default registry (what start_metrics_server serves)."""
-    if metrics_served_by_parent():
-        # A worker's registry is not what the parent aggregates (multiprocess files hold only real metric
-        # objects); run the scraped service with one worker.
-        log.warning("--envoy-admin ignored: with workers > 1 the gateway metrics are not served",
-                    extra={"envoy_admin": admin_url})
-        return
-    REGISTRY.register(EnvoyStatsCollector(admin_url))
+
+def serve_envoy_metrics(admin_url: str, registry: CollectorRegistry = REGISTRY) -> None:
+    """Add the collector to the registry the process's /metrics serves (with workers: the parent's)."""
+    registry.register(EnvoyStatsCollector(admin_url))

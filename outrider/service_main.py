@@ -30,6 +30,7 @@ from outrider.logs import setup_logging
 from outrider.metrics import config_reloads, start_metrics_server
 from outrider.plugins import ServicePlugin
 from outrider.service_resource import canonical_json
+from outrider.workers import metrics_served_by_parent
 from outrider.xds_client import ApplyFn, ServiceConfigClient, reason_of
 
 log = logging.getLogger("outrider.service")
@@ -270,7 +271,7 @@ async def run_service(spec: ServiceSpec, settings: StartupSettings, source: Conf
     try:
         await source.start(counted(spec.name, runtime.apply))
         if settings.metrics_port:  # 0: no /metrics endpoint (tests running several services in one process)
-            if settings.envoy_admin:
+            if settings.envoy_admin and not metrics_served_by_parent():  # else the parent serves it
                 serve_envoy_metrics(settings.envoy_admin)
             start_metrics_server(settings.address, settings.metrics_port)
         tasks.append(asyncio.create_task(source.run()))

@@ -194,6 +194,20 @@ def test_in_flight_counts_a_held_request(metrics_stack: Stack) -> None:
                      what="no request in flight")
 
 
+def test_with_workers_the_parent_serves_the_gateway_metrics(tmp_path: Path) -> None:
+    """ext_authz with workers: 2 (multiprocess metrics): its parent's aggregate carries Envoy's figures."""
+    data = example_config_dict()
+    data["services"]["ext_authz"]["workers"] = 2
+    stack = start_stack(tmp_path, data)
+    try:
+        assert stack.get("/api/v1/public/x").status_code == 200
+        Stack.wait_until(lambda: total(scrape(stack), "http_requests_total", route="demo", status="200") >= 1,
+                         what="http_requests_total from the workers' parent")
+        assert value(scrape(stack), "outrider_envoy_stats_up") == 1
+    finally:
+        stack.stop()
+
+
 # ---- the dashboard ---------------------------------------------------------------------------------------
 
 PROMQL_WORDS = {"sum", "min", "max", "avg", "count", "rate", "irate", "increase", "histogram_quantile", "by",
