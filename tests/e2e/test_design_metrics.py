@@ -67,9 +67,10 @@ def _config(demo_placeholder: int, hanging_port: int) -> dict:  # type: ignore[t
          "outlier_detection": {"consecutive_5xx": 1, "base_ejection_time_ms": 60000, "max_ejection_percent": 50}},
         {"name": "slow", "endpoints": [{"address": "127.0.0.1", "port": hanging_port}],
          "circuit_breaker": {"max_connections": 1, "max_pending_requests": 1, "max_requests": 1}},
+        {"name": "hold", "endpoints": [{"address": "127.0.0.1", "port": hanging_port}]},
     ]
     routes = [{"name": name, "match": {"prefix": f"/api/v1/{name}/"}, "upstream": name, "public": True,
-               "timeout_ms": 300} for name in ("dead", "half", "slow")]
+               "timeout_ms": 30000 if name == "hold" else 300} for name in ("dead", "half", "slow", "hold")]
     data["routes"] = routes + data["routes"]
     data["rate_limits"]["tiers"]["free"] = [{"requests_per_unit": 2, "unit": "minute"}]
     data["cache"]["rules"].append({"path": "/api/v1/public/cached/**", "ttl_s": 300})
@@ -183,13 +184,14 @@ def test_each_design_metric_is_present_and_moves(metrics_stack: Stack, hanging: 
 
 
 def test_in_flight_counts_a_held_request(metrics_stack: Stack) -> None:
-    """http_requests_in_flight is Envoy's live gauge: up while a request hangs, down once it is answered."""
+    """http_requests_in_flight is Envoy's live gauge: up while a request hangs, down once its client leaves."""
     stack = metrics_stack
-    with ThreadPoolExecutor(1) as pool:
-        held = pool.submit(stack.get, "/api/v1/slow/held")
+    port = stack.data["listeners"][0]["port"]
+    # A raw connection: the request stays in flight (its route waits 30 s) until the test closes it.
+    with socket.create_connection(("127.0.0.1", port)) as client:
+        client.sendall(b"GET /api/v1/hold/x HTTP/1.1\r\nHost: gateway\r\n\r\n")
         Stack.wait_until(lambda: total(scrape(stack), "http_requests_in_flight", listener="public") >= 1,
                          what="a request in flight")
-        assert held.result().status_code == 504
     Stack.wait_until(lambda: total(scrape(stack), "http_requests_in_flight", listener="public") == 0,
                      what="no request in flight")
 
