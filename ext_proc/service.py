@@ -31,7 +31,7 @@ from ext_proc.events import (
     StoreCache,
     Trailers,
 )
-from ext_proc.metrics import ExtProcMetrics, LabelCache, service_metrics
+from ext_proc.metrics import EventCounter, ExtProcMetrics, LabelCache, service_metrics
 from ext_proc.plan import DEFAULT_ROUTE, RoutePlan
 from ext_proc.session import Session, error_response
 from outrider.envoy_access_log import CACHE_HIT_KEY, CACHE_NAMESPACE
@@ -201,7 +201,7 @@ class ExternalProcessorService(external_processor_pb2_grpc.ExternalProcessorServ
         self._clock = clock
         self._metrics = metrics or service_metrics()
         self._streams = LabelCache(self._metrics.streams)
-        self._events = LabelCache(self._metrics.events)
+        self._events = EventCounter(self._metrics)
         self._background: set[asyncio.Task[None]] = set()
 
     def use(self, live: Live) -> Live | None:
