@@ -28,7 +28,7 @@ def _backend_key(settings: CacheConfig | None) -> tuple[Any, ...] | None:
     if settings is None:
         return None
     if settings.backend == "redis" and settings.redis_url:
-        return ("redis", settings.redis_url)
+        return ("redis", settings.redis_url, settings.key_prefix)
     return ("memory", settings.max_entries)
 
 
@@ -37,7 +37,7 @@ def cache_backend(settings: CacheConfig | None) -> CacheBackend | None:
     if settings is None:
         return None
     if settings.backend == "redis" and settings.redis_url:
-        return RedisCache(settings.redis_url)
+        return RedisCache(settings.redis_url, settings.key_prefix)
     return MemoryCache(settings.max_entries)
 
 

@@ -299,7 +299,7 @@ class ExternalProcessorService(external_processor_pb2_grpc.ExternalProcessorServ
         try:
             if live.cache is None:
                 return
-            await live.cache.put(store.key, store.resource, store.value, store.ttl_s)
+            await live.cache.put(store.key, store.resource, store.path, store.value, store.ttl_s)
             self._events.inc("cache_store", "")
         except CacheUnavailable as exc:
             self._metrics.cache_errors.inc()

@@ -290,7 +290,7 @@ class Session:
     def _store(self, body: bytes, ttl: int, now: float) -> StoreCache:
         assert self.lookup is not None and self.plan.cache is not None
         entry = self.plan.cache.entry(self.response_status, self.response_headers, body, now)
-        return StoreCache(self.lookup.key, self.lookup.resource, entry.encode(), ttl)
+        return StoreCache(self.lookup.key, self.lookup.resource, self.lookup.path, entry.encode(), ttl)
 
     def _response_body(self, event: ResponseBody, now: float) -> list[Action]:
         self._expect("response_body")
