@@ -158,10 +158,11 @@ class Live:
     new version never changes a request halfway; a retired version's cache closes once nothing uses it."""
 
     def __init__(self, plans: Mapping[str, RoutePlan], cache: CacheBackend | None,
-                 failure_mode_allow: bool = False, version: str = "") -> None:
+                 failure_mode_allow: bool = False, version: str = "", cache_prefix: str = "") -> None:
         self.plans = plans
         self.default = plans[DEFAULT_ROUTE]
         self.cache = cache
+        self.cache_prefix = cache_prefix  # the key prefix of the cache's entries (purges by path)
         self.failure_mode_allow = failure_mode_allow
         self.version = version
         self._users = 0
