@@ -82,8 +82,7 @@ class ExtProcRuntime:
         return CacheView(None, "") if live is None else CacheView(live.cache, live.cache_prefix)
 
     async def _purge_for(self, settings: PurgeSettings | None) -> None:
-        """Start, move or stop the purge webhook's listener when its settings change (a bind failure is the
-        version's: it raises, and the service logs it)."""
+        """Start, move or stop the purge webhook's listener when its settings change."""
         if self._purge is not None and self._purge.settings == settings:
             return
         if self._purge is not None:
@@ -91,7 +90,14 @@ class ExtProcRuntime:
             self._purge = None
         if settings is not None:
             server = PurgeServer(settings, self._cache_view)
-            await server.start()
+            try:
+                await server.start()
+            except OSError as exc:
+                # The webhook is an operator's tool: a port taken (another gateway on this host) must not
+                # refuse the version that processes traffic. Tried again with the next version.
+                log.error("cache purge webhook cannot listen", extra={"address": settings.address,
+                                                                      "port": settings.port, "error": str(exc)})
+                return
             self._purge = server
             log.info("cache purge webhook listening", extra={"address": settings.address, "port": settings.port})
 

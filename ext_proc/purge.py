@@ -126,7 +126,13 @@ class PurgeServer:
     async def start(self) -> None:
         runner = web.AppRunner(self._app, access_log=None)
         await runner.setup()
-        await web.TCPSite(runner, self.settings.address, self.settings.port).start()
+        try:
+            # Shared like the gRPC port by the service's workers (SO_REUSEPORT): a purge reaches one of them,
+            # which is all of the cache with Redis (with the memory backend, that worker's entries only).
+            await web.TCPSite(runner, self.settings.address, self.settings.port, reuse_port=True).start()
+        except OSError:
+            await runner.cleanup()
+            raise
         self._runner = runner
         if load_token(self.settings) is None:
             log.warning("cache purge webhook refuses every call: no token configured",

@@ -77,3 +77,33 @@ def test_purge_target(doc: object, ok: bool) -> None:
     else:
         with pytest.raises(ValueError):
             purge_target(doc)
+
+
+async def test_a_taken_port_never_refuses_the_version() -> None:
+    import socket
+
+    import httpx
+
+    from ext_proc.app import ExtProcRuntime
+    from ext_proc.resource import payload
+    from outrider.service_main import StartupSettings
+    from tests.ext_proc.conftest import config_from, ext_proc_config_dict
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))  # no SO_REUSEPORT: ours cannot share it
+    taken.listen()
+    data = ext_proc_config_dict()
+    data["services"]["ext_proc"]["admin_port"] = port = taken.getsockname()[1]
+    data["services"]["ext_proc"]["purge_token_env"] = "OUTRIDER_TEST_PURGE_TOKEN_UNSET"
+    runtime = ExtProcRuntime(StartupSettings("ext_proc", "127.0.0.1", 0, 0))
+    try:
+        await runtime.apply("v1", payload(config_from(data)))
+        assert runtime.service.live is not None and runtime.service.live.version == "v1"
+        taken.close()
+        await runtime.apply("v2", payload(config_from(data)))  # tried again with the next version
+        async with httpx.AsyncClient() as client:
+            answer = await client.post(f"http://127.0.0.1:{port}/v1/cache/purge", json={"prefix": "/"})
+        assert answer.status_code == 503  # listening; no token configured
+    finally:
+        taken.close()
+        await runtime.close()
