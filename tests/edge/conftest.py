@@ -44,7 +44,9 @@ def raw_request(port: int, target: str, headers: dict[str, str] | None = None, m
     status_line = head.decode("latin-1").split("\r\n", 1)[0]
     headers = _head(data)
     if headers.get("transfer-encoding", "").lower() == "chunked":
-        body = _dechunk(body)  # a body ext_proc rewrote (the example's response transform) goes out chunked
+        # A body ext_proc rewrote (the example's response transform) goes out chunked: handed back whole.
+        body = _dechunk(body)
+        del headers["transfer-encoding"]
     return RawResponse(int(status_line.split(" ")[1]), headers, body)
 
 
