@@ -89,7 +89,7 @@ class ExtProcRuntime:
             await self._purge.close()
             self._purge = None
         if settings is not None:
-            server = PurgeServer(settings, self._cache_view)
+            server = PurgeServer(settings, self._cache_view, self.service.count_purge)
             try:
                 await server.start()
             except OSError as exc:

@@ -80,7 +80,8 @@ def _answer(status: int, body: dict[str, Any], **headers: str) -> web.Response:
                         content_type="application/json", headers=headers)
 
 
-def build_purge_app(settings: PurgeSettings, cache: Callable[[], CacheView]) -> web.Application:
+def build_purge_app(settings: PurgeSettings, cache: Callable[[], CacheView],
+                    on_purge: Callable[[str], None] = lambda _kind: None) -> web.Application:
     async def purge(request: web.Request) -> web.Response:
         token = load_token(settings)
         if token is None:
@@ -107,6 +108,7 @@ def build_purge_app(settings: PurgeSettings, cache: Callable[[], CacheView]) -> 
         except CacheUnavailable as exc:
             log.warning("cache purge failed", extra={"error": str(exc)})
             return _answer(503, {"error": "cache_unavailable"})
+        on_purge(kind)
         log.info("cache purged", extra={kind: target[:256], "purged": count})
         return _answer(200, {"purged": count, kind: target})
 
@@ -118,9 +120,10 @@ def build_purge_app(settings: PurgeSettings, cache: Callable[[], CacheView]) -> 
 class PurgeServer:
     """The webhook's listener, restarted only when its settings change between config versions."""
 
-    def __init__(self, settings: PurgeSettings, cache: Callable[[], CacheView]) -> None:
+    def __init__(self, settings: PurgeSettings, cache: Callable[[], CacheView],
+                 on_purge: Callable[[str], None] = lambda _kind: None) -> None:
         self.settings = settings
-        self._app = build_purge_app(settings, cache)
+        self._app = build_purge_app(settings, cache, on_purge)
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:

@@ -203,6 +203,10 @@ class ExternalProcessorService(external_processor_pb2_grpc.ExternalProcessorServ
         old, self.live = self.live, live
         return old
 
+    def count_purge(self, kind: str) -> None:
+        """A purge webhook call that purged (ext_proc_events_total{kind="cache_purge",detail=path|prefix})."""
+        self._events.inc("cache_purge", kind)
+
     @staticmethod
     def _plan_for(live: Live, context: grpc.aio.ServicerContext) -> RoutePlan:
         for key, value in context.invocation_metadata() or ():

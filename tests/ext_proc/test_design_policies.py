@@ -150,6 +150,8 @@ def test_purge_by_path_and_prefix_seen_by_both_gateways(gateways: Gateways) -> N
     assert answer.status_code == 200 and answer.json() == {"purged": 5, "prefix": base}
     assert all(status(g.a.get(path)) == "MISS" for path in paths[1:])
     assert g.purge(g.b, {"prefix": base + "zzz"}).json()["purged"] == 0
+    metrics = httpx.get(f"http://127.0.0.1:{g.b.data['services']['ext_proc']['metrics_port']}/metrics").text
+    assert 'ext_proc_events_total{detail="prefix",kind="cache_purge"} 2.0' in metrics
 
 
 def test_response_transform_on_every_route(gateways: Gateways) -> None:
