@@ -15,6 +15,7 @@ from ext_proc.cache_backends import CacheBackend, MemoryCache, RedisCache
 from ext_proc.config import CacheConfig
 from ext_proc.metrics import service_metrics
 from ext_proc.plugin import PLUGIN
+from ext_proc.purge import CacheView, PurgeServer, PurgeSettings
 from ext_proc.resource import PlanMemo, build
 from ext_proc.service import ExternalProcessorService, Live
 from outrider.logs import DecisionLog
@@ -29,7 +30,7 @@ def _backend_key(settings: CacheConfig | None) -> tuple[Any, ...] | None:
     if settings is None:
         return None
     if settings.backend == "redis" and settings.redis_url:
-        return ("redis", settings.redis_url)
+        return ("redis", settings.redis_url, settings.key_prefix)
     return ("memory", settings.max_entries)
 
 
@@ -38,7 +39,7 @@ def cache_backend(settings: CacheConfig | None) -> CacheBackend | None:
     if settings is None:
         return None
     if settings.backend == "redis" and settings.redis_url:
-        return RedisCache(settings.redis_url)
+        return RedisCache(settings.redis_url, settings.key_prefix)
     return MemoryCache(settings.max_entries, on_resize=service_metrics().cache_size.inc)
 
 
@@ -54,6 +55,7 @@ class ExtProcRuntime:
         self._plans = PlanMemo()  # unchanged routes keep their plans across versions
         self._closing: set[asyncio.Task[None]] = set()
         self._flusher = asyncio.create_task(self.decision_log.run_flusher())
+        self._purge: PurgeServer | None = None
 
     def register(self, server: grpc.aio.Server) -> None:
         external_processor_pb2_grpc.add_ExternalProcessorServicer_to_server(self.service, server)
@@ -66,13 +68,39 @@ class ExtProcRuntime:
         key = _backend_key(built.cache)
         keep = old is not None and key == self._cache_key
         cache = old.cache if keep and old is not None else cache_backend(built.cache)
-        self.service.use(Live(built.plans, cache, built.failure_mode_allow, version))
+        self.service.use(Live(built.plans, cache, built.failure_mode_allow, version,
+                              cache_prefix=built.cache.key_prefix if built.cache is not None else ""))
         self._cache_key = key
         self.decision_log.enabled = built.decisions
         if old is not None and old.cache is not None and not keep:
             old.retire(functools.partial(self._close_later, old.cache))
+        await self._purge_for(built.purge)
         log.info("config version live", extra={"version": version,
                                                 "routes": sorted(p for p in built.plans if p)})
+
+    def _cache_view(self) -> CacheView:
+        live = self.service.live
+        return CacheView(None, "") if live is None else CacheView(live.cache, live.cache_prefix)
+
+    async def _purge_for(self, settings: PurgeSettings | None) -> None:
+        """Start, move or stop the purge webhook's listener when its settings change."""
+        if self._purge is not None and self._purge.settings == settings:
+            return
+        if self._purge is not None:
+            await self._purge.close()
+            self._purge = None
+        if settings is not None:
+            server = PurgeServer(settings, self._cache_view, self.service.count_purge)
+            try:
+                await server.start()
+            except OSError as exc:
+                # The webhook is an operator's tool: a port taken (another gateway on this host) must not
+                # refuse the version that processes traffic. Tried again with the next version.
+                log.error("cache purge webhook cannot listen", extra={"address": settings.address,
+                                                                      "port": settings.port, "error": str(exc)})
+                return
+            self._purge = server
+            log.info("cache purge webhook listening", extra={"address": settings.address, "port": settings.port})
 
     def _close_later(self, cache: CacheBackend) -> None:
         task = asyncio.create_task(cache.close())
@@ -81,6 +109,8 @@ class ExtProcRuntime:
 
     async def close(self) -> None:
         await cancel_tasks([self._flusher])
+        if self._purge is not None:
+            await self._purge.close()
         if self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)
         live = self.service.live

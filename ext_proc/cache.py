@@ -39,6 +39,11 @@ def _seconds(value: str | None) -> int | None:
         return 0  # an unreadable age is stale (RFC 9111 4.2.1)
 
 
+def resource_key(prefix: str, path: str) -> str:
+    """The index of every entry of one path (any query, any vary value): what a write or a purge empties."""
+    return f"{prefix}r:{_sha(path)}"
+
+
 @dataclass(frozen=True, slots=True)
 class CompiledRule:
     regex: re.Pattern[str]
@@ -75,6 +80,7 @@ class Lookup:
 
     key: str
     resource: str
+    path: str
     rule: CompiledRule
     read: bool
     write: bool
@@ -99,7 +105,7 @@ class CachePolicy:
         return None
 
     def resource_key(self, path: str) -> str:
-        return f"{self.prefix}r:{_sha(path)}"
+        return resource_key(self.prefix, path)
 
     def lookup(self, method: str, path_with_query: str, headers: Mapping[str, str]) -> Lookup | None:
         if method != "GET":
@@ -114,7 +120,7 @@ class CachePolicy:
         key = f"{self.prefix}e:{_sha(path_with_query + chr(10) + vary)}"
         no_store = "no-store" in request_cc
         fresh_only = no_store or "no-cache" in request_cc or request_cc.get("max-age") == "0"
-        return Lookup(key, self.resource_key(path), rule, read=not fresh_only, write=not no_store,
+        return Lookup(key, self.resource_key(path), path, rule, read=not fresh_only, write=not no_store,
                       vary_authorization="authorization" in rule.vary_by)
 
     def invalidates(self, method: str, path_with_query: str) -> str | None:

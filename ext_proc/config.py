@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from outrider.config.base import Port, StrictModel
+from outrider.config.base import ConfigPath, Port, StrictModel
 from outrider.config.errors import Problem
 from outrider.config.extensions import section, service_settings
 from outrider.config.model import GatewayConfig, ServiceEndpoint
@@ -371,6 +371,15 @@ class ExtProcService(ServiceEndpoint):
     message_timeout_ms: Annotated[int, Field(ge=10, le=60_000)] = 500
     # Fail closed by default: without the processor, validation and response filtering cannot run.
     failure_mode_allow: bool = False
+    # The cache purge webhook (ext_proc/purge.py): `POST /v1/cache/purge` on admin_address:admin_port with
+    # `Authorization: Bearer <token>` and {"path": ...} or {"prefix": ...}; no admin_port, no listener. The
+    # token: the environment variable purge_token_env, else purge_token_file (relative to the config file's
+    # folder), read at each call; with neither, every call is refused (503). Keep the address on loopback
+    # or a pod network: the token is the only guard.
+    admin_address: str = "127.0.0.1"
+    admin_port: Port | None = None
+    purge_token_env: Annotated[str, Field(min_length=1, max_length=128)] = "OUTRIDER_CACHE_PURGE_TOKEN"
+    purge_token_file: ConfigPath | None = None
 
 
 # ---- the sections of a loaded config, typed ---------------------------------------------------------------

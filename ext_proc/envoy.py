@@ -10,6 +10,7 @@ from ext_proc.config import (
     Phases,
     RouteSettings,
     TransformationsConfig,
+    cache_of,
     header_spec,
     native_headers,
     route_phases,
@@ -116,6 +117,16 @@ def _native_headers(route: RouteConfig, config: GatewayConfig) -> NativeHeaders:
     return shared
 
 
+def _cache_bypass(route: RouteConfig, config: GatewayConfig) -> bool:
+    """Whether the route says `X-Cache-Status: BYPASS` itself: the gateway caches, but no rule covers this
+    route (ext_proc then need not see its responses at all). Routes a rule covers get HIT/MISS/BYPASS from
+    ext_proc (ext_proc/session.py)."""
+    cache = cache_of(config)
+    if cache is None or not cache.enabled or route.direct_response is not None or not ext_proc_enabled(config):
+        return False
+    return _settings(route, config).cache is None
+
+
 def _header_option(name: str, value: str, if_absent: bool) -> dict[str, Any]:
     return {"header": {"key": name, "value": value},
             "append_action": "ADD_IF_ABSENT" if if_absent else "OVERWRITE_IF_EXISTS_OR_ADD"}
@@ -214,15 +225,18 @@ class ExtProcContribution:
     def route_headers(self, route: RouteConfig, config: GatewayConfig) -> dict[str, list[Any]]:
         """Static header edits compiled into the Envoy route (applied by the router, after every filter)."""
         native = _native_headers(route, config)
-        if native is _NO_HEADERS:
+        bypass = _cache_bypass(route, config)
+        if native is _NO_HEADERS and not bypass:
             return {}
         out: dict[str, list[Any]] = {}
+        if bypass:
+            out["response_headers_to_add"] = [_header_option("x-cache-status", "BYPASS", False)]
         if native.request_add:
             out["request_headers_to_add"] = [_header_option(*h) for h in native.request_add]
         if native.request_remove:
             out["request_headers_to_remove"] = list(native.request_remove)
         if native.response_add:
-            out["response_headers_to_add"] = [_header_option(*h) for h in native.response_add]
+            out.setdefault("response_headers_to_add", []).extend(_header_option(*h) for h in native.response_add)
         if native.response_remove:
             out["response_headers_to_remove"] = list(native.response_remove)
         return out

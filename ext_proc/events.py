@@ -98,6 +98,7 @@ class LookupCache:
 class StoreCache:
     key: str
     resource: str
+    path: str                    # without the query: what a prefix purge matches
     value: bytes
     ttl_s: int
 

@@ -29,6 +29,7 @@ from ext_proc.config import (
     validation_of,
 )
 from ext_proc.plan import RoutePlan, compile_route_plans, global_settings
+from ext_proc.purge import PurgeSettings
 from outrider.config.errors import format_loc
 from outrider.config.model import GatewayConfig, RouteConfig, RouteMatch
 from outrider.service_resource import PerItemJson, canonical_json, canonical_json_with_items
@@ -108,6 +109,8 @@ class ExtProcBuild:
     cache: CacheConfig | None
     decisions: bool
     failure_mode_allow: bool
+    # The purge webhook's listener (services.ext_proc.admin_port), or None.
+    purge: PurgeSettings | None = None
 
 
 def _model(cls: type[M], value: Any, where: str) -> M:
@@ -187,5 +190,7 @@ def build(data: Mapping[str, Any], memo: PlanMemo | None = None) -> ExtProcBuild
         memo.head = head
         memo.plans = {text: plans[name] for text, name in texts.items() if name in plans}
     caches = any(plan.cache is not None for plan in plans.values())
+    purge = None if service.admin_port is None else PurgeSettings(
+        service.admin_address, service.admin_port, service.purge_token_env, service.purge_token_file)
     return ExtProcBuild(plans, (sections.cache or CacheConfig()) if caches else None, decisions,
-                        service.failure_mode_allow)
+                        service.failure_mode_allow, purge)

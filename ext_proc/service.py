@@ -165,10 +165,11 @@ class Live:
     new version never changes a request halfway; a retired version's cache closes once nothing uses it."""
 
     def __init__(self, plans: Mapping[str, RoutePlan], cache: CacheBackend | None,
-                 failure_mode_allow: bool = False, version: str = "") -> None:
+                 failure_mode_allow: bool = False, version: str = "", cache_prefix: str = "") -> None:
         self.plans = plans
         self.default = plans[DEFAULT_ROUTE]
         self.cache = cache
+        self.cache_prefix = cache_prefix  # the key prefix of the cache's entries (purges by path)
         self.failure_mode_allow = failure_mode_allow
         self.version = version
         self._users = 0
@@ -208,6 +209,10 @@ class ExternalProcessorService(external_processor_pb2_grpc.ExternalProcessorServ
         """Swap in a new version (one assignment: atomic for every stream that starts after it)."""
         old, self.live = self.live, live
         return old
+
+    def count_purge(self, kind: str) -> None:
+        """A purge webhook call that purged (ext_proc_events_total{kind="cache_purge",detail=path|prefix})."""
+        self._events.inc("cache_purge", kind)
 
     @staticmethod
     def _plan_for(live: Live, context: grpc.aio.ServicerContext) -> RoutePlan:
@@ -310,7 +315,7 @@ class ExternalProcessorService(external_processor_pb2_grpc.ExternalProcessorServ
         try:
             if live.cache is None:
                 return
-            await live.cache.put(store.key, store.resource, store.value, store.ttl_s)
+            await live.cache.put(store.key, store.resource, store.path, store.value, store.ttl_s)
             self._events.inc("cache_store", "")
         except CacheUnavailable as exc:
             self._metrics.cache_errors.inc()

@@ -168,6 +168,8 @@ class Session:
         if self.lookup is not None:
             response_headers = True
             response_body = response_body or self.lookup.write
+        elif plan.cache is not None:
+            response_headers = True  # to say BYPASS: a method never cached, or a path no rule covers
         if self.invalidate is not None:
             response_headers = True
         phases = plan.phases
@@ -269,7 +271,9 @@ class Session:
                         error_response(502, "bad_gateway", self.ctx.request_id, "oversize_response_body")]
             actions.append(Note("oversize_response_body"))
             self.response_json = False
-        if self.lookup is not None and self.plan.cache is not None:
+        if self.lookup is None and self.plan.cache is not None:
+            sets.append(("x-cache-status", "BYPASS", False))
+        elif self.lookup is not None and self.plan.cache is not None:
             ttl = self.plan.cache.store_ttl(self.lookup, self.response_status, h, self.request_has_auth, declared)
             if ttl is None or not has_body:
                 sets.append(("x-cache-status", "MISS" if ttl is not None else "BYPASS", False))
@@ -290,7 +294,7 @@ class Session:
     def _store(self, body: bytes, ttl: int, now: float) -> StoreCache:
         assert self.lookup is not None and self.plan.cache is not None
         entry = self.plan.cache.entry(self.response_status, self.response_headers, body, now)
-        return StoreCache(self.lookup.key, self.lookup.resource, entry.encode(), ttl)
+        return StoreCache(self.lookup.key, self.lookup.resource, self.lookup.path, entry.encode(), ttl)
 
     def _response_body(self, event: ResponseBody, now: float) -> list[Action]:
         self._expect("response_body")

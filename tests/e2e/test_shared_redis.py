@@ -65,7 +65,7 @@ def test_response_cache_and_its_invalidation_are_shared(two_gateways: tuple[Stac
     a, b = two_gateways
     user = f"cache-{uuid.uuid4().hex[:6]}"
     auth = {"authorization": f"Bearer {a.token(user, ('user',), 'premium')}", "accept-language": "en"}
-    path = f"/api/v1/users/{user}/settings"
+    path = f"/api/v1/users/{user}"  # GET /api/v1/users/:id: the design's cached rule
     first = a.get(path, headers=auth)
     assert first.status_code == 200 and first.headers["x-cache-status"] == "MISS"
     on_b = b.get(path, headers=auth)

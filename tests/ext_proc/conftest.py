@@ -15,20 +15,25 @@ from outrider.config import GatewayConfig, load_config_text
 from tests.conftest import start_stack
 from tests.harness import EXAMPLE_CONFIG, Stack, example_config_dict
 
+# The example's response JSON rules, switched off on lab routes that show request-side behaviour (their small
+# body limits would otherwise refuse the demo upstream's echo as an oversize response).
+NO_RESPONSE_JSON: dict[str, Any] = {"remove_json_fields": [], "add_json_fields": {}}
+
 # Routes of our own (public, so no tokens needed), each with one thing to show.
 LAB_ROUTES: list[dict[str, Any]] = [
     {"name": "lab-headers", "match": {"prefix": "/api/v1/lab/headers/"}, "upstream": "demo", "public": True,
-     # Header work only: the processor sees request headers and nothing else.
-     "transformations": {"request": {"add_query": {"lab": "1"}}},
+     # Header work only: the processor sees request headers and nothing else (the example's response JSON
+     # rules switched off here).
+     "transformations": {"request": {"add_query": {"lab": "1"}}, "response": NO_RESPONSE_JSON},
      "validation": {"enabled": False}},
     {"name": "lab-strict", "match": {"prefix": "/api/v1/lab/strict/"}, "upstream": "demo", "public": True,
      "validation": {"max_body_bytes": 1024},
      "transformations": {"max_body_bytes": 512, "oversize_body": "reject",
-                         "request": {"json_body": {"seen": "yes"}}}},
+                         "request": {"json_body": {"seen": "yes"}}, "response": NO_RESPONSE_JSON}},
     {"name": "lab-lenient", "match": {"prefix": "/api/v1/lab/lenient/"}, "upstream": "demo", "public": True,
      "validation": {"sql_injection": False, "xss": False},
      "transformations": {"max_body_bytes": 512, "oversize_body": "pass",
-                         "request": {"json_body": {"seen": "yes"}}}},
+                         "request": {"json_body": {"seen": "yes"}}, "response": NO_RESPONSE_JSON}},
     {"name": "lab-client-ip", "match": {"prefix": "/api/v1/lab/client-ip/"}, "upstream": "demo", "public": True,
      "validation": {"enabled": False},
      # The same ${client_ip} twice: in a header Envoy sets natively, and in a body field ext_proc writes.

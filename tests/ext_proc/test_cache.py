@@ -100,10 +100,10 @@ class Clock:
 async def test_memory_cache_ttl_lru_and_invalidate() -> None:
     clock = Clock()
     cache = MemoryCache(max_entries=2, clock=clock)
-    await cache.put("k1", "r1", b"v1", ttl_s=10)
-    await cache.put("k2", "r1", b"v2", ttl_s=10)
+    await cache.put("k1", "r1", "/1", b"v1", ttl_s=10)
+    await cache.put("k2", "r1", "/1", b"v2", ttl_s=10)
     assert await cache.get("k1") == b"v1"  # k1 is now the most recent
-    await cache.put("k3", "r2", b"v3", ttl_s=10)  # evicts k2, the least recent
+    await cache.put("k3", "r2", "/2", b"v3", ttl_s=10)  # evicts k2, the least recent
     assert await cache.get("k2") is None and len(cache) == 2
     assert await cache.invalidate("r1") == 1
     assert await cache.get("k1") is None and await cache.get("k3") == b"v3"
@@ -117,17 +117,17 @@ async def test_memory_cache_size_follows_every_entry_in_and_out() -> None:
     clock = Clock()
     deltas: list[int] = []
     cache = MemoryCache(max_entries=2, clock=clock, on_resize=deltas.append)
-    await cache.put("k1", "r1", b"1234", ttl_s=10)
-    await cache.put("k1", "r1", b"12", ttl_s=10)            # replaced: the old size goes
+    await cache.put("k1", "r1", "/r1", b"1234", ttl_s=10)
+    await cache.put("k1", "r1", "/r1", b"12", ttl_s=10)            # replaced: the old size goes
     assert cache.size_bytes == 4
-    await cache.put("k2", "r2", b"123", ttl_s=10)
-    await cache.put("k3", "r2", b"1", ttl_s=5)              # evicts k1
+    await cache.put("k2", "r2", "/r2", b"123", ttl_s=10)
+    await cache.put("k3", "r2", "/r2", b"1", ttl_s=5)              # evicts k1
     assert cache.size_bytes == 5 + 3
     assert await cache.invalidate("r2") == 2 and cache.size_bytes == 0
-    await cache.put("k4", "r3", b"12", ttl_s=5)
+    await cache.put("k4", "r3", "/r3", b"12", ttl_s=5)
     clock.now = 5.0
     assert await cache.get("k4") is None and cache.size_bytes == 0  # expired on read
-    await cache.put("k5", "r3", b"1", ttl_s=5)
+    await cache.put("k5", "r3", "/r3", b"1", ttl_s=5)
     await cache.close()
     assert cache.size_bytes == 0 and sum(deltas) == 0
 
@@ -135,9 +135,9 @@ async def test_memory_cache_size_follows_every_entry_in_and_out() -> None:
 async def test_redis_cache_against_real_redis(redis_server: str) -> None:
     cache = RedisCache(redis_server)
     try:
-        await cache.put("t:e:1", "t:r:1", b"one", ttl_s=60)
-        await cache.put("t:e:2", "t:r:1", b"two", ttl_s=60)
-        await cache.put("t:e:3", "t:r:2", b"three", ttl_s=60)
+        await cache.put("t:e:1", "t:r:1", "/1", b"one", ttl_s=60)
+        await cache.put("t:e:2", "t:r:1", "/1", b"two", ttl_s=60)
+        await cache.put("t:e:3", "t:r:2", "/2", b"three", ttl_s=60)
         assert await cache.get("t:e:1") == b"one"
         assert await cache.invalidate("t:r:1") == 2
         assert await cache.get("t:e:1") is None and await cache.get("t:e:2") is None
@@ -151,10 +151,78 @@ async def test_redis_down_is_unavailable_not_a_crash() -> None:
     from outrider.process import free_port
 
     cache = RedisCache(f"redis://127.0.0.1:{free_port()}/0")
-    calls: list[Any] = [cache.get("k"), cache.put("k", "r", b"v", 1), cache.invalidate("r")]
+    calls: list[Any] = [cache.get("k"), cache.put("k", "r", "/", b"v", 1), cache.invalidate_prefix("/"),
+                        cache.invalidate("r")]
     try:
         for call in calls:
             with pytest.raises(CacheUnavailable):
                 await call
+    finally:
+        await cache.close()
+
+
+async def _wait_gone(cache: Any, key: str, timeout_s: float = 5.0) -> None:
+    """Poll until Redis expired the key (TTL expiry is the behaviour under test: no fixed sleep)."""
+    import asyncio
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while await cache._redis.exists(key):
+        assert time.monotonic() < deadline, f"{key} never expired"
+        await asyncio.sleep(0.05)
+
+
+async def test_redis_invalidation_holds_for_the_longest_entry(redis_server: str) -> None:
+    """The bug of issue 13: a short-lived entry (an origin's max-age=1) written after a long-lived one of the
+    same resource shortened the index's TTL; once the index expired, a write no longer purged the long one."""
+    cache = RedisCache(redis_server)
+    try:
+        await cache.put("t:e:long", "t:r:1", "/p/1", b"old", ttl_s=30)
+        await cache.put("t:e:short", "t:r:1", "/p/1", b"brief", ttl_s=1)
+        await _wait_gone(cache, "t:e:short")
+        assert await cache.get("t:e:long") == b"old"
+        assert await cache.invalidate("t:r:1") == 1
+        assert await cache.get("t:e:long") is None, "the write's invalidation must reach the long-lived entry"
+    finally:
+        await cache.close()
+
+
+async def test_memory_invalidation_holds_for_the_longest_entry() -> None:
+    clock = Clock()
+    cache = MemoryCache(max_entries=10, clock=clock)
+    await cache.put("e:long", "r:1", "/p/1", b"old", ttl_s=30)
+    await cache.put("e:short", "r:1", "/p/1", b"brief", ttl_s=1)
+    clock.now = 2.0
+    assert await cache.get("e:short") is None and await cache.get("e:long") == b"old"
+    assert await cache.invalidate("r:1") == 1
+    assert await cache.get("e:long") is None
+
+
+async def _purge_by_prefix(cache: Any) -> None:
+    await cache.put("e:1", "r:users/1", "/users/1", b"1", ttl_s=30)
+    await cache.put("e:1b", "r:users/1", "/users/1", b"1b", ttl_s=30)
+    await cache.put("e:10", "r:users/10", "/users/10", b"10", ttl_s=30)
+    await cache.put("e:p", "r:public/a", "/public/a", b"p", ttl_s=30)
+    assert await cache.invalidate_prefix("/users/1") == 3  # /users/1 and /users/10: a prefix, not a segment
+    assert await cache.get("e:1") is None and await cache.get("e:10") is None
+    assert await cache.get("e:p") == b"p"
+    assert await cache.invalidate_prefix("/users/") == 0
+    assert await cache.invalidate_prefix("/") == 1 and await cache.get("e:p") is None
+
+
+async def test_memory_purge_by_prefix() -> None:
+    await _purge_by_prefix(MemoryCache(max_entries=10))
+
+
+async def test_redis_purge_by_prefix_and_path_index_pruned(redis_server: str) -> None:
+    cache = RedisCache(redis_server, key_prefix="t:")
+    try:
+        await _purge_by_prefix(cache)
+        assert await cache._redis.zcard("t:paths") == 0, "purged paths leave the index"
+        await cache.put("e:x", "r:x", "/x", b"x", ttl_s=1)
+        await _wait_gone(cache, "e:x")
+        await cache.put("e:y", "r:y", "/y", b"y", ttl_s=30)  # a write forgets expired resources
+        assert await cache._redis.zrange("t:paths", 0, -1) == [b"/y\nr:y"]
+        assert await cache._redis.pttl("t:paths") > 29_000
     finally:
         await cache.close()

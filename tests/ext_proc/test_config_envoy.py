@@ -37,8 +37,8 @@ def phases(name: str) -> Phases:
 def test_each_route_asks_only_for_what_it_needs() -> None:
     assert phases("health-live") == Phases()
     assert phases("lab-headers") == Phases(request_headers=True)
-    # Validation inspects JSON request bodies; nothing on this route looks at responses.
-    assert phases("files") == Phases(request_headers=True, request_body=True)
+    # Validation inspects JSON request bodies; the design's response transform reads JSON responses.
+    assert phases("files") == Phases(True, True, True, True)
     # A cache rule covers this route: responses are read (to store them) and writes invalidate.
     assert phases("public") == Phases(True, True, True, True)
     assert phases("users") == Phases(True, True, True, True)
@@ -131,6 +131,10 @@ def test_routes_in_the_envoy_config() -> None:
                      "x-forwarded-for": ("%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%", "OVERWRITE_IF_EXISTS_OR_ADD")}
     assert {"x-internal-token", "authorization"} <= set(users["request_headers_to_remove"])
     assert users["response_headers_to_add"][0]["header"] == {"key": "x-response-time", "value": "%DURATION%ms"}
+    # X-Cache-Status: from ext_proc where a cache rule covers the route, else BYPASS from the route itself.
+    assert "x-cache-status" not in {h["header"]["key"] for h in users["response_headers_to_add"]}
+    files = {h["header"]["key"]: h["header"]["value"] for h in routes["files"]["response_headers_to_add"]}
+    assert files == {"x-cache-status": "BYPASS", "x-response-time": "%DURATION%ms"}
     public = routes["public"]  # the identity removal of public routes is kept beside ours
     assert {"x-user-id", "x-internal-token"} <= set(public["request_headers_to_remove"])
 
@@ -167,7 +171,7 @@ def test_body_modes_and_request_buffer_limits() -> None:
     # by the processor); responses BUFFERED_PARTIAL (no Envoy 500 for a large fast one). ext_proc/envoy.py.
     assert mode("users")["request_body_mode"] == "BUFFERED"
     assert mode("users")["response_body_mode"] == "BUFFERED_PARTIAL"
-    assert mode("files")["response_body_mode"] == "NONE"
+    assert mode("lab-headers")["response_body_mode"] == "NONE"
     # A route that reads request bodies buffers up to its max_body_bytes, whatever the connection limit.
     assert routes["messages"]["request_body_buffer_limit"] == 1024 * 1024
     assert routes["lab-strict"]["request_body_buffer_limit"] == 512

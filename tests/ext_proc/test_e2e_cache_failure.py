@@ -42,19 +42,26 @@ def test_cache_hit_with_upstream_stopped_then_put_invalidates(ep_own_stack: Stac
 
 def test_vary_by_and_request_no_cache(ep_own_stack: Stack) -> None:
     stack = ep_own_stack
-    english = {"accept-language": "en"}
-    assert stack.get(CATALOG + "/1", headers=english).headers["x-cache-status"] == "MISS"
-    assert stack.get(CATALOG + "/1", headers=english).headers["x-cache-status"] == "HIT"
-    german = stack.get(CATALOG + "/1", headers={"accept-language": "de"})
+    # GET /api/v1/users/:id varies by Authorization and Accept-Language (the design's rule).
+    english = {"authorization": f"Bearer {stack.token('varyuser', ('user',), 'premium')}", "accept-language": "en"}
+    path = "/api/v1/users/varyuser"
+    assert stack.get(path, headers=english).headers["x-cache-status"] == "MISS"
+    assert stack.get(path, headers=english).headers["x-cache-status"] == "HIT"
+    german = stack.get(path, headers={**english, "accept-language": "de"})
     assert german.headers["x-cache-status"] == "MISS"
     assert german.json()["headers"]["accept-language"] == "de"
+    other = {**english, "authorization": f"Bearer {stack.token('varyuser', ('user',), 'free')}"}
+    assert stack.get(path, headers=other).headers["x-cache-status"] == "MISS", "another credential"
+    # /api/v1/public/** varies by nothing: any language gets the one entry.
+    assert stack.get(CATALOG + "/1", headers={"accept-language": "en"}).headers["x-cache-status"] == "MISS"
+    assert stack.get(CATALOG + "/1", headers={"accept-language": "de"}).headers["x-cache-status"] == "HIT"
     # Another query string is another resource representation.
-    assert stack.get(CATALOG + "/1?page=2", headers=english).headers["x-cache-status"] == "MISS"
+    assert stack.get(CATALOG + "/1?page=2").headers["x-cache-status"] == "MISS"
     # The client asks for a fresh answer: no read, but the fresh answer is stored.
-    fresh = stack.get(CATALOG + "/1", headers={**english, "cache-control": "no-cache"})
+    fresh = stack.get(CATALOG + "/1", headers={"cache-control": "no-cache"})
     assert fresh.headers["x-cache-status"] == "MISS"
     # POST is never answered from the cache.
-    assert "x-cache-status" not in stack.request("POST", "/api/v1/public/catalog/other", json={}).headers
+    assert stack.request("POST", "/api/v1/public/catalog/other", json={}).headers["x-cache-status"] == "BYPASS"
 
 
 def test_processor_killed_fails_closed_and_recovers(ep_own_stack: Stack) -> None:
@@ -80,7 +87,7 @@ def test_redis_backend_shares_entries_and_stores_no_credentials(tmp_path: Path, 
     try:
         token = stack.token("cacheuser", ("user",), "premium")
         auth = {"authorization": f"Bearer {token}", "accept-language": "en"}
-        path = "/api/v1/users/cacheuser/settings"
+        path = "/api/v1/users/cacheuser"
         assert stack.get(path, headers=auth).headers["x-cache-status"] == "MISS"
         assert stack.get(path, headers=auth).headers["x-cache-status"] == "HIT"
         other = stack.token("someone", ("user",), "premium")

@@ -77,7 +77,8 @@ def test_non_json_body_skips_the_body_phase(example_plans: dict[str, RoutePlan])
     session = Session(example_plans["messages"])
     reply = only(session.handle(req("/api/v1/messages/1", "POST", body=True,
                                     content_type="multipart/form-data; boundary=b"), T0), Reply)
-    assert reply.mode == ModeOverride(request_body=False, response_headers=False, response_body=False)
+    # The response phases stay: the design's response transform reads every route's JSON responses.
+    assert reply.mode == ModeOverride(request_body=False, response_headers=True, response_body=True)
 
 
 def test_attack_in_json_body_is_refused_naming_the_rule(example_plans: dict[str, RoutePlan]) -> None:
@@ -107,7 +108,7 @@ def test_body_of_unknown_length_is_asked_for_partial(example_plans: dict[str, Ro
     # short instead of stalling the stream (ext_proc/envoy.py); the rest of the route's phases unchanged.
     session = Session(example_plans["messages"])
     reply = only(session.handle(req("/api/v1/messages/1", "POST", body=True, **JSON), T0), Reply)
-    assert reply.mode == ModeOverride(request_body=True, response_headers=False, response_body=False,
+    assert reply.mode == ModeOverride(request_body=True, response_headers=True, response_body=True,
                                       request_partial=True)
 
 
@@ -151,7 +152,7 @@ def test_response_json_transform_and_response_time(example_plans: dict[str, Rout
 
 def test_response_that_is_not_json_is_not_buffered(example_plans: dict[str, RoutePlan]) -> None:
     session = Session(example_plans["users"])
-    session.handle(req("/api/v1/users/avatar"), T0)
+    session.handle(req("/api/v1/users/u1/avatar"), T0)  # no cache rule covers it
     reply = only(session.handle(ResponseHeaders({":status": "200", "content-type": "image/png"}, False), T0),
                  Reply)
     assert reply.mode == ModeOverride(request_body=False, response_headers=True, response_body=False)
@@ -166,7 +167,7 @@ def test_response_that_is_not_json_is_not_buffered(example_plans: dict[str, Rout
 def test_unreadable_response_json_is_a_502_never_passed_unfiltered(example_plans: dict[str, RoutePlan],
                                                                    body: bytes, reason: str) -> None:
     session = Session(example_plans["users"])  # removes `password` from responses
-    session.handle(req("/api/v1/users/list"), T0)
+    session.handle(req("/api/v1/users/u1/items"), T0)  # not cached: straight to the response
     session.handle(resp(), T0)
     actions = session.handle(ResponseBody(body, True), T0)
     immediate = only(actions, Immediate)
@@ -184,7 +185,7 @@ def test_unreadable_response_json_is_a_502_never_passed_unfiltered(example_plans
 def test_response_json_read_leniently_is_still_filtered(example_plans: dict[str, RoutePlan], body: bytes,
                                                         doc: Any) -> None:
     session = Session(example_plans["users"])
-    session.handle(req("/api/v1/users/list"), T0)
+    session.handle(req("/api/v1/users/u1/items"), T0)  # not cached: straight to the response
     session.handle(resp(), T0)
     reply = only(session.handle(ResponseBody(body, True), T0), Reply)
     assert reply.body is not None
@@ -217,14 +218,17 @@ def test_cache_miss_store_then_hit(example_plans: dict[str, RoutePlan]) -> None:
     assert reply.mode == ModeOverride(request_body=False, response_headers=True, response_body=True)
     assert only(session.handle(resp(x_response_time="3ms", etag='"e"'), T0), Reply).set_headers == ()
     actions = session.handle(ResponseBody(b'{"n": 1}', True), T0 + 1)
-    assert only(actions, Reply).set_headers == (("x-cache-status", "MISS", False),)
+    reply = only(actions, Reply)
+    assert reply.set_headers[-1] == ("x-cache-status", "MISS", False)
     store = only(actions, StoreCache)
-    assert store.key == lookup.key and store.ttl_s == 300
+    assert store.key == lookup.key and store.ttl_s == 3600 and store.path == "/api/v1/public/catalog/a"
+    stored_body = reply.body  # what is stored is the transformed body (no field to remove on a hit)
+    assert stored_body is not None and json.loads(stored_body)["api_version"] == "v1"
 
     hit = Session(plan)
     assert only(hit.handle(req("/api/v1/public/catalog/a", accept_language="en"), T0 + 5), LookupCache) == lookup
     immediate = only(hit.handle(CacheResult(store.value), T0 + 5), Immediate)
-    assert immediate.status == 200 and immediate.body == b'{"n": 1}'
+    assert immediate.status == 200 and immediate.body == stored_body
     headers = dict(immediate.headers)
     assert headers["x-cache-status"] == "HIT" and headers["age"] == "4" and headers["etag"] == '"e"'
     assert headers["x-response-time"] == "0ms" and "content-length" not in headers
@@ -235,7 +239,7 @@ def test_uncacheable_response_says_bypass(example_plans: dict[str, RoutePlan]) -
     session = Session(example_plans["public"])
     session.handle(req("/api/v1/public/catalog/a"), T0)
     session.handle(CacheResult(None), T0)
-    reply = only(session.handle(resp(cache_control="no-store"), T0), Reply)
+    reply = only(session.handle(resp(cache_control="no-store", content_type="text/plain"), T0), Reply)
     assert ("x-cache-status", "BYPASS", False) in reply.set_headers
     assert reply.mode == ModeOverride(request_body=False, response_headers=True, response_body=False)
 
@@ -251,7 +255,7 @@ def test_unsafe_method_invalidates_on_success(example_plans: dict[str, RoutePlan
                                               invalidates: bool) -> None:
     session = Session(example_plans["public"])
     reply = only(session.handle(req("/api/v1/public/catalog/a?x=1", "PUT", body=True, **JSON), T0), Reply)
-    assert reply.mode is not None and reply.mode.response_headers and not reply.mode.response_body
+    assert reply.mode is not None and reply.mode.response_headers
     session.handle(RequestBody(b"{}", True), T0)
     actions = session.handle(resp(status, body=False), T0)
     assert bool([a for a in actions if isinstance(a, InvalidateCache)]) == invalidates
