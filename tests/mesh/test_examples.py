@@ -15,8 +15,22 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "mesh"
 KINDS = {
     "istio": {"IstioOperator", "AuthorizationPolicy", "EnvoyFilter"},
     "envoy-gateway": {"ConfigMap", "SecurityPolicy", "ReferenceGrant", "EnvoyExtensionPolicy",
-                      "BackendTrafficPolicy", "EnvoyPatchPolicy"},
+                      "BackendTrafficPolicy", "EnvoyPatchPolicy", "EnvoyProxy"},
 }
+
+
+def _docs(mesh: str) -> list[dict]:  # type: ignore[type-arg]
+    return [doc for path in sorted((EXAMPLES / mesh).glob("*.yaml")) if path.name != "outrider.yaml"
+            for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+def test_rate_limit_runs_before_ext_proc_in_both_examples() -> None:
+    # A cache hit answered by ext_proc must still spend quota (tests/mesh/fixtures follow this order).
+    filters = {d["metadata"]["name"]: d["spec"] for d in _docs("istio") if d["kind"] == "EnvoyFilter"}
+    assert filters["outrider-ext-proc"].get("priority", 0) > filters["outrider-ratelimit"].get("priority", 0)
+    (proxy,) = [d for d in _docs("envoy-gateway") if d["kind"] == "EnvoyProxy"]
+    assert {"name": "envoy.filters.http.ratelimit", "before": "envoy.filters.http.ext_proc"} in \
+        proxy["spec"]["filterOrder"]
 
 
 @pytest.mark.parametrize("mesh", sorted(KINDS))
