@@ -203,7 +203,7 @@ def test_without_redis_a_replica_keeps_serving_and_refuses_changes_then_writes_i
     replicas.redis.start().wait_ready(10)  # back, empty: nothing was persisted on disk
     store = redis_lib.Redis(port=replicas.redis.port)  # type: ignore[attr-defined]
     try:
-        Stack.wait_until(lambda: store.hget("test:xds:state", "version") == served.encode(), timeout_s=10,
+        Stack.wait_until(lambda: store.hget("test:xds:state", "version") == served.encode(), timeout_s=30,
                          what="replica B to write its served state back")
     finally:
         store.close()
