@@ -1,0 +1,90 @@
+"""kube-proxy's userspace mode: a TCP listener per Service port on its cluster IP, piping to a ready endpoint.
+
+The endpoints are read when a connection arrives (a pod that turned unready or stopped gets no new
+connection); a connection already piped to a pod stays there until one side closes it, as with kube-proxy.
+Runs an asyncio loop on a thread of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections import Counter
+from collections.abc import Callable
+
+from outrider.pod.endpoints import Endpoint, RoundRobin
+
+CONNECT_TIMEOUT_S = 2.0
+BUFFER = 65536
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, other: asyncio.StreamWriter) -> None:
+    """Copy until EOF, then half-close (an HTTP/1.1 client may still read); a reset aborts the other side too."""
+    try:
+        while data := await reader.read(BUFFER):
+            writer.write(data)
+            await writer.drain()
+        if writer.can_write_eof():
+            writer.write_eof()
+    except (ConnectionError, OSError):
+        writer.transport.abort()
+        other.transport.abort()
+
+
+class ServiceProxy:
+    """Listeners added with `listen`; `endpoints(key)` gives the ready endpoints of a Service port right now."""
+
+    def __init__(self, endpoints: Callable[[str], list[Endpoint]]) -> None:
+        self._endpoints = endpoints
+        self._pickers: dict[str, RoundRobin] = {}
+        self._servers: list[asyncio.base_events.Server] = []
+        self.connections: Counter[tuple[str, str]] = Counter()  # (Service port key, pod) → connections sent
+        self.rejected: Counter[str] = Counter()  # no endpoint would take it
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="service-proxy", daemon=True)
+        self._thread.start()
+
+    def listen(self, key: str, address: str, port: int) -> None:
+        """Accept on address:port; `key` (say "outrider-gateway:8080") names the Service port to `endpoints`."""
+        self._pickers[key] = RoundRobin()
+
+        async def start() -> asyncio.base_events.Server:
+            return await asyncio.start_server(lambda r, w: self._forward(key, r, w), address, port,
+                                              reuse_address=True)
+
+        self._servers.append(asyncio.run_coroutine_threadsafe(start(), self._loop).result(10))
+
+    async def _forward(self, key: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        upstream: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+        for endpoint in self._pickers[key].order(self._endpoints(key)):
+            with contextlib.suppress(OSError, asyncio.TimeoutError):
+                upstream = await asyncio.wait_for(asyncio.open_connection(endpoint.ip, endpoint.port),
+                                                  CONNECT_TIMEOUT_S)
+                self.connections[(key, endpoint.pod)] += 1
+                break
+        if upstream is None:
+            self.rejected[key] += 1  # no ready endpoint: the client sees its connection closed
+            writer.transport.abort()
+            return
+        up_reader, up_writer = upstream
+        try:
+            await asyncio.gather(_pipe(reader, up_writer, writer), _pipe(up_reader, writer, up_writer))
+        finally:
+            for w in (writer, up_writer):
+                w.close()
+
+    def close(self) -> None:
+        async def stop() -> None:
+            for server in self._servers:
+                server.close()
+            for task in asyncio.all_tasks():
+                if task is not asyncio.current_task():
+                    task.cancel()
+
+        if self._loop.is_running():
+            with contextlib.suppress(Exception):
+                asyncio.run_coroutine_threadsafe(stop(), self._loop).result(5)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(5)
+        self._servers.clear()
