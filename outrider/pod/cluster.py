@@ -7,6 +7,7 @@ its names resolve to it in every pod. Workloads start with their replicas, backe
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import sys
 import tempfile
@@ -157,6 +158,7 @@ class LocalCluster:
     def start_pod(self, spec: PodSpec, name: str | None = None, timeout_s: float = 120.0) -> Pod:
         """Give the pod a namespace and an address, start its containers in order; returns once they started."""
         name = name or spec.name
+        spec = dataclasses.replace(spec, name=name)  # a replica's own name (events, HOSTNAME)
         if name in self.pods:
             raise SpecError(f"a pod named {name!r} already runs")
         with self._lock:

@@ -41,6 +41,7 @@ class ServiceProxy:
         self._servers: list[asyncio.base_events.Server] = []
         self.connections: Counter[tuple[str, str]] = Counter()  # (Service port key, pod) → connections sent
         self.rejected: Counter[str] = Counter()  # no endpoint would take it
+        self._open: set[asyncio.StreamWriter] = set()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="service-proxy", daemon=True)
         self._thread.start()
@@ -68,19 +69,24 @@ class ServiceProxy:
             writer.transport.abort()
             return
         up_reader, up_writer = upstream
+        self._open.update((writer, up_writer))
         try:
             await asyncio.gather(_pipe(reader, up_writer, writer), _pipe(up_reader, writer, up_writer))
         finally:
             for w in (writer, up_writer):
+                self._open.discard(w)
                 w.close()
 
     def close(self) -> None:
         async def stop() -> None:
             for server in self._servers:
                 server.close()
-            for task in asyncio.all_tasks():
-                if task is not asyncio.current_task():
-                    task.cancel()
+            for writer in list(self._open):
+                writer.transport.abort()  # the pipes see a reset and end (cancelling them would log noise)
+            for _ in range(40):
+                if not self._open:
+                    break
+                await asyncio.sleep(0.05)
 
         if self._loop.is_running():
             with contextlib.suppress(Exception):
