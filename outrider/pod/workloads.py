@@ -51,28 +51,37 @@ def _referenced_text(doc: Mapping[str, Any], objects: ObjectStore, where: str) -
     return "\n".join(parts)
 
 
-def _calls(text: str, service: ServiceSpec) -> bool:
-    return re.search(rf"(?<![\w.-]){re.escape(service.name)}(?![\w-])", text) is not None
+def _calls(text: str, service: ServiceSpec, with_port: bool = False) -> bool:
+    """The Service's name as a word; `with_port`: as an address, `name[.namespace...]:port` (a certain call,
+    where a bare name may be a comment or a label)."""
+    name = rf"(?<![\w.-]){re.escape(service.name)}"
+    if not with_port:
+        return re.search(rf"{name}(?![\w-])", text) is not None
+    ports = "|".join(str(p.port) for p in service.ports) or "0"
+    return re.search(rf"{name}(?:\.[\w.-]+)?:(?:{ports})(?!\d)", text) is not None
 
 
 def start_order(workloads: Sequence[Workload], services: Sequence[ServiceSpec], objects: ObjectStore) -> list[Workload]:
     """Backends first: a workload starts after the workloads behind every Service whose name appears in its
     template or the ConfigMaps/Secrets it reads (a name can also appear in a comment: harmless unless it
-    makes a cycle). A cycle is broken by starting the workload with the fewest unstarted backends first,
-    then the order given."""
+    makes a cycle). A cycle is broken by starting first the workload with the fewest unstarted backends it
+    calls as `name:port`, then the fewest named at all, then the order given."""
     labels = {w.name: {str(k): str(v) for k, v in (pod_template(w.doc, w.where)[1].get("labels") or {}).items()}
               for w in workloads}
     needs: dict[str, set[str]] = {}
+    certain: dict[str, set[str]] = {}  # called as name:port
     for w in workloads:
         text = _referenced_text(w.doc, objects, w.where)
-        needs[w.name] = {b.name for s in services if _calls(text, s)
-                         for b in workloads if b.name != w.name and selects(s.selector, labels[b.name])}
+        for table, with_port in ((needs, False), (certain, True)):
+            table[w.name] = {b.name for s in services if _calls(text, s, with_port)
+                             for b in workloads if b.name != w.name and selects(s.selector, labels[b.name])}
     order: list[Workload] = []
     left = list(workloads)
     while left:
         started = {w.name for w in order}
         free = [w for w in left if needs[w.name] <= started]
-        chosen = free[0] if free else min(left, key=lambda w: len(needs[w.name] - started))
+        chosen = free[0] if free else min(left, key=lambda w: (len(certain[w.name] - started),
+                                                                len(needs[w.name] - started)))
         order.append(chosen)
         left.remove(chosen)
     return order

@@ -171,6 +171,8 @@ def test_a_control_plane_pod_killed_the_other_takes_changes(dev: Dev) -> None:
     served through the gateway Service within seconds, and the constant load loses nothing meanwhile."""
     token = find(dev.docs, "Secret", ADMIN_TOKEN_SECRET)["stringData"]["token"]  # DEVELOPMENT ONLY
     victim = dev.cluster.pods[f"{CONTROL_PLANE}-0"]
+    assert dev.cluster.proxy is not None  # some xDS clients (Envoy, sidecars) were sent to the victim
+    assert dev.cluster.proxy.connections[(f"{CONTROL_PLANE}:18000", victim.spec.name)] > 0
     _, _, failed_before = dev.load.result.snapshot()
     started = time.monotonic()
     for state in victim.containers.values():
@@ -191,8 +193,8 @@ def test_a_control_plane_pod_killed_the_other_takes_changes(dev: Dev) -> None:
             assert gateway.get(f"/api/v1/{name}/x", headers={"Connection": "close"}).status_code == 200
     wait_for(lambda: victim.ready, 30, "the killed control-plane pod was not restarted to ready")
     _, _, failed_after = dev.load.result.snapshot()
-    print(f"\ncontrol-plane pod SIGKILLed: route live through the gateway Service {live_s:.1f}s later; "
-          f"restarts {victim.containers['xds-server'].restarts}; failed requests meanwhile {failed_after - failed_before}")
+    print(f"\ncontrol-plane pod SIGKILLed: route live through the gateway Service {live_s:.1f}s later; restarts "
+          f"{victim.containers['xds-server'].restarts}; failed requests meanwhile {failed_after - failed_before}")
     assert failed_after == failed_before, dev.load.result.errors
 
 
