@@ -48,6 +48,8 @@ def parse_service(doc: Mapping[str, Any], where: str = "service") -> ServiceSpec
     kind = spec.get("type", "ClusterIP")
     if kind not in ("ClusterIP", "NodePort", "LoadBalancer"):
         raise SpecError(f"{where}.spec.type: {kind!r} is not supported here (ClusterIP only)")
+    if spec.get("clusterIP") == "None":
+        raise SpecError(f"{where}.spec.clusterIP: headless Services (None) are not supported here")
     selector = spec.get("selector") or {}
     if not isinstance(selector, Mapping):
         raise SpecError(f"{where}.spec.selector: expected a mapping")
