@@ -183,9 +183,17 @@ def test_a_control_plane_pod_killed_the_other_takes_changes(dev: Dev) -> None:
     admin = httpx.Client(base_url=dev.cluster.url(CONTROL_PLANE, 18001), trust_env=False, timeout=10,
                          headers={"Authorization": f"Bearer {token}", "Host": CONTROL_PLANE})
     with admin, dev.gateway() as gateway:
-        put = admin.put(f"/v1/routes/{name}", json={"match": {"prefix": f"/api/v1/{name}/"}, "upstream": "demo",
-                                                      "public": True})
-        assert put.status_code == 200, put.text
+        attempts: list[str] = []
+        deadline = time.monotonic() + 15
+        while True:
+            # 503 "config store unavailable; nothing changed": an operator retries. Seen once in a few runs on
+            # a starved 2-core machine (the store's 2 s Redis connect timeout), so retried here too.
+            put = admin.put(f"/v1/routes/{name}", json={"match": {"prefix": f"/api/v1/{name}/"},
+                                                          "upstream": "demo", "public": True})
+            attempts.append(str(put.status_code))
+            if put.status_code != 503 or time.monotonic() > deadline:
+                break
+        assert put.status_code == 200, (attempts, put.text)
         wait_for(lambda: gateway.get(f"/api/v1/{name}/x").status_code == 200, 15,
                  "the route PUT on the surviving control-plane pod never reached the gateway pods")
         live_s = time.monotonic() - started
@@ -194,7 +202,8 @@ def test_a_control_plane_pod_killed_the_other_takes_changes(dev: Dev) -> None:
     wait_for(lambda: victim.ready, 30, "the killed control-plane pod was not restarted to ready")
     _, _, failed_after = dev.load.result.snapshot()
     print(f"\ncontrol-plane pod SIGKILLed: route live through the gateway Service {live_s:.1f}s later; restarts "
-          f"{victim.containers['xds-server'].restarts}; failed requests meanwhile {failed_after - failed_before}")
+          f"{victim.containers['xds-server'].restarts}; failed requests meanwhile {failed_after - failed_before}; "
+          f"PUT answers {attempts}")
     assert failed_after == failed_before, dev.load.result.errors
 
 
