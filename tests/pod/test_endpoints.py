@@ -160,3 +160,16 @@ def test_the_proxy_round_robins_new_connections_and_skips_a_dead_endpoint(backen
         assert proxy.rejected["svc:80"] == 1
     finally:
         proxy.close()
+
+
+def test_manifests_from_standard_input(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`kubectl kustomize deploy/kubernetes/overlays/dev | outrider pod -`"""
+    import io
+
+    from outrider.pod.cluster import load_documents
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("kind: Service\nmetadata: {name: s}\n---\n---\nkind: Pod\n"))
+    assert [(where, doc["kind"]) for where, doc in load_documents(["-"])] == [("-[0]", "Service"), ("-[2]", "Pod")]
+    monkeypatch.setattr("sys.stdin", io.StringIO("just text\n"))
+    with pytest.raises(SpecError, match=r"-\[0\]: not a Kubernetes object"):
+        load_documents(["-"])
