@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -73,6 +74,23 @@ class Dev:
 
     def gateway(self, **kwargs: Any) -> httpx.Client:
         return httpx.Client(base_url=self.cluster.url(GATEWAY), trust_env=False, timeout=5, **kwargs)
+
+    def diagnosis(self) -> str:
+        """What the Services looked like when something failed: endpoints, refusals, a connect to Redis's
+        cluster IP from the host, the Redis pod's last events."""
+        assert self.cluster.proxy is not None
+        started = time.monotonic()
+        try:
+            with socket.create_connection((self.cluster.cluster_ips["outrider-redis"], 6379), timeout=5) as conn:
+                conn.sendall(b"PING\r\n")
+                answer = conn.recv(20)
+        except OSError as exc:
+            answer = repr(exc).encode()
+        redis = self.cluster.pods["outrider-redis-0"]
+        endpoints = {key: self.cluster.endpoints(key) for key in ("outrider-redis:6379", f"{CONTROL_PLANE}:18000")}
+        return (f"endpoints {endpoints}, "
+                f"rejected {dict(self.cluster.proxy.rejected)}, PING via cluster IP {answer!r} in "
+                f"{time.monotonic() - started:.2f}s, redis events {redis.events[-5:]}")
 
     def gateway_connections(self) -> dict[str, int]:
         assert self.cluster.proxy is not None
@@ -160,6 +178,7 @@ def test_one_limit_across_both_gateway_pods(dev: Dev) -> None:
         for _ in range(8):
             response = gateway.get("/api/v1/users/me", headers=auth)
             assert response.status_code == 200
+            assert "ratelimit-remaining" in response.headers, dev.diagnosis()
             remaining.append(int(response.headers["ratelimit-remaining"]))
     used = {pod: n - before[pod] for pod, n in dev.gateway_connections().items()}
     assert min(used.values()) >= 3, f"the Service did not spread the connections over both pods: {used}"
@@ -193,7 +212,7 @@ def test_a_control_plane_pod_killed_the_other_takes_changes(dev: Dev) -> None:
             attempts.append(str(put.status_code))
             if put.status_code != 503 or time.monotonic() > deadline:
                 break
-        assert put.status_code == 200, (attempts, put.text)
+        assert put.status_code == 200, (attempts, put.text, dev.diagnosis())
         wait_for(lambda: gateway.get(f"/api/v1/{name}/x").status_code == 200, 15,
                  "the route PUT on the surviving control-plane pod never reached the gateway pods")
         live_s = time.monotonic() - started
