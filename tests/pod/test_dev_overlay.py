@@ -169,20 +169,31 @@ def test_the_walkthrough_through_the_gateway_service(dev: Dev) -> None:
 def test_one_limit_across_both_gateway_pods(dev: Dev) -> None:
     """The shared Redis: a free-tier user's requests, each on a new connection so the Service alternates the
     pods, spend one quota."""
-    while time.time() % 60 > 50:  # the free tier's window is a minute: all requests inside one
-        time.sleep(0.5)
-    auth = {"Authorization": f"Bearer {dev.token(f'free-{uuid.uuid4().hex[:6]}')}", "Connection": "close"}
-    before = dev.gateway_connections()
-    remaining = []
-    with dev.gateway() as gateway:
-        for _ in range(8):
-            response = gateway.get("/api/v1/users/me", headers=auth)
-            assert response.status_code == 200
-            assert "ratelimit-remaining" in response.headers, dev.diagnosis()
-            remaining.append(int(response.headers["ratelimit-remaining"]))
+    fallbacks = 0
+    for _ in range(3):
+        while time.time() % 60 > 50:  # the free tier's window is a minute: all requests inside one
+            time.sleep(0.5)
+        auth = {"Authorization": f"Bearer {dev.token(f'free-{uuid.uuid4().hex[:6]}')}", "Connection": "close"}
+        before = dev.gateway_connections()
+        responses = []
+        with dev.gateway() as gateway:
+            for _ in range(8):
+                responses.append(gateway.get("/api/v1/users/me", headers=auth))
+        assert [r.status_code for r in responses] == [200] * 8
+        if all("ratelimit-remaining" in r.headers for r in responses):
+            break
+        # The overlay's rate limiter answers within budget_ms (20 ms) or lets the request through without
+        # counting headers (failure_mode: allow); a starved 2-core machine plus the userspace proxy's hop to
+        # Redis sometimes misses it. Counted, and the sequence is run again with a fresh user.
+        fallbacks += 1
+    else:
+        pytest.fail(f"every try had answers past the rate limiter's budget: {dev.diagnosis()}")
     used = {pod: n - before[pod] for pod, n in dev.gateway_connections().items()}
+    remaining = [int(r.headers["ratelimit-remaining"]) for r in responses]
+    print(f"\none limit across both gateway pods: remaining {remaining}, connections per pod {used}, "
+          f"tries past the rate limiter's budget {fallbacks}")
     assert min(used.values()) >= 3, f"the Service did not spread the connections over both pods: {used}"
-    assert remaining == list(range(remaining[0], remaining[0] - 8, -1)) and remaining[0] == 59, remaining
+    assert remaining == list(range(59, 51, -1)), "one counter in the shared Redis, decremented by both pods"
 
 
 def test_a_control_plane_pod_killed_the_other_takes_changes(dev: Dev) -> None:
