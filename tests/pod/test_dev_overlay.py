@@ -161,8 +161,14 @@ def test_the_walkthrough_through_the_gateway_service(dev: Dev) -> None:
         assert public.status_code == 200 and public.json()["path"] == PUBLIC_PATH  # the demo upstream pod answered
         assert "ratelimit-limit" in public.headers and "ratelimit-remaining" in public.headers
         assert gateway.get("/api/v1/users/profile").status_code == 401
-        seen = gateway.get("/api/v1/users/profile", headers={"Authorization": f"Bearer {dev.token('alice')}"})
-        assert seen.status_code == 200 and seen.json()["headers"]["x-user-id"] == "alice"
+        auth = {"Authorization": f"Bearer {dev.token('alice')}"}
+        for _ in range(5):
+            seen = gateway.get("/api/v1/users/profile", headers=auth)
+            assert seen.status_code == 200 and seen.json()["headers"]["x-user-id"] == "alice"
+            if "ratelimit-remaining" in seen.headers:
+                break
+            # Past the rate limiter's 20 ms budget on a starved machine: let through without headers
+            # (failure_mode: allow, as configured); asked again.
         assert int(seen.headers["ratelimit-remaining"]) < int(seen.headers["ratelimit-limit"].split(",")[0])
 
 
