@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 
@@ -42,9 +43,21 @@ class ServiceProxy:
         self.connections: Counter[tuple[str, str]] = Counter()  # (Service port key, pod) → connections sent
         self.rejected: Counter[str] = Counter()  # no endpoint would take it
         self._open: set[asyncio.StreamWriter] = set()
+        self.lags: list[tuple[float, float]] = []  # (when, how late): the loop ran late by more than 0.2 s
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="service-proxy", daemon=True)
         self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._watch_lag(), self._loop)
+
+    async def _watch_lag(self) -> None:
+        """Records when this loop could not run on time (a busy host process holding the GIL, a starved
+        machine): new connections wait in the listen backlog meanwhile."""
+        while True:
+            before = self._loop.time()
+            await asyncio.sleep(0.1)
+            late = self._loop.time() - before - 0.1
+            if late > 0.2:
+                self.lags.append((time.monotonic(), late))
 
     def listen(self, key: str, address: str, port: int) -> None:
         """Accept on address:port; `key` (say "outrider-gateway:8080") names the Service port to `endpoints`."""
@@ -79,6 +92,9 @@ class ServiceProxy:
 
     def close(self) -> None:
         async def stop() -> None:
+            for task in asyncio.all_tasks():
+                if task.get_coro().__name__ == "_watch_lag":  # type: ignore[union-attr]
+                    task.cancel()
             for server in self._servers:
                 server.close()
             for writer in list(self._open):

@@ -89,7 +89,8 @@ class Dev:
         redis = self.cluster.pods["outrider-redis-0"]
         endpoints = {key: self.cluster.endpoints(key) for key in ("outrider-redis:6379", f"{CONTROL_PLANE}:18000")}
         return (f"endpoints {endpoints}, "
-                f"rejected {dict(self.cluster.proxy.rejected)}, PING via cluster IP {answer!r} in "
+                f"rejected {dict(self.cluster.proxy.rejected)}, proxy loop late {self.cluster.proxy.lags[-5:]}, "
+                f"PING via cluster IP {answer!r} in "
                 f"{time.monotonic() - started:.2f}s, redis events {redis.events[-5:]}")
 
     def gateway_connections(self) -> dict[str, int]:
@@ -243,7 +244,7 @@ def test_a_control_plane_pod_killed_the_other_takes_changes(dev: Dev) -> None:
     _, _, failed_after = dev.load.result.snapshot()
     print(f"\ncontrol-plane pod SIGKILLed: route live through the gateway Service {live_s:.1f}s later; restarts "
           f"{victim.containers['xds-server'].restarts}; failed requests meanwhile {failed_after - failed_before}; "
-          f"PUT answers {attempts}")
+          f"PUT answers {attempts}; proxy loop late (> 0.2 s) {[round(late, 2) for _, late in dev.cluster.proxy.lags]}")
     assert failed_after == failed_before, dev.load.result.errors
 
 
