@@ -61,8 +61,9 @@ class ExtAuthzPlugin:
     def processes(self, config: GatewayConfig, config_path: Path) -> Sequence[ManagedProcess]:
         # Always: every protected route asks it, and without it Envoy fails closed.
         # With the control plane it is an ADS client of it (ready once it has applied a version).
+        # Its /metrics is the pod's scrape target (deploy/kubernetes), so it also serves Envoy's, renamed.
         return [service_process(SERVICE, "ext_authz", settings_of(config), config, config_path,
-                                from_control_plane=config.services.xds.enabled)]
+                                from_control_plane=config.services.xds.enabled, serves_gateway_metrics=True)]
 
     def cli_commands(self) -> Sequence[CliCommand]:
         return [CliCommand("token", "print a DEVELOPMENT-ONLY token signed with the example key",

@@ -19,7 +19,7 @@ from ext_authz.fallback import DirectAnswer
 from ext_authz.jwt_verifier import Identity
 from ext_authz.metrics import AuthzMetrics, DecisionCounter, service_metrics
 from outrider.identity import IDENTITY_HEADERS
-from outrider.logs import DecisionLog
+from outrider.logs import REQUEST_ID, DecisionLog
 
 log = logging.getLogger("ext_authz.service")
 
@@ -181,6 +181,7 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):
         http = request.attributes.request.http
         # x-request-id is what the client and the logs see; http.id is Envoy's internal stream id.
         request_id = http.headers.get("x-request-id") or http.id
+        REQUEST_ID.set(request_id)  # this call's own task: its log lines carry the id (outrider/logs.py)
         try:
             check = CheckInput(method=http.method, path=http.path, headers=http.headers,
                                context=request.attributes.context_extensions, request_id=request_id,

@@ -13,6 +13,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc
 
 from ext_proc.cache_backends import CacheBackend, MemoryCache, RedisCache
 from ext_proc.config import CacheConfig
+from ext_proc.metrics import service_metrics
 from ext_proc.plugin import PLUGIN
 from ext_proc.resource import PlanMemo, build
 from ext_proc.service import ExternalProcessorService, Live
@@ -38,7 +39,7 @@ def cache_backend(settings: CacheConfig | None) -> CacheBackend | None:
         return None
     if settings.backend == "redis" and settings.redis_url:
         return RedisCache(settings.redis_url)
-    return MemoryCache(settings.max_entries)
+    return MemoryCache(settings.max_entries, on_resize=service_metrics().cache_size.inc)
 
 
 class ExtProcRuntime:

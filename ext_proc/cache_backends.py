@@ -25,11 +25,20 @@ class CacheBackend(Protocol):
 class MemoryCache:
     """An LRU of at most max_entries, with per-entry expiry and a resource → keys index."""
 
-    def __init__(self, max_entries: int, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, max_entries: int, clock: Callable[[], float] = time.monotonic,
+                 on_resize: Callable[[int], None] | None = None) -> None:
         self._max = max_entries
         self._clock = clock
         self._entries: OrderedDict[str, tuple[float, bytes, str]] = OrderedDict()
         self._by_resource: dict[str, set[str]] = {}
+        # Bytes held (keys and values), told to `on_resize` as deltas (the cache_size_bytes gauge).
+        self.size_bytes = 0
+        self._on_resize = on_resize
+
+    def _resize(self, delta: int) -> None:
+        self.size_bytes += delta
+        if self._on_resize is not None:
+            self._on_resize(delta)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -47,6 +56,7 @@ class MemoryCache:
     async def put(self, key: str, resource: str, value: bytes, ttl_s: int) -> None:
         self._drop(key)
         self._entries[key] = (self._clock() + ttl_s, value, resource)
+        self._resize(len(key) + len(value))
         self._by_resource.setdefault(resource, set()).add(key)
         while len(self._entries) > self._max:
             self._drop(next(iter(self._entries)))
@@ -54,12 +64,15 @@ class MemoryCache:
     async def invalidate(self, resource: str) -> int:
         keys = self._by_resource.pop(resource, set())
         for key in keys:
-            self._entries.pop(key, None)
+            item = self._entries.pop(key, None)
+            if item is not None:
+                self._resize(-len(key) - len(item[1]))
         return len(keys)
 
     def _drop(self, key: str) -> None:
         item = self._entries.pop(key, None)
         if item is not None:
+            self._resize(-len(key) - len(item[1]))
             keys = self._by_resource.get(item[2])
             if keys is not None:
                 keys.discard(key)
@@ -69,6 +82,7 @@ class MemoryCache:
     async def close(self) -> None:
         self._entries.clear()
         self._by_resource.clear()
+        self._resize(-self.size_bytes)
 
 
 # Every key of a resource, then the index itself, in one atomic step.

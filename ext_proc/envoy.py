@@ -18,6 +18,7 @@ from ext_proc.config import (
     transformations_of,
 )
 from outrider.config.model import GatewayConfig, RouteConfig
+from outrider.envoy_access_log import CACHE_NAMESPACE
 from outrider.envoy_contribution import grpc_service_cluster
 
 EXT_PROC_CLUSTER = "outrider_ext_proc"
@@ -178,6 +179,8 @@ class ExtProcContribution:
                 "processing_mode": processing_mode(Phases()),
                 "message_timeout": timeout,
                 "request_attributes": [CLIENT_ADDRESS_ATTRIBUTE],
+                # Dynamic metadata the processor may set: only the access log's cache_hit namespace.
+                "metadata_options": {"receiving_namespaces": {"untyped": [CACHE_NAMESPACE]}},
                 "allow_mode_override": True,  # a request may need fewer phases than its route (never more)
                 "mutation_rules": {
                     "allow_all_routing": True,  # :path, to add query parameters; the regex forbids the rest

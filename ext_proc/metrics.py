@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from outrider.metrics import per_registry
 
@@ -16,6 +16,10 @@ class ExtProcMetrics:
     cache_errors: Counter
     errors: Counter
     message_seconds: Histogram
+    # The design's names (README "Observability"), counted where ext_proc_events_total{kind=cache_*} is.
+    cache_hits: Counter
+    cache_misses: Counter
+    cache_size: Gauge
 
 
 def _build(registry: CollectorRegistry) -> ExtProcMetrics:
@@ -34,6 +38,14 @@ def _build(registry: CollectorRegistry) -> ExtProcMetrics:
             "Time to answer one message, inside the service (cache I/O included)",
             buckets=(0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1),
             registry=registry),
+        cache_hits=Counter("cache_hits", "Responses answered from the cache "
+                           "(= ext_proc_events_total{kind=\"cache_hit\"})", registry=registry),
+        cache_misses=Counter("cache_misses", "Cacheable requests not found in the cache "
+                             "(= ext_proc_events_total{kind=\"cache_miss\"})", registry=registry),
+        # Workers each hold their own in-memory cache: their sizes add up.
+        cache_size=Gauge("cache_size_bytes", "Bytes (keys and responses) held by the in-memory response cache; "
+                         "0 with the redis backend (see Redis's own used_memory)", multiprocess_mode="livesum",
+                         registry=registry),
     )
 
 
@@ -49,6 +61,20 @@ class LabelCache:
         if child is None:
             child = self._children[labels] = self._counter.labels(*labels)
         child.inc()
+
+
+class EventCounter(LabelCache):
+    """ext_proc_events_total{kind,detail}, and the design's cache_hits_total / cache_misses_total beside it."""
+
+    def __init__(self, metrics: ExtProcMetrics) -> None:
+        super().__init__(metrics.events)
+        self._aliases = {"cache_hit": metrics.cache_hits, "cache_miss": metrics.cache_misses}
+
+    def inc(self, *labels: str) -> None:
+        super().inc(*labels)
+        alias = self._aliases.get(labels[0])
+        if alias is not None:
+            alias.inc()
 
 
 # The metrics in a registry (default: the process's), made by the first call: the service's start.

@@ -31,10 +31,11 @@ from ext_proc.events import (
     StoreCache,
     Trailers,
 )
-from ext_proc.metrics import ExtProcMetrics, LabelCache, service_metrics
+from ext_proc.metrics import EventCounter, ExtProcMetrics, LabelCache, service_metrics
 from ext_proc.plan import DEFAULT_ROUTE, RoutePlan
 from ext_proc.session import Session, error_response
-from outrider.logs import DecisionLog
+from outrider.envoy_access_log import CACHE_HIT_KEY, CACHE_NAMESPACE
+from outrider.logs import REQUEST_ID, DecisionLog
 
 log = logging.getLogger("ext_proc.service")
 
@@ -138,6 +139,9 @@ def build_reply(reply: Reply) -> pb.ProcessingResponse:
     return response
 
 
+CACHE_HIT = "cache_hit"  # the reason of the Immediate that answers from the cache (ext_proc/session.py)
+
+
 def build_immediate(immediate: Immediate) -> pb.ProcessingResponse:
     response = pb.ProcessingResponse()
     out = response.immediate_response
@@ -145,6 +149,9 @@ def build_immediate(immediate: Immediate) -> pb.ProcessingResponse:
     out.headers.set_headers.extend(_header_option(k, v, False) for k, v in immediate.headers)
     out.body = immediate.body
     out.details = immediate.reason
+    if immediate.reason == CACHE_HIT:
+        # Read by Envoy's access log (`cache_hit`); a miss leaves nothing, which the log reads as false.
+        response.dynamic_metadata.update({CACHE_NAMESPACE: {CACHE_HIT_KEY: True}})
     return response
 
 
@@ -194,7 +201,7 @@ class ExternalProcessorService(external_processor_pb2_grpc.ExternalProcessorServ
         self._clock = clock
         self._metrics = metrics or service_metrics()
         self._streams = LabelCache(self._metrics.streams)
-        self._events = LabelCache(self._metrics.events)
+        self._events = EventCounter(self._metrics)
         self._background: set[asyncio.Task[None]] = set()
 
     def use(self, live: Live) -> Live | None:
@@ -227,7 +234,11 @@ class ExternalProcessorService(external_processor_pb2_grpc.ExternalProcessorServ
                 which = message.WhichOneof("request") or "request_headers"
                 stores: list[StoreCache] = []
                 try:
-                    response = await self._answer(session, live, to_event(message, which), stores)
+                    event = to_event(message, which)
+                    if isinstance(event, RequestHeaders):
+                        # This stream's own task: its log lines, and the cache writes it starts, carry the id.
+                        REQUEST_ID.set(event.headers.get("x-request-id"))
+                    response = await self._answer(session, live, event, stores)
                 except Exception:
                     # A bug must not kill the stream nor open the gateway: answer per the failure mode.
                     log.exception("message failed", extra={"route": plan.name, "phase": which})

@@ -12,6 +12,7 @@ import ipaddress
 from typing import Any
 
 from outrider.config.model import GatewayConfig, RouteConfig, UpstreamConfig
+from outrider.envoy_access_log import DISTRUSTED_REQUEST_HEADERS, compile_access_logs
 from outrider.envoy_contribution import FilterContribution, load_assignment
 from outrider.envoy_edge import (
     allows_parameters_anywhere,
@@ -237,7 +238,7 @@ def compile_http_filters(config: GatewayConfig) -> list[dict[str, Any]]:
 def gateway_set_headers(config: GatewayConfig) -> list[str]:
     """Request headers removed from client input on arrival: the edge's list (method overrides) and every
     header a service sets for the upstream (optional contribution hook `request_headers_set(config)`)."""
-    names = list(config.edge.strip_request_headers)
+    names = [*config.edge.strip_request_headers, *DISTRUSTED_REQUEST_HEADERS]
     for contribution in contributions():
         hook = getattr(contribution, "request_headers_set", None)
         if hook is not None:
@@ -250,6 +251,7 @@ def compile_listeners(config: GatewayConfig, route_config: dict[str, Any] | None
     given elsewhere."""
     routes = route_config if route_config is not None else compile_route_configuration(config)
     edge = hcm_fields(config, gateway_set_headers(config))
+    access_logs = compile_access_logs(config)
     listeners = []
     for listener in config.listeners:
         hcm = {
@@ -259,6 +261,8 @@ def compile_listeners(config: GatewayConfig, route_config: dict[str, Any] | None
             # The seed keeps a client's X-Request-ID and makes one only when none was sent.
             "preserve_external_request_id": True,
             **edge,
+            # After the edge fields: a gateway with the access log off has no `access_log` at all.
+            **({"access_log": access_logs} if access_logs else {}),
             "route_config": routes,
             "http_filters": compile_http_filters(config),
         }

@@ -7,11 +7,15 @@ import json
 import logging
 import sys
 import time
+from contextvars import ContextVar
 from json.encoder import encode_basestring_ascii
 from typing import Any
 
 # The C string encoder of the json module: escapes everything a client could send, and is fast.
 _quote = encode_basestring_ascii
+# The X-Request-ID of the request being handled (the access log's `request_id`). A service sets it where it
+# learns the id; every log line written meanwhile in that task (and tasks it starts) carries it.
+REQUEST_ID: ContextVar[str | None] = ContextVar("request_id", default=None)
 _RESERVED = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
 
 
@@ -30,6 +34,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        request_id = REQUEST_ID.get()
+        if request_id is not None:
+            entry["request_id"] = request_id
         for key, value in record.__dict__.items():
             if key not in _RESERVED and not key.startswith("_"):
                 entry[key] = value

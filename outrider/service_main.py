@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,11 +24,13 @@ import grpc
 from outrider.config import ConfigError, GatewayConfig, load_config
 from outrider.config.errors import format_loc
 from outrider.config.watch import FileChangeDetector
+from outrider.envoy_metrics import serve_envoy_metrics
 from outrider.grpc_runtime import serve
 from outrider.logs import setup_logging
 from outrider.metrics import config_reloads, start_metrics_server
 from outrider.plugins import ServicePlugin
 from outrider.service_resource import canonical_json
+from outrider.workers import metrics_served_by_parent
 from outrider.xds_client import ApplyFn, ServiceConfigClient, reason_of
 
 log = logging.getLogger("outrider.service")
@@ -50,6 +53,9 @@ class StartupSettings:
     port: int
     metrics_port: int
     log_level: str = "info"
+    # Envoy's admin URL when this process's /metrics also carries the gateway's Envoy-derived metrics
+    # (outrider/envoy_metrics.py): the one process a pod is scraped on (--envoy-admin).
+    envoy_admin: str | None = None
 
 
 class ServiceRuntime(Protocol):
@@ -265,6 +271,8 @@ async def run_service(spec: ServiceSpec, settings: StartupSettings, source: Conf
     try:
         await source.start(counted(spec.name, runtime.apply))
         if settings.metrics_port:  # 0: no /metrics endpoint (tests running several services in one process)
+            if settings.envoy_admin and not metrics_served_by_parent():  # else the parent serves it
+                serve_envoy_metrics(settings.envoy_admin)
             start_metrics_server(settings.address, settings.metrics_port)
         tasks.append(asyncio.create_task(source.run()))
         runtime_ready: asyncio.Event | None = getattr(runtime, "ready", None)
@@ -294,6 +302,8 @@ def _parser(spec: ServiceSpec) -> argparse.ArgumentParser:
     xds.add_argument("--xds-cert", type=Path, help="mTLS: this service's client certificate")
     xds.add_argument("--xds-key", type=Path, help="mTLS: this service's client key")
     xds.add_argument("--xds-server-name", help="mTLS: the name in the control plane's certificate")
+    parser.add_argument("--envoy-admin", metavar="URL",
+                        help="also serve the gateway's metrics derived from this Envoy admin's stats on /metrics")
     # Read by outrider.workers.launch before this parser runs; accepted here so workers parse the same argv.
     parser.add_argument("--workers", type=int, default=None, help=argparse.SUPPRESS)
     return parser
@@ -308,7 +318,8 @@ def startup(spec: ServiceSpec, argv: list[str] | None = None) -> tuple[StartupSe
             config = load_config(args.config)
         except ConfigError as exc:
             raise SystemExit(str(exc)) from None
-        return spec.settings_from(config), FileSource(spec, args.config, config)
+        settings = dataclasses.replace(spec.settings_from(config), envoy_admin=args.envoy_admin)
+        return settings, FileSource(spec, args.config, config)
     missing = [flag for flag, value in (("--node-id", args.node_id), ("--node-cluster", args.node_cluster),
                                         ("--port", args.port), ("--metrics-port", args.metrics_port))
                if value is None]
@@ -317,7 +328,8 @@ def startup(spec: ServiceSpec, argv: list[str] | None = None) -> tuple[StartupSe
     bad = [t for t in args.xds.split(",") if not _host_port(t.strip())]
     if bad:
         parser.error(f"--xds: {', '.join(repr(t) for t in bad)} is not HOST:PORT")
-    settings = StartupSettings(spec.name, args.address, args.port, args.metrics_port, args.log_level)
+    settings = StartupSettings(spec.name, args.address, args.port, args.metrics_port, args.log_level,
+                               args.envoy_admin)
     tls = (args.xds_ca, args.xds_cert, args.xds_key)
     if any(tls) and not all(tls):
         parser.error("mTLS to the control plane needs --xds-ca, --xds-cert and --xds-key together")

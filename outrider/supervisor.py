@@ -15,6 +15,7 @@ import yaml
 
 from outrider.config.model import GatewayConfig
 from outrider.config.xds import XdsService
+from outrider.envoy_access_log import FLUSH_INTERVAL_MS
 from outrider.envoy_ads import compile_ads_bootstrap
 from outrider.envoy_config import compile_bootstrap
 from outrider.plugins import ordered_plugins
@@ -39,7 +40,7 @@ def envoy_binary() -> str:
 def envoy_argv(bootstrap_path: Path, log_level: str = "warning") -> list[str]:
     # No hot restart: several Envoys (tests, a dev stack) share this machine without shared-memory clashes.
     return [envoy_binary(), "-c", str(bootstrap_path), "--disable-hot-restart", "--log-level", log_level,
-            "--concurrency", "2"]
+            "--concurrency", "2", "--file-flush-interval-msec", str(FLUSH_INTERVAL_MS)]
 
 
 DEV_ADMIN_TOKEN_FILE = "admin-token"

@@ -114,12 +114,16 @@ def _fork_worker(index: int, target: str, argv: list[str], ready_pipe: tuple[int
     return pid
 
 
-def _serve_aggregated_metrics(address: str, port: int) -> None:
+def _serve_aggregated_metrics(address: str, port: int, envoy_admin: str | None = None) -> None:
     from prometheus_client import CollectorRegistry, start_http_server
     from prometheus_client.multiprocess import MultiProcessCollector
 
+    from outrider.envoy_metrics import serve_envoy_metrics
+
     registry = CollectorRegistry()
     MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    if envoy_admin:  # --envoy-admin: the gateway's metrics read from Envoy, here rather than in a worker
+        serve_envoy_metrics(envoy_admin, registry)
     start_http_server(port, addr=address, registry=registry)
 
 
@@ -166,7 +170,8 @@ def _read_bound(read_fd: int, workers: _Workers, timeout_s: float) -> None:
             workers.bound.add(pid)
 
 
-def _supervise(count: int, target: str, argv: list[str], address: str, metrics_port: int) -> int:
+def _supervise(count: int, target: str, argv: list[str], address: str, metrics_port: int,
+               envoy_admin: str | None = None) -> int:
     metrics_dir = tempfile.mkdtemp(prefix="outrider-metrics-")
     os.environ[MULTIPROC_ENV] = metrics_dir
     # prometheus_client picks its value store when it is first imported, and finding the service plugins
@@ -200,7 +205,7 @@ def _supervise(count: int, target: str, argv: list[str], address: str, metrics_p
             _read_bound(read_fd, workers, 0.1)
             if not serving and not stopping and workers.all_bound:
                 # Ready: every worker accepts calls, so the readiness endpoint may answer now.
-                _serve_aggregated_metrics(address, metrics_port)
+                _serve_aggregated_metrics(address, metrics_port, envoy_admin)
                 serving = True
             while workers.pids:
                 pid, status = os.waitpid(-1, os.WNOHANG)
@@ -246,6 +251,7 @@ def launch(section: str, target: str, argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--address", default="127.0.0.1")
     parser.add_argument("--metrics-port", type=int)
+    parser.add_argument("--envoy-admin")
     known, _ = parser.parse_known_args(argv)
     workers, address, metrics_port = known.workers, known.address, known.metrics_port
     if known.config:
@@ -259,4 +265,4 @@ def launch(section: str, target: str, argv: list[str] | None = None) -> None:
     if workers <= 1 or metrics_port is None:
         _entry(target)(argv)
         return
-    sys.exit(_supervise(workers, target, argv, address, metrics_port))
+    sys.exit(_supervise(workers, target, argv, address, metrics_port, known.envoy_admin))

@@ -153,10 +153,25 @@ class ServicesConfig(StrictModel):
     xds: XdsService = Field(default_factory=XdsService)
 
 
+class AccessLogConfig(StrictModel):
+    """Envoy's access log, one JSON line per request (outrider/envoy_access_log.py)."""
+
+    enabled: bool = True
+    # None: Envoy's stdout. A file must be an absolute path: Envoy resolves a relative one from wherever it runs.
+    path: str | None = None
+
+    @model_validator(mode="after")
+    def _absolute(self) -> AccessLogConfig:
+        if self.path is not None and (not self.path.startswith("/") or "\0" in self.path):
+            raise ValueError(f"path must be an absolute file path (got {self.path!r})")
+        return self
+
+
 class LoggingConfig(StrictModel):
     level: Literal["debug", "info", "warning", "error"] = "info"
     # One JSON line per decision; turn off for benchmarks that only want counters.
     decisions: bool = True
+    access_log: AccessLogConfig = Field(default_factory=AccessLogConfig)
 
 
 # The routes field, shared with the model schema.py extends (which swaps in the plugins' route model).

@@ -8,6 +8,7 @@ two pods can both have their own /etc/outrider. ConfigMap and Secret volumes are
 from __future__ import annotations
 
 import shlex
+from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
 from outrider.pod.spec import Container, PodSpec, SpecError
@@ -32,8 +33,23 @@ def _under(path: PurePosixPath, parent: PurePosixPath) -> bool:
     return path == parent or parent in path.parents
 
 
-def mount_script(container: Container, volumes: dict[str, Path], read_only: set[str]) -> str:
+def hidden_paths(container: Container, keep: Sequence[Path]) -> list[Path]:
+    """The paths of `keep` that one of the container's mounts would hide (outermost ones only)."""
+    targets = [PurePosixPath(m.path) for m in container.mounts]
+    hidden = sorted({k for k in keep if any(_under(PurePosixPath(str(k)), t) for t in targets)},
+                    key=lambda k: len(k.parts))
+    return [k for i, k in enumerate(hidden) if not any(_under(PurePosixPath(str(k)), PurePosixPath(str(o)))
+                                                        for o in hidden[:i])]
+
+
+def mount_script(container: Container, volumes: dict[str, Path], read_only: set[str],
+                 keep: Sequence[Path] = (), stage: Path | None = None) -> str:
     """`sh -c` prologue: bind each volume at its mountPath (parents first), then exec the command ("$@").
+
+    `keep` are host paths the container's processes need (the venv and the source tree the image's `python`
+    maps to): when a mount would hide one (a checkout under /tmp, and the pod's emptyDir at /tmp), it is
+    bound aside into `stage` first and bound back at its own path after the volumes, so the container still
+    finds its executables — the image would have them in its own root.
 
     Mount points that do not exist are created: inside the volume directory when the mount sits inside
     another volume (a Secret at /etc/outrider/keys inside the ConfigMap at /etc/outrider), else on the
@@ -41,6 +57,15 @@ def mount_script(container: Container, volumes: dict[str, Path], read_only: set[
     """
     mounts = sorted(container.mounts, key=lambda m: len(PurePosixPath(m.path).parts))
     lines = ["set -e"]
+    kept = hidden_paths(container, keep)
+    if kept and stage is None:
+        raise SpecError(f"container {container.name!r}: a mount hides {kept[0]}, and no stage directory was given")
+    staged: list[tuple[Path, Path]] = []
+    for i, path in enumerate(kept):
+        aside = (stage or Path("/")) / container.name / f"keep{i}"
+        aside.mkdir(parents=True, exist_ok=True)
+        lines.append(f"mount --bind {shlex.quote(str(path))} {shlex.quote(str(aside))}")
+        staged.append((path, aside))
     placed: list[tuple[PurePosixPath, Path]] = []  # (mountPath, host source) of the mounts made so far
     for mount in mounts:
         target = PurePosixPath(mount.path)
@@ -66,6 +91,9 @@ def mount_script(container: Container, volumes: dict[str, Path], read_only: set[
         if mount.read_only or mount.volume in read_only:
             lines.append(f"mount -o remount,bind,ro {shlex.quote(str(target))}")
         placed.append((target, source))
+    for path, aside in staged:
+        lines.append(f"mkdir -p {shlex.quote(str(path))}")
+        lines.append(f"mount --bind {shlex.quote(str(aside))} {shlex.quote(str(path))}")
     if container.read_only_root:
         # This mount namespace's own copy of / turns read-only (the host's stays as it is); the volumes
         # bound above are mounts of their own and stay writable, as in a container with

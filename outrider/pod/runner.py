@@ -29,6 +29,9 @@ from outrider.pod.spec import Container, Handler, PodSpec, Probe
 from outrider.process import DIE_WITH_PARENT
 
 VENV_BIN = Path(sys.executable).parent
+# What the image's `python`/`outrider` need from the host: the venv and the source tree (an editable install).
+# A volume mounted over them (a checkout under /tmp, the gateway pod's emptyDir at /tmp) must not hide them.
+HOST_PATHS_NEEDED = (Path(sys.prefix), Path(__file__).resolve().parents[2])
 RESTART_DELAY_S = 1.0  # the kubelet backs off from 10 s; a local harness restarts sooner
 
 
@@ -165,7 +168,8 @@ class Pod:
 
     def _launch(self, state: ContainerState) -> None:
         spec = state.spec
-        script = mount_script(spec, self._volumes, self._read_only)
+        script = mount_script(spec, self._volumes, self._read_only, keep=HOST_PATHS_NEEDED,
+                              stage=self.workdir / "kept")
         inner = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, spec.name,
                  *local_argv(spec.argv)]
         argv = [*DIE_WITH_PARENT, *(["ip", "netns", "exec", self.netns] if self.netns else []), *inner]

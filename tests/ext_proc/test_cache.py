@@ -111,6 +111,27 @@ async def test_memory_cache_ttl_lru_and_invalidate() -> None:
     assert await cache.get("k3") is None and len(cache) == 0
 
 
+async def test_memory_cache_size_follows_every_entry_in_and_out() -> None:
+    """cache_size_bytes' source: keys + values held, told as deltas through put, replace, eviction,
+    invalidation, expiry and close."""
+    clock = Clock()
+    deltas: list[int] = []
+    cache = MemoryCache(max_entries=2, clock=clock, on_resize=deltas.append)
+    await cache.put("k1", "r1", b"1234", ttl_s=10)
+    await cache.put("k1", "r1", b"12", ttl_s=10)            # replaced: the old size goes
+    assert cache.size_bytes == 4
+    await cache.put("k2", "r2", b"123", ttl_s=10)
+    await cache.put("k3", "r2", b"1", ttl_s=5)              # evicts k1
+    assert cache.size_bytes == 5 + 3
+    assert await cache.invalidate("r2") == 2 and cache.size_bytes == 0
+    await cache.put("k4", "r3", b"12", ttl_s=5)
+    clock.now = 5.0
+    assert await cache.get("k4") is None and cache.size_bytes == 0  # expired on read
+    await cache.put("k5", "r3", b"1", ttl_s=5)
+    await cache.close()
+    assert cache.size_bytes == 0 and sum(deltas) == 0
+
+
 async def test_redis_cache_against_real_redis(redis_server: str) -> None:
     cache = RedisCache(redis_server)
     try:

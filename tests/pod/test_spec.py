@@ -163,6 +163,25 @@ def test_volumes_and_mounts(var_tmp: Path) -> None:
     assert (dirs["config"] / "keys").is_dir()
 
 
+def test_host_paths_a_mount_would_hide_are_bound_back(var_tmp: Path) -> None:
+    # A checkout under /tmp (as a CI runner may clone it): the pod's emptyDir at /tmp must not hide the venv.
+    pod = gateway()
+    dirs = write_volumes(pod, var_tmp / "volumes")
+    checkout = Path("/tmp/ci-clone")
+    script = mount_script(pod.containers[-1], dirs, read_only_volumes(pod),
+                          keep=[checkout / ".venv", checkout, Path("/opt/elsewhere")], stage=var_tmp / "kept")
+    lines = script.splitlines()
+    aside = var_tmp / "kept" / pod.containers[-1].name / "keep0"
+    assert aside.is_dir()
+    bind_aside = f"mount --bind {checkout} {aside}"
+    bind_back = f"mount --bind {aside} {checkout}"
+    tmp_mount = f"mount --bind {dirs['tmp']} /tmp"
+    # Aside before /tmp is covered, back after it; only the outermost hidden path; /opt is not hidden.
+    assert lines.index(bind_aside) < lines.index(tmp_mount) < lines.index(bind_back)
+    assert not any("ci-clone/.venv" in line or "/opt/elsewhere" in line for line in lines)
+    assert lines.index(bind_back) < lines.index("mount -o remount,bind,ro /")
+
+
 def test_volume_dirs_under_a_mount_target_are_refused() -> None:
     pod = gateway()
     dirs = {name: Path("/tmp/x") / name for name in ("config", "jwt", "run", "tmp")}  # never created
