@@ -67,7 +67,8 @@ class LoadGenerator:
                         self.result.ok += 1
                     else:
                         self.result.failed += 1
-                        self.result.errors[f"HTTP {response.status_code}"] += 1
+                        # The body's start says who refused (Envoy's "no healthy upstream", an ext_authz denial...).
+                        self.result.errors[f"HTTP {response.status_code} {response.text[:60]!r}"] += 1
                 except httpx.HTTPError as exc:
                     self.result.failed += 1
                     self.result.errors[type(exc).__name__] += 1

@@ -124,10 +124,11 @@ def dev() -> Iterator[Dev]:
         assert leftovers("orp", local.network.run_id) == [], "network namespaces or links left behind"
 
 
-def wait_for(condition: Any, timeout_s: float, what: str) -> None:
+def wait_for(condition: Any, timeout_s: float, what: Any) -> None:
+    """`what`: the failure message, or a function making it (evaluated at the failure)."""
     deadline = time.monotonic() + timeout_s
     while not condition():
-        assert time.monotonic() < deadline, what
+        assert time.monotonic() < deadline, what() if callable(what) else what
         time.sleep(0.05)
 
 
@@ -247,7 +248,8 @@ def test_a_control_plane_pod_killed_the_other_takes_changes(dev: Dev) -> None:
         live_s, after_put_s = time.monotonic() - started, time.monotonic() - accepted
         for _ in range(6):  # on both gateway pods (new connections alternate)
             assert gateway.get(f"/api/v1/{name}/x", headers={"Connection": "close"}).status_code == 200
-    wait_for(lambda: victim.ready, 30, "the killed control-plane pod was not restarted to ready")
+    wait_for(lambda: victim.ready, 30, lambda: f"the killed control-plane pod was not restarted to ready: "
+             f"{victim.events[-6:]}\n{victim.log_tail('xds-server', 15)}\nload errors {dict(dev.load.result.errors)}")
     _, _, failed_after = dev.load.result.snapshot()
     print(f"\ncontrol-plane pod SIGKILLed: route live through the gateway Service {live_s:.1f}s later "
           f"({after_put_s:.1f}s after the PUT was accepted); restarts "
