@@ -101,6 +101,11 @@ class PodNetwork:
             sweep_stale(self.prefix)
             self.subnet = self.subnet or free_subnet(self.base)
             _ip("link", "add", self.bridge, "type", "bridge")
+            # A fixed MAC: a bridge without one takes the lowest MAC of its ports and changes it as pods join,
+            # and pods that cached the old one for the host's addresses (the Services' cluster IPs) would
+            # send their packets into some other pod's veth until their ARP entry expires.
+            mac = "02:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(5))  # locally administered
+            _ip("link", "set", self.bridge, "address", mac)
             _ip("addr", "add", f"{self.gateway}/{self.subnet.prefixlen}", "dev", self.bridge)
         _ip("link", "set", self.bridge, "up")
         return self
