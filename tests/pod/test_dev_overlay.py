@@ -159,51 +159,30 @@ def test_the_walkthrough_through_the_gateway_service(dev: Dev) -> None:
     assert [k["n"] for k in jwks["keys"]] == [k["n"] for k in example["keys"]]
     with dev.gateway() as gateway:
         assert gateway.get("/health/live").status_code == 200
-        public = counted(gateway, PUBLIC_PATH)
+        public = gateway.get(PUBLIC_PATH)
         assert public.status_code == 200 and public.json()["path"] == PUBLIC_PATH  # the demo upstream pod answered
         assert "ratelimit-limit" in public.headers and "ratelimit-remaining" in public.headers
         assert gateway.get("/api/v1/users/profile").status_code == 401
-        seen = counted(gateway, "/api/v1/users/profile", {"Authorization": f"Bearer {dev.token('alice')}"})
+        seen = gateway.get("/api/v1/users/profile", headers={"Authorization": f"Bearer {dev.token('alice')}"})
         assert seen.status_code == 200 and seen.json()["headers"]["x-user-id"] == "alice"
         assert int(seen.headers["ratelimit-remaining"]) < int(seen.headers["ratelimit-limit"].split(",")[0])
-
-
-def counted(gateway: httpx.Client, path: str, headers: dict[str, str] | None = None) -> httpx.Response:
-    """A GET the rate limiter answered in time: past its 20 ms budget (a starved machine) it lets the request
-    through without RateLimit headers (failure_mode: allow, as the overlay configures); then it is asked again."""
-    for _ in range(5):
-        response = gateway.get(path, headers=headers)
-        if "ratelimit-remaining" in response.headers:
-            break
-    return response
 
 
 def test_one_limit_across_both_gateway_pods(dev: Dev) -> None:
     """The shared Redis: a free-tier user's requests, each on a new connection so the Service alternates the
     pods, spend one quota."""
-    fallbacks = 0
-    for _ in range(3):
-        while time.time() % 60 > 50:  # the free tier's window is a minute: all requests inside one
-            time.sleep(0.5)
-        auth = {"Authorization": f"Bearer {dev.token(f'free-{uuid.uuid4().hex[:6]}')}", "Connection": "close"}
-        before = dev.gateway_connections()
-        responses = []
-        with dev.gateway() as gateway:
-            for _ in range(8):
-                responses.append(gateway.get("/api/v1/users/me", headers=auth))
-        assert [r.status_code for r in responses] == [200] * 8
-        if all("ratelimit-remaining" in r.headers for r in responses):
-            break
-        # The overlay's rate limiter answers within budget_ms (20 ms) or lets the request through without
-        # counting headers (failure_mode: allow); a starved 2-core machine plus the userspace proxy's hop to
-        # Redis sometimes misses it. Counted, and the sequence is run again with a fresh user.
-        fallbacks += 1
-    else:
-        pytest.fail(f"every try had answers past the rate limiter's budget: {dev.diagnosis()}")
+    while time.time() % 60 > 50:  # the free tier's window is a minute: all requests inside one
+        time.sleep(0.5)
+    auth = {"Authorization": f"Bearer {dev.token(f'free-{uuid.uuid4().hex[:6]}')}", "Connection": "close"}
+    before = dev.gateway_connections()
+    with dev.gateway() as gateway:
+        responses = [gateway.get("/api/v1/users/me", headers=auth) for _ in range(8)]
+    assert [r.status_code for r in responses] == [200] * 8
+    # No RateLimit headers: the limiter missed its 20 ms budget and let the request through uncounted.
+    assert all("ratelimit-remaining" in r.headers for r in responses), dev.diagnosis()
     used = {pod: n - before[pod] for pod, n in dev.gateway_connections().items()}
     remaining = [int(r.headers["ratelimit-remaining"]) for r in responses]
-    print(f"\none limit across both gateway pods: remaining {remaining}, connections per pod {used}, "
-          f"tries past the rate limiter's budget {fallbacks}")
+    print(f"\none limit across both gateway pods: remaining {remaining}, connections per pod {used}")
     assert min(used.values()) >= 3, f"the Service did not spread the connections over both pods: {used}"
     assert remaining == list(range(59, 51, -1)), "one counter in the shared Redis, decremented by both pods"
 
@@ -225,23 +204,13 @@ def test_a_control_plane_pod_killed_the_other_takes_changes(dev: Dev) -> None:
     admin = httpx.Client(base_url=dev.cluster.url(CONTROL_PLANE, 18001), trust_env=False, timeout=10,
                          headers={"Authorization": f"Bearer {token}", "Host": CONTROL_PLANE})
     with admin, dev.gateway() as gateway:
-        attempts: list[str] = []
-        deadline = time.monotonic() + 30
-        while True:
-            # 503 "config store unavailable; nothing changed": an operator retries. On the starved shared 2-core
-            # machine the surviving replica's loop is busy taking over every xDS stream and its 2 s Redis
-            # timeouts (wall clock) trip meanwhile (its log, printed below, says so). Retried here too.
-            put = admin.put(f"/v1/routes/{name}", json={"match": {"prefix": f"/api/v1/{name}/"},
-                                                          "upstream": "demo", "public": True})
-            attempts.append(str(put.status_code))
-            if put.status_code != 503 or time.monotonic() > deadline:
-                break
-        if put.status_code != 200 or len(attempts) > 1:
-            print(f"\nPUT answers {attempts}: {put.text}\n{dev.diagnosis()}\n"
+        put = admin.put(f"/v1/routes/{name}", json={"match": {"prefix": f"/api/v1/{name}/"}, "upstream": "demo",
+                                                      "public": True})
+        if put.status_code != 200:
+            print(f"\nPUT answered {put.status_code}: {put.text}\n{dev.diagnosis()}\n"
                   f"{victim.log_tail('xds-server', 20)}\n--- the other ---\n"
-                  f"{dev.cluster.pods[f'{CONTROL_PLANE}-1'].log_tail('xds-server', 20)}\n--- redis ---\n"
-                  f"{dev.cluster.pods['outrider-redis-0'].log_tail('redis', 10)}")
-        assert put.status_code == 200, attempts
+                  f"{dev.cluster.pods[f'{CONTROL_PLANE}-1'].log_tail('xds-server', 20)}")
+        assert put.status_code == 200, put.text
         accepted = time.monotonic()
         wait_for(lambda: gateway.get(f"/api/v1/{name}/x").status_code == 200, 10,
                  "the route PUT on the surviving control-plane pod never reached the gateway pods")
@@ -254,7 +223,7 @@ def test_a_control_plane_pod_killed_the_other_takes_changes(dev: Dev) -> None:
     print(f"\ncontrol-plane pod SIGKILLed: route live through the gateway Service {live_s:.1f}s later "
           f"({after_put_s:.1f}s after the PUT was accepted); restarts "
           f"{victim.containers['xds-server'].restarts}; failed requests meanwhile {failed_after - failed_before}; "
-          f"PUT answers {attempts}; proxy loop late (> 0.2 s) {[round(late, 2) for _, late in dev.cluster.proxy.lags]}")
+          f"proxy loop late (> 0.2 s) {[round(late, 2) for _, late in dev.cluster.proxy.lags]}")
     assert failed_after == failed_before, dev.load.result.errors
 
 
