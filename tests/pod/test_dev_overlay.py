@@ -159,13 +159,24 @@ def test_the_walkthrough_through_the_gateway_service(dev: Dev) -> None:
     assert [k["n"] for k in jwks["keys"]] == [k["n"] for k in example["keys"]]
     with dev.gateway() as gateway:
         assert gateway.get("/health/live").status_code == 200
-        public = gateway.get(PUBLIC_PATH)
+        public = counted(gateway, PUBLIC_PATH)
         assert public.status_code == 200 and public.json()["path"] == PUBLIC_PATH  # the demo upstream pod answered
         assert "ratelimit-limit" in public.headers and "ratelimit-remaining" in public.headers
         assert gateway.get("/api/v1/users/profile").status_code == 401
-        seen = gateway.get("/api/v1/users/profile", headers={"Authorization": f"Bearer {dev.token('alice')}"})
+        seen = counted(gateway, "/api/v1/users/profile", {"Authorization": f"Bearer {dev.token('alice')}"})
         assert seen.status_code == 200 and seen.json()["headers"]["x-user-id"] == "alice"
         assert int(seen.headers["ratelimit-remaining"]) < int(seen.headers["ratelimit-limit"].split(",")[0])
+
+
+def counted(gateway: httpx.Client, path: str, headers: dict[str, str] | None = None) -> httpx.Response:
+    """A GET the rate limiter answered within its budget: past the overlay's 20 ms it lets the request through
+    without RateLimit headers (failure_mode: allow), seen now and then on the shared 2-core machine; asked
+    again then (3 tries)."""
+    for _ in range(3):
+        response = gateway.get(path, headers=headers)
+        if "ratelimit-remaining" in response.headers:
+            break
+    return response
 
 
 def test_one_limit_across_both_gateway_pods(dev: Dev) -> None:
