@@ -1,22 +1,29 @@
 """A local stand-in for a cluster: one pod network, the API objects (ConfigMaps, Secrets), pods and Services.
 
-A Service name resolves, in every pod, to the address of the first pod its selector matches (hosts files
-have no virtual IPs; see docs/pod-harness.md). `close()` stops every pod and removes the network.
+A Service gets a cluster IP on the bridge where the Service proxy (kube-proxy's userspace mode) listens;
+its names resolve to it in every pod. Workloads start with their replicas, backends first.
+`close()` stops every pod and removes the network.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
+import sys
 import tempfile
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from outrider.pod.endpoints import Endpoint, ServiceSpec, parse_service, selects, target_port
 from outrider.pod.network import PodNetwork
-from outrider.pod.runner import Pod
+from outrider.pod.runner import Pod, PodError
+from outrider.pod.service_proxy import ServiceProxy
 from outrider.pod.spec import WORKLOADS_WITH_TEMPLATE, ObjectStore, PodSpec, SpecError, parse_pod
+from outrider.pod.workloads import Workload, start_order, workload
 
 WORKDIR_PARENT = "/var/tmp"  # noqa: S108 - mkdtemp makes a private dir; not /tmp: a pod may mount an emptyDir at /tmp, which would hide its volumes
 
@@ -26,7 +33,9 @@ def load_documents(paths: Iterable[str | Path]) -> list[tuple[str, dict[str, Any
     docs: list[tuple[str, dict[str, Any]]] = []
     for path in paths:
         try:
-            loaded = list(yaml.safe_load_all(Path(path).read_text()))
+            # "-": standard input (`kubectl kustomize deploy/kubernetes/overlays/dev | outrider pod -`)
+            text = sys.stdin.read() if str(path) == "-" else Path(path).read_text()
+            loaded = list(yaml.safe_load_all(text))
         except (OSError, yaml.YAMLError) as exc:
             raise SpecError(f"{path}: {exc}") from None
         for i, doc in enumerate(loaded):
@@ -36,10 +45,6 @@ def load_documents(paths: Iterable[str | Path]) -> list[tuple[str, dict[str, Any
                 raise SpecError(f"{path}[{i}]: not a Kubernetes object (no kind)")
             docs.append((f"{path}[{i}]", doc))
     return docs
-
-
-def _selects(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
-    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
 
 
 class LocalCluster:
@@ -52,8 +57,11 @@ class LocalCluster:
         self.network = PodNetwork(prefix=prefix)
         self.objects = ObjectStore()
         self.pods: dict[str, Pod] = {}
-        self.services: dict[str, dict[str, str]] = {}  # name → selector
+        self.services: dict[str, ServiceSpec] = {}
+        self.cluster_ips: dict[str, str] = {}  # Service name → its virtual IP
+        self.proxy: ServiceProxy | None = None
         self.on_event = on_event
+        self._lock = threading.Lock()  # replicas start from threads of their own
 
     def __enter__(self) -> LocalCluster:
         self.network.create()
@@ -63,29 +71,86 @@ class LocalCluster:
         self.close()
 
     def add_objects(self, docs: Iterable[tuple[str, Mapping[str, Any]]]) -> list[tuple[str, Mapping[str, Any]]]:
-        """Take the ConfigMaps, Secrets and Services; return the workloads (Pods, Deployments...) left."""
+        """Take the ConfigMaps, Secrets and Services; return the workloads (Pods, Deployments...) left.
+        Namespaces, HPAs, PDBs, NetworkPolicies... are not enforced here (docs/pod-harness.md)."""
         workloads = []
         for where, doc in docs:
             kind = doc.get("kind")
             if kind in ("ConfigMap", "Secret"):
                 self.objects.add(doc, where)
             elif kind == "Service":
-                selector = (doc.get("spec") or {}).get("selector") or {}
-                self.add_service(str(doc["metadata"]["name"]), {str(k): str(v) for k, v in selector.items()})
+                self.add_service(parse_service(doc, where))
             elif kind == "Pod" or kind in WORKLOADS_WITH_TEMPLATE:
                 workloads.append((where, doc))
         return workloads
 
-    def add_service(self, name: str, selector: Mapping[str, str]) -> None:
-        self.services[name] = dict(selector)
-        self._resolve_services()
+    def add_service(self, service: ServiceSpec) -> str:
+        """Give the Service a cluster IP, its names in every pod's hosts file, a proxy listener per port."""
+        if service.name in self.services:
+            raise SpecError(f"Service {service.name!r} is given twice")
+        if self.proxy is None:
+            self.proxy = ServiceProxy(self.endpoints)
+        address = self.network.add_cluster_ip()
+        self.services[service.name] = service
+        self.cluster_ips[service.name] = address
+        for port in service.ports:
+            self.proxy.listen(f"{service.name}:{port.port}", address, port.port)
+        for name in service.dns_names:
+            self.network.set_host(name, address)
+        if self.on_event is not None:
+            self.on_event(f"service {service.name} at {address} ports {[p.port for p in service.ports]}")
+        return address
 
-    def _resolve_services(self) -> None:
-        for name, selector in self.services.items():
-            for pod in self.pods.values():
-                if _selects(selector, dict(pod.spec.labels)) and not pod.terminating:
-                    self.network.set_host(name, pod.ip)
-                    break
+    def endpoints(self, key: str) -> list[Endpoint]:
+        """The ready endpoints of "<service>:<port>" right now (the EndpointSlice's ready addresses)."""
+        name, _, number = key.rpartition(":")
+        service = self.services[name]
+        port = next(p for p in service.ports if p.port == int(number))
+        found = []
+        for pod_name, pod in list(self.pods.items()):
+            if not pod.ready or not selects(service.selector, dict(pod.spec.labels)):
+                continue
+            target = target_port(port, [p for c in pod.spec.containers for p in c.ports])
+            if target is not None:
+                found.append(Endpoint(pod_name, pod.ip, target))
+        return found
+
+    def url(self, service: str, port: int | None = None, scheme: str = "http") -> str:
+        """The Service's address as the host (a test) calls it: its cluster IP and a Service port."""
+        spec = self.services[service]
+        return f"{scheme}://{self.cluster_ips[service]}:{port or spec.ports[0].port}"
+
+    def plan(self, workloads: Iterable[tuple[str, Mapping[str, Any]]]) -> list[Workload]:
+        """The workloads in start order (backends of a Service before the workloads that call it)."""
+        return start_order([workload(doc, where) for where, doc in workloads], list(self.services.values()),
+                           self.objects)
+
+    def start_workloads(self, plan: Iterable[Workload], ready_timeout_s: float = 120.0,
+                        stop: threading.Event | None = None) -> list[Pod]:
+        """Each workload's replicas start together (as its ReplicaSet creates them) and are all ready before
+        the next workload starts."""
+        started: list[Pod] = []
+        for item in plan:
+            if stop is not None and stop.is_set():
+                break
+            spec = self.pod_spec(item.doc, item.where)
+            errors: list[BaseException] = []
+
+            def one(name: str, spec: PodSpec = spec, errors: list[BaseException] = errors) -> None:
+                try:
+                    self.start_pod(spec, name=name, timeout_s=ready_timeout_s).wait_ready(ready_timeout_s)
+                except BaseException as exc:  # reported from the caller's thread
+                    errors.append(exc)
+
+            threads = [threading.Thread(target=one, args=(name,), name=f"start-{name}") for name in item.pod_names]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            if errors:
+                raise errors[0] if isinstance(errors[0], (PodError, SpecError)) else PodError(str(errors[0]))
+            started.extend(self.pods[name] for name in item.pod_names)
+        return started
 
     def pod_spec(self, doc: Mapping[str, Any], where: str = "pod") -> PodSpec:
         return parse_pod(doc, self.objects, where)
@@ -93,12 +158,13 @@ class LocalCluster:
     def start_pod(self, spec: PodSpec, name: str | None = None, timeout_s: float = 120.0) -> Pod:
         """Give the pod a namespace and an address, start its containers in order; returns once they started."""
         name = name or spec.name
+        spec = dataclasses.replace(spec, name=name)  # a replica's own name (events, HOSTNAME)
         if name in self.pods:
             raise SpecError(f"a pod named {name!r} already runs")
-        ns, ip = self.network.add_pod(name)
-        pod = Pod(spec, self.workdir / name, netns=ns, ip=ip, on_event=self.on_event)
-        self.pods[name] = pod
-        self._resolve_services()
+        with self._lock:
+            ns, ip = self.network.add_pod(name)
+            pod = Pod(spec, self.workdir / name, netns=ns, ip=ip, on_event=self.on_event)
+            self.pods[name] = pod
         pod.start(timeout_s)
         return pod
 
@@ -107,7 +173,6 @@ class LocalCluster:
         report = pod.stop(grace_s)
         self.network.remove_pod(name)
         del self.pods[name]
-        self._resolve_services()
         return report
 
     def close(self, keep_workdir: bool = False) -> None:
@@ -119,6 +184,8 @@ class LocalCluster:
                 except Exception:  # cleanup goes on for the other pods and the network
                     self.network.remove_pod(name)
         finally:
+            if self.proxy is not None:
+                self.proxy.close()
             self.network.close()
             if self._own_workdir and not keep_workdir:
                 shutil.rmtree(self.workdir, ignore_errors=True)

@@ -1,4 +1,4 @@
-"""`outrider pod SPEC... [--objects FILE...]`: run the pods of rendered manifests locally until Ctrl-C."""
+"""`outrider pod MANIFESTS...`: run the pods and Services of rendered manifests locally until Ctrl-C."""
 
 from __future__ import annotations
 
@@ -29,8 +29,7 @@ def cmd_pod(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     try:
-        objects = load_documents(args.objects)
-        specs = load_documents(args.spec)
+        docs = load_documents([*args.spec, *args.objects])
     except SpecError as exc:
         _print(str(exc))
         return 1
@@ -38,25 +37,24 @@ def cmd_pod(args: argparse.Namespace) -> int:
     try:
         cluster.network.create()
         try:
-            workloads = cluster.add_objects([*objects, *specs])
-            if not workloads:
-                _print("no Pod or Deployment in " + ", ".join(args.spec))
-                return 1
             for host in args.host:
                 name, _, address = host.partition("=")
                 if not name or not address:
                     raise SpecError(f"--host {host!r}: expected NAME=IP")
                 cluster.network.set_host(name, address)
-            # In the order given, each ready before the next: list a Service's backends (the control plane)
-            # before the pods that call it by name.
-            for where, doc in workloads:
-                if stop.is_set():
-                    break
-                spec = cluster.pod_spec(doc, where)
-                pod = cluster.start_pod(spec)
-                _print(f"pod {spec.name} at {pod.ip} (network namespace {pod.netns}); logs in {pod.workdir}/logs")
-                pod.wait_ready(args.ready_timeout)
+            workloads = cluster.add_objects(docs)
+            if not workloads:
+                _print("no Pod or Deployment in " + ", ".join(args.spec))
+                return 1
+            plan = cluster.plan(workloads)
+            _print("start order (backends of a Service first): "
+                   + ", ".join(f"{w.name} x{w.replicas}" for w in plan))
+            for pod in cluster.start_workloads(plan, args.ready_timeout, stop):
+                _print(f"pod {pod.spec.name} at {pod.ip} (network namespace {pod.netns}); logs in {pod.workdir}/logs")
             if not stop.is_set():
+                for name, address in cluster.cluster_ips.items():
+                    ports = ", ".join(str(p.port) for p in cluster.services[name].ports)
+                    _print(f"service {name}: {address} port {ports}")
                 _print("all pods ready (Ctrl-C stops them in Kubernetes' order)")
             while not stop.wait(0.5):
                 pass
@@ -73,8 +71,11 @@ def cmd_pod(args: argparse.Namespace) -> int:
 
 
 def add_command(sub: Any) -> None:  # argparse's _SubParsersAction is private
-    p = sub.add_parser("pod", help="run Kubernetes pod specs (Pods, Deployments' templates) as local processes")
-    p.add_argument("spec", nargs="+", help="YAML files with Pods/Deployments (and ConfigMaps, Secrets, Services)")
+    p = sub.add_parser("pod", help="run rendered Kubernetes manifests (workloads, Services, ConfigMaps, Secrets) "
+                                   "as local processes")
+    p.add_argument("spec", nargs="+",
+                   help="YAML files of rendered manifests, `-` for standard input "
+                        "(kubectl kustomize deploy/kubernetes/overlays/dev | outrider pod -)")
     p.add_argument("--objects", nargs="+", action="extend", default=[], metavar="FILE",
                    help="more YAML files with ConfigMaps, Secrets, Services (after the specs, or repeat the flag)")
     p.add_argument("--host", action="append", default=[], metavar="NAME=IP",

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import IO
 
 NETNS_ETC = Path("/etc/netns")
+CLUSTER_IP_FIRST = 200  # Services' virtual IPs: .200 and up of the pod subnet (pods get .2 and up)
 LOCK_FILE = Path("/run/lock/outrider-pod-network.lock")
 
 
@@ -77,6 +78,7 @@ class PodNetwork:
     addresses: dict[str, str] = field(default_factory=dict)  # pod name → IP
     hosts: dict[str, str] = field(default_factory=dict)  # host name → IP (pods and Services)
     _next_host: int = 2
+    _next_cluster_ip: int = CLUSTER_IP_FIRST
     _alive: IO[str] | None = None  # this run's lock, held while the network exists
 
     @property
@@ -99,6 +101,11 @@ class PodNetwork:
             sweep_stale(self.prefix)
             self.subnet = self.subnet or free_subnet(self.base)
             _ip("link", "add", self.bridge, "type", "bridge")
+            # A fixed MAC: a bridge without one takes the lowest MAC of its ports and changes it as pods join,
+            # and pods that cached the old one for the host's addresses (the Services' cluster IPs) would
+            # send their packets into some other pod's veth until their ARP entry expires.
+            mac = "02:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(5))  # locally administered
+            _ip("link", "set", self.bridge, "address", mac)
             _ip("addr", "add", f"{self.gateway}/{self.subnet.prefixlen}", "dev", self.bridge)
         _ip("link", "set", self.bridge, "up")
         return self
@@ -107,6 +114,8 @@ class PodNetwork:
         """A namespace for `pod` with loopback up and an address on the bridge: (netns name, IP)."""
         assert self.subnet is not None, "create() first"
         index = self._next_host
+        if index >= CLUSTER_IP_FIRST:
+            raise NetworkError(f"no pod address left below the cluster IPs (.{CLUSTER_IP_FIRST}+)")
         self._next_host += 1
         ns = f"{self.prefix}-{self.run_id}-{pod}"
         address = str(self.subnet.network_address + index)
@@ -127,6 +136,19 @@ class PodNetwork:
         self.hosts[pod] = address
         self.write_hosts()
         return ns, address
+
+    def add_cluster_ip(self) -> str:
+        """A Service's virtual IP: an address of the host on the bridge, where the Service proxy listens.
+
+        Pods reach it on their subnet route (the host answers ARP for it on the bridge), the host directly.
+        """
+        assert self.subnet is not None, "create() first"
+        if self._next_cluster_ip >= self.subnet.num_addresses - 1 or self._next_cluster_ip - CLUSTER_IP_FIRST >= 50:
+            raise NetworkError("no cluster IP left for another Service (50 per harness run)")
+        address = str(self.subnet.network_address + self._next_cluster_ip)
+        self._next_cluster_ip += 1
+        _ip("addr", "add", f"{address}/32", "dev", self.bridge)
+        return address
 
     def set_host(self, name: str, address: str) -> None:
         """Make `name` (a Service) resolve to `address` in every pod, now and in pods added later."""

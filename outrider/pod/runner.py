@@ -343,6 +343,8 @@ class Pod:
             hook.start()
         for hook in hooks:
             hook.join(max(0.0, deadline - time.monotonic()))
+        if time.monotonic() >= deadline:
+            return  # the grace period is over: no SIGTERM now, the SIGKILL that follows ends them all
         for state in states:
             order.append(state.spec.name)
             self._signal(state, signal.SIGTERM)

@@ -285,6 +285,29 @@ def _env_from(items: Sequence[Any], objects: ObjectStore, where: str) -> dict[st
     return out
 
 
+# What an image runs when the container gives no `command` (its ENTRYPOINT, then CMD when there are no args),
+# for the images our manifests use; the binaries come from this host (see runner.local_argv).
+IMAGE_ENTRYPOINTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    # Containerfile: no ENTRYPOINT, CMD = the gateway pod's main container.
+    "outrider": ((), ("outrider", "envoy", "/etc/outrider/gateway.yaml", "--bootstrap", "/run/outrider/envoy.yaml")),
+    # docker-entrypoint.sh runs its arguments (redis-server ...), or redis-server with them when they are
+    # options; CMD is redis-server.
+    "redis": ((), ("redis-server",)),
+}
+
+
+def image_entrypoint(image: str, args: Sequence[str], where: str) -> list[str]:
+    """The command a container without `command` runs, from its image's ENTRYPOINT / CMD."""
+    repository = image.rsplit("/", 1)[-1].split("@")[0].split(":")[0]
+    if repository not in IMAGE_ENTRYPOINTS:
+        raise SpecError(f"{where}.command: required here for image {image!r} (its ENTRYPOINT is unknown; known "
+                        f"images: {', '.join(sorted(IMAGE_ENTRYPOINTS))})")
+    entrypoint, cmd = IMAGE_ENTRYPOINTS[repository]
+    if repository == "redis" and args and args[0].startswith("-"):
+        return ["redis-server"]  # the entrypoint prepends it to options; the args follow
+    return list(entrypoint) + ([] if args else list(cmd))
+
+
 def _container(doc: Mapping[str, Any], role: Literal["init", "sidecar", "main"], objects: ObjectStore,
                where: str) -> Container:
     name = doc.get("name")
@@ -294,7 +317,7 @@ def _container(doc: Mapping[str, Any], role: Literal["init", "sidecar", "main"],
     command = [str(c) for c in _list(doc, "command", where)]
     args = [str(a) for a in _list(doc, "args", where)]
     if not command:
-        raise SpecError(f"{where}.command: required here (there is no image ENTRYPOINT to fall back on)")
+        command = image_entrypoint(str(doc.get("image", "")), args, where)
     ports_list = _list(doc, "ports", where)
     ports = {str(p.get("name", "")): int(p["containerPort"]) for p in ports_list if isinstance(p, Mapping)}
     env_map = _env_from(_list(doc, "envFrom", where), objects, f"{where}.envFrom")

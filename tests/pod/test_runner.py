@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -126,3 +127,20 @@ def test_a_container_that_exits_or_fails_liveness_is_restarted(cluster: LocalClu
         assert time.monotonic() < deadline, running.events
         time.sleep(0.05)
     assert any("liveness probe failed" in text for _, text in running.events)
+
+
+def test_the_bridge_keeps_its_mac_as_pods_join() -> None:
+    """Pods cache the MAC of the host's addresses on the bridge (the Services' cluster IPs): it must not follow
+    the lowest port MAC as veths join, or Service traffic goes into another pod's veth."""
+    network = PodNetwork(prefix="orp").create()
+    try:
+        def mac() -> str:
+            return (Path("/sys/class/net") / network.bridge / "address").read_text().strip()
+
+        before = mac()
+        for name in ("mac-a", "mac-b", "mac-c", "mac-d"):
+            network.add_pod(name)
+        assert mac() == before
+    finally:
+        network.close()
+        assert leftovers("orp", network.run_id) == []
