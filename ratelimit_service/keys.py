@@ -53,6 +53,23 @@ def counter_base(domain: str, entries: Sequence[Entry]) -> str:
     return base
 
 
+def ban_key(base: str) -> str:
+    """The ban of the descriptor whose prefix is `base`: `ban` holds no `_` or `\\` and no window part is
+    `ban`, so it is a key of its own."""
+    return base + "ban"
+
+
+def banned_address(key: str, domain: str) -> str | None:
+    """The client address a ban key names (`<domain>_remote_address_<ip>_ban`), or None for any other key."""
+    try:
+        parts = split(key)
+    except ValueError:
+        return None
+    if len(parts) == 4 and parts[0] == domain and parts[1] == "remote_address" and parts[3] == "ban":
+        return parts[2]
+    return None
+
+
 def window(start: int | str, suffix: str = "") -> str:
     """The last part: a window start in unix seconds or `tb` (token bucket), then `:<unit>` when a
     descriptor has several windows. Never holds `_` or `\\`, so it needs no escaping."""
