@@ -1,0 +1,77 @@
+"""The ban in the gRPC adapter: metrics, Retry-After, and requests refused from the local cache still counting."""
+
+from __future__ import annotations
+
+from envoy.service.ratelimit.v3 import rls_pb2
+from prometheus_client import CollectorRegistry
+
+from ratelimit_service.backends.memory import MemoryBackend
+from ratelimit_service.config import RateLimitsConfig
+from ratelimit_service.guard import GuardedBackend
+from ratelimit_service.limits import compile_table
+from ratelimit_service.metrics import service_metrics
+from ratelimit_service.service import RateLimitService, Settings
+from tests.ratelimit.helpers import T0
+
+Response = rls_pb2.RateLimitResponse
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.ms = T0
+
+    def __call__(self) -> float:
+        return self.ms / 1000
+
+
+def service_of(after: int, rate: int, burst: int) -> tuple[RateLimitService, Clock, CollectorRegistry, MemoryBackend]:
+    table = compile_table(RateLimitsConfig.model_validate({"per_ip": {
+        "requests_per_unit": rate, "unit": "second", "burst": burst,
+        "ban": {"after_requests": after, "window": "minute", "duration_s": 60}}}))
+    registry, clock, backend = CollectorRegistry(), Clock(), MemoryBackend()
+    metrics = service_metrics(registry)
+    service = RateLimitService(Settings(table), GuardedBackend(backend, 1.0, metrics=metrics), clock=clock,
+                               metrics=metrics)
+    return service, clock, registry, backend
+
+
+def from_ip(address: str = "10.0.0.1") -> rls_pb2.RateLimitRequest:
+    out = rls_pb2.RateLimitRequest(domain="outrider")
+    out.descriptors.add().entries.add(key="remote_address", value=address)
+    return out
+
+
+def value(registry: CollectorRegistry, name: str, **labels: str) -> float:
+    return registry.get_sample_value(name, labels) or 0.0
+
+
+async def test_a_ban_is_counted_once_and_its_rejections_apart() -> None:
+    service, clock, registry, _ = service_of(after=3, rate=1000, burst=1000)
+    answers = [await service.decide(from_ip()) for _ in range(5)]
+    assert [a.overall_code for a in answers] == [Response.OK] * 3 + [Response.OVER_LIMIT] * 2
+    retry = {h.key: h.value for h in answers[3].response_headers_to_add}["Retry-After"]
+    assert retry == "60"  # the whole ban is left
+    row = {"domain": "outrider", "descriptor": "outrider.remote_address"}
+    assert value(registry, "rate_limit_bans_total") == 1
+    assert value(registry, "rate_limit_rejections_total", **row, reason="ban") == 2
+    assert value(registry, "rate_limit_rejections_total", **row, reason="limit") == 0
+    assert value(registry, "rate_limit_banned_ips") == 1
+    clock.ms += 30_000
+    later = await service.decide(from_ip())
+    assert {h.key: h.value for h in later.response_headers_to_add}["Retry-After"] == "30"
+    # Lifted (the admin API's hook) and expired: the gauge follows.
+    service.ban_lifted(next(iter(service._bans_seen)))
+    assert value(registry, "rate_limit_banned_ips") == 0
+
+
+async def test_requests_refused_from_the_local_cache_still_count_toward_the_ban() -> None:
+    # A bucket of 1 refilled once a second: after the first request every one is refused, most of them
+    # from the local over-limit cache without a store call. The ban must see them all the same.
+    service, clock, registry, _ = service_of(after=10, rate=1, burst=1)
+    answers = [await service.decide(from_ip()) for _ in range(10)]
+    assert value(registry, "rate_limit_local_cache_hits_total") >= 5
+    assert value(registry, "rate_limit_bans_total") == 0
+    clock.ms += 1000  # the bucket refilled: this request reaches the store with the held hits
+    answers.append(await service.decide(from_ip()))
+    assert value(registry, "rate_limit_bans_total") == 1
+    assert answers[-1].overall_code == Response.OVER_LIMIT
