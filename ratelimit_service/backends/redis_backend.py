@@ -237,11 +237,7 @@ class RedisClusterBackend:
         args = _encode(checks, now_ms, self._tag(tag))
         try:
             if not self._ready:
-                # redis-py's cluster client breaks when many first calls initialise it at once: do it once.
-                async with self._init_lock:
-                    if not self._ready:
-                        await self._client.initialize()
-                        self._ready = True
+                await self._initialize()
             try:
                 raw = await self._client.evalsha(self._script.sha, *args)
             except NoScriptError:
@@ -249,6 +245,13 @@ class RedisClusterBackend:
         except (RedisError, OSError) as exc:
             raise BackendError(f"{type(exc).__name__}: {exc}") from exc
         return _decode(raw)
+
+    async def _initialize(self) -> None:
+        # redis-py's cluster client breaks when many first calls initialise it at once: do it once.
+        async with self._init_lock:
+            if not self._ready:
+                await self._client.initialize()
+                self._ready = True
 
     def _tag(self, tag: str) -> str:
         prefix = self._tags.get(tag)
@@ -260,6 +263,8 @@ class RedisClusterBackend:
         prefix = self._tag(tag)
         found: list[tuple[str, int]] = []
         try:
+            if not self._ready:
+                await self._initialize()
             # The domain's keys share one slot, so one node holds them; scan_iter walks every primary.
             async for raw_key in self._client.scan_iter(match=_glob(prefix) + "*ban", count=SCAN_COUNT):
                 key = _text(raw_key)
@@ -272,6 +277,8 @@ class RedisClusterBackend:
 
     async def unban(self, tag: str, key: str) -> bool:
         try:
+            if not self._ready:
+                await self._initialize()
             return int(await self._client.delete(self._tag(tag) + key)) > 0
         except (RedisError, OSError) as exc:
             raise BackendError(f"{type(exc).__name__}: {exc}") from exc

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import httpx
+import pytest
 from envoy.service.ratelimit.v3 import rls_pb2
 from prometheus_client import CollectorRegistry
 
+from outrider.process import free_port
+from ratelimit_service.admin import AdminServer, AdminSettings, BanView
 from ratelimit_service.backends.memory import MemoryBackend
 from ratelimit_service.config import RateLimitsConfig
 from ratelimit_service.guard import GuardedBackend
@@ -75,3 +81,29 @@ async def test_requests_refused_from_the_local_cache_still_count_toward_the_ban(
     answers.append(await service.decide(from_ip()))
     assert value(registry, "rate_limit_bans_total") == 1
     assert answers[-1].overall_code == Response.OVER_LIMIT
+
+
+async def test_the_admin_api_refuses_every_call_without_a_configured_token(monkeypatch: pytest.MonkeyPatch,
+                                                                           tmp_path: Path) -> None:
+    service, _, _, backend = service_of(after=1, rate=1000, burst=1000)
+    await service.decide(from_ip())
+    await service.decide(from_ip())  # banned
+    settings = AdminSettings("127.0.0.1", free_port(), "OUTRIDER_TEST_BAN_TOKEN", tmp_path / "missing")
+    monkeypatch.delenv("OUTRIDER_TEST_BAN_TOKEN", raising=False)
+    server = AdminServer(settings, lambda: BanView(backend, "outrider", service.bans_listed, service.ban_lifted))
+    await server.start()
+    url = f"http://127.0.0.1:{settings.port}/v1/bans"
+    try:
+        async with httpx.AsyncClient(timeout=5) as client:
+            assert (await client.get(url, headers={"authorization": "Bearer x"})).status_code == 503
+            monkeypatch.setenv("OUTRIDER_TEST_BAN_TOKEN", "short")  # under 16 characters: still refused
+            assert (await client.get(url, headers={"authorization": "Bearer short"})).status_code == 503
+            token = "t" * 20  # read at each call: no restart
+            monkeypatch.setenv("OUTRIDER_TEST_BAN_TOKEN", token)
+            auth = {"authorization": f"Bearer {token}"}
+            listed = (await client.get(url, headers=auth)).json()["bans"]
+            assert [b["ip"] for b in listed] == ["10.0.0.1"]
+            assert (await client.delete(url + "/10.0.0.1", headers=auth)).status_code == 200
+            assert (await service.decide(from_ip())).overall_code == Response.OK
+    finally:
+        await server.close()
