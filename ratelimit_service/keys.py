@@ -9,7 +9,8 @@ and `_` escaped, so an unescaped `_` only ever separates parts:
 
 Decoding splits on unescaped `_` and unescapes each token; the token count is always even (domain and
 window, two per entry), so the key gives back the exact parts. The window part holds no `_` or `\\`
-(digits, `tb`, `:<unit>`). Parts too long for a counter key (a hostile direct caller's 1 MB value) are
+(digits, `tb`, `:<unit>`, `:ban`), and a ban is `<base>ban` (`ban_key`), which no window part equals.
+Parts too long for a counter key (a hostile direct caller's 1 MB value) are
 replaced by a digest: `<domain>_#<sha256 of the rest>_<window>` has three tokens, never an even count,
 so it cannot equal a plain key, and distinct descriptors collide only if SHA-256 does.
 """
