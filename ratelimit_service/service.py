@@ -159,6 +159,7 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
         self._plans: dict[bytes, list[Any]] = {}
         self._ban_pending: dict[str, int] = {}
         self._bans_seen: dict[str, int] = {}  # ban key → end (ms)
+        self._bans_pruned_ms = 0
 
     def swap(self, settings: Settings, guard: GuardedBackend | None = None) -> None:
         """Make a new version live (one attribute store; a request in flight keeps the one it read)."""
@@ -290,7 +291,9 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
         decision = decide(laid_out, outcomes, settings.near_ratio)
         self._count(domain, laid_out, decision)
         if decision.started_bans:
-            self._started(domain, decision.started_bans, laid_out.checks, now_ms)
+            self._started(domain, decision.started_bans, laid_out.checks)
+        if self._bans_seen and now_ms >= self._bans_pruned_ms + 1000:
+            self._prune_bans(now_ms)  # once a second at most, and only while some ban is known
         if decision.over:
             self._log.write({
                 "event": "rate_limited", "domain": domain, "retry_after_ms": decision.retry_after_ms,
@@ -339,30 +342,34 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
                     out[i] = check._replace(hits=check.hits + held)
         return out
 
-    def _started(self, domain: str, keys: Sequence[str], checks: Sequence[Check], now_ms: int) -> None:
+    def _started(self, domain: str, keys: Sequence[str], checks: Sequence[Check]) -> None:
         self._metrics.bans.inc(len(keys))
         for key in keys:
             ban_ms = next((c.ban_ms for c in checks if c.keys[0] == key), 0)
-            self._note_ban(key, ban_ms)
+            self._note_ban(key, ban_ms, new=True)
             parts = split(key)
             log.warning("address banned", extra={"domain": domain, "client_ip": parts[2] if len(parts) == 4 else "",
                                                  "ban_s": ban_ms // 1000})
 
-    def _note_ban(self, key: str, left_ms: int) -> None:
-        if not key:
-            return
+    def _note_ban(self, key: str, left_ms: int, new: bool = False) -> None:
+        """Remember a ban in force (rate_limit_banned_ips); a banned address's every request lands here."""
+        if key in self._bans_seen and not new:
+            return  # known: its end only moves when a new ban starts
         now_ms = int(self._clock() * 1000)
-        if key not in self._bans_seen:
+        if key not in self._bans_seen and len(self._bans_seen) >= BANS_SEEN_ENTRIES:
+            self._prune_bans(now_ms)
             if len(self._bans_seen) >= BANS_SEEN_ENTRIES:
-                self._prune_bans(now_ms)
-            if len(self._bans_seen) >= BANS_SEEN_ENTRIES:
-                return
+                return  # bounded: the gauge under-reports rather than memory growing
         self._bans_seen[key] = now_ms + left_ms
         self._metrics.banned_ips.set(len(self._bans_seen))
 
     def _prune_bans(self, now_ms: int) -> None:
-        for key in [k for k, end in self._bans_seen.items() if end <= now_ms]:
+        self._bans_pruned_ms = now_ms
+        expired = [k for k, end in self._bans_seen.items() if end <= now_ms]
+        for key in expired:
             del self._bans_seen[key]
+        if expired:
+            self._metrics.banned_ips.set(len(self._bans_seen))
 
     def bans_listed(self, bans: Sequence[tuple[str, int]]) -> None:
         """The store's full list (GET /v1/bans): the gauge becomes exact."""

@@ -65,7 +65,13 @@ async def test_a_ban_is_counted_once_and_its_rejections_apart() -> None:
     clock.ms += 30_000
     later = await service.decide(from_ip())
     assert {h.key: h.value for h in later.response_headers_to_add}["Retry-After"] == "30"
-    # Lifted (the admin API's hook) and expired: the gauge follows.
+    # Ended: the gauge follows at the next request; lifted (the admin API's hook): at once.
+    clock.ms += 30_000
+    assert (await service.decide(from_ip("10.0.0.2"))).overall_code == Response.OK
+    assert value(registry, "rate_limit_banned_ips") == 0
+    for _ in range(4):
+        await service.decide(from_ip("10.0.0.2"))
+    assert value(registry, "rate_limit_banned_ips") == 1
     service.ban_lifted(next(iter(service._bans_seen)))
     assert value(registry, "rate_limit_banned_ips") == 0
 
