@@ -69,3 +69,19 @@ def token_bucket(tokens: float | None, updated_ms: int | None, rate: int, window
 def token_bucket_ttl_ms(rate: int, window_ms: int, burst: int) -> int:
     """An untouched bucket is full again after this long, so its key may go (1 s slack for clock skew)."""
     return math.ceil(burst * window_ms / rate) + 1000
+
+
+def ban(ban_left_ms: int, count: int, limit: int, hits: int, window_start_ms: int, window_ms: int,
+        ban_ms: int, now_ms: int) -> tuple[Outcome, bool]:
+    """The automatic ban: (outcome, whether this call starts a ban).
+
+    `ban_left_ms` > 0: the address is banned, refused until the ban ends (remaining 0). Else `count`
+    (this window's requests so far, refused ones included) plus `hits` past `limit` starts a ban of
+    `ban_ms` (remaining 1 flags the new ban to the caller); otherwise the count goes up by `hits` whatever
+    the other checks decide, and the outcome says how many more requests the window takes.
+    """
+    if ban_left_ms > 0:
+        return (True, 0, ban_left_ms), False
+    if count + hits > limit:
+        return (True, 1, ban_ms), True
+    return (False, limit - count - hits, window_start_ms + window_ms - now_ms), False

@@ -142,11 +142,34 @@ class WindowLimit(_LimitRules):
     shadow_mode: bool = False
 
 
+class BanConfig(StrictModel):
+    """The automatic ban of one client address (`rate_limits.per_ip.ban`).
+
+    Every request carrying the per-IP descriptor counts, refused ones included, in a fixed window of one
+    `window`; the request that takes an address past `after_requests` starts a ban of `duration_s`, during
+    which every request of that address is refused (429, Retry-After = what is left of the ban). The design's
+    10,000 "in a window" defaults to a minute: with the per-IP rate of 100 req/s (6,000 a minute) only a
+    client that keeps sending after its 429s gets there, never one that honours them.
+    """
+
+    after_requests: Annotated[int, Field(ge=1, le=4_294_967_295)] = 10_000
+    window: Unit = "minute"
+    duration_s: Annotated[int, Field(ge=1, le=30 * 86_400)] = 3600
+
+
 class PerIpLimit(WindowLimit):
     """The per-client-address limit; `public` routes only (anonymous traffic) unless apply_to: all."""
 
     algorithm: AlgorithmName = "token_bucket"
     apply_to: Literal["public", "all"] = "public"
+    # None: no automatic ban.
+    ban: BanConfig | None = None
+
+    @model_validator(mode="after")
+    def _ban_needs_a_limit(self) -> PerIpLimit:
+        if self.ban is not None and self.unlimited:
+            raise ValueError("`ban` needs a per-IP limit: it counts the requests that carry the per-IP descriptor")
+        return self
 
 
 class EndpointLimit(StrictModel):
@@ -328,6 +351,15 @@ class RateLimitServiceSettings(ServiceEndpoint):
     metrics_port: Port = 19082
     # Envoy's deadline for one ShouldRateLimit call (the service answers within rate_limits.budget_ms).
     timeout_ms: Annotated[int, Field(ge=5, le=10_000)] = 100
+    # The ban admin API (ratelimit_service/admin.py): `GET /v1/bans`, `DELETE /v1/bans/{ip}` on
+    # admin_address:admin_port with `Authorization: Bearer <token>`; no admin_port, no listener. The token:
+    # the environment variable admin_token_env, else admin_token_file (relative to the config file's folder),
+    # read at each call; with neither (or under 16 characters), every call is refused (503). Keep the address
+    # on loopback or a pod network: the token is the only guard.
+    admin_address: str = "127.0.0.1"
+    admin_port: Port | None = None
+    admin_token_env: Annotated[str, Field(min_length=1, max_length=128)] = "OUTRIDER_RATELIMIT_ADMIN_TOKEN"
+    admin_token_file: ConfigPath | None = None
 
 
 def rate_limits_of(config: GatewayConfig) -> RateLimitsConfig | None:

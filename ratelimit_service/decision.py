@@ -11,8 +11,8 @@ from typing import NamedTuple
 
 from ratelimit_service.algorithms import Outcome
 from ratelimit_service.backends.base import Check
-from ratelimit_service.keys import counter_base
-from ratelimit_service.limits import FIXED, SLIDING, TOKEN, Entry, Limit, LimitTable, Match
+from ratelimit_service.keys import ban_key, counter_base
+from ratelimit_service.limits import BAN, FIXED, SLIDING, TOKEN, Entry, Limit, LimitTable, Match
 
 OK, OVER_LIMIT = 1, 2  # envoy.service.ratelimit.v3.RateLimitResponse.Code
 UNLIMITED_REMAINING = 4_294_967_295  # what envoyproxy/ratelimit reports for an unlimited descriptor
@@ -51,6 +51,7 @@ class Status(NamedTuple):
     reset_ms: int = 0
     shadow_over: bool = False
     near: bool = False
+    banned: bool = False  # OVER_LIMIT because the address is banned (rate_limits.per_ip.ban)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +61,8 @@ class Decision:
     # The binding limit for RateLimit-* headers: (limit, remaining, reset_ms); None if nothing limited.
     headline: tuple[int, int, int] | None
     retry_after_ms: int
+    # Ban keys of the bans this request started (each counted once, by the call that set it).
+    started_bans: tuple[str, ...] = ()
 
 
 # The counter key's prefix for some entries: injective, unlike envoyproxy/ratelimit's (see keys.py).
@@ -75,6 +78,9 @@ def _check(limit: Limit, base: str, hits: int, now_ms: int) -> Check:
                      limit.burst, limit.shadow)
     start = (now_ms // 1000 // window_s) * window_s
     current = f"{base}{start}{limit.key_suffix}"  # keys.window(start, suffix), inlined (hot path)
+    if limit.algorithm == BAN:
+        return Check((ban_key(base), current), BAN, limit.requests_per_unit, window_ms, hits, start * 1000,
+                     limit.shadow, limit.ban_ms)
     if limit.algorithm == SLIDING:
         previous = f"{base}{start - window_s}{limit.key_suffix}"
         return Check((current, previous), SLIDING, limit.requests_per_unit, window_ms, hits, start * 1000,
@@ -137,6 +143,7 @@ def decide(plan: Plan, outcomes: Sequence[Outcome], near_ratio: float = 0.8) -> 
     retry_after = 0
     headline: tuple[int, int, int] | None = None
     head_rank: tuple[int, int, int] | None = None
+    started: list[str] = []
     for d in plan.descriptors:
         if d.kind != LIMITED:
             statuses.append(Status(OK, remaining=UNLIMITED_REMAINING if d.kind == UNLIMITED else 0))
@@ -145,11 +152,18 @@ def decide(plan: Plan, outcomes: Sequence[Outcome], near_ratio: float = 0.8) -> 
         best_rank: tuple[int, int, int] | None = None
         for limit, index in d.limits:
             is_over, remaining, reset = outcomes[index]
+            is_ban = limit.algorithm == BAN
+            if is_ban:
+                if not is_over:
+                    continue  # a ban's count is no quota: it shows in no header and no status
+                if remaining:
+                    started.append(plan.checks[index].keys[0])
+                remaining = 0
             blocking = is_over and not limit.shadow
             capacity = limit.capacity
             near = not is_over and capacity > 0 and (capacity - remaining) > capacity * near_ratio
             status = Status(OVER_LIMIT if blocking else OK, limit, remaining, reset,
-                            shadow_over=is_over and limit.shadow, near=near)
+                            shadow_over=is_over and limit.shadow, near=near, banned=blocking and is_ban)
             # Binding window: a blocking one with the longest wait, else the one with least left.
             rank = (0, -reset, 0) if blocking else (1, remaining, -reset)
             if best_rank is None or rank < best_rank:
@@ -160,9 +174,8 @@ def decide(plan: Plan, outcomes: Sequence[Outcome], near_ratio: float = 0.8) -> 
             if head_rank is None or rank < head_rank:
                 head_rank = rank
                 headline = (capacity, 0 if blocking else remaining, reset)
-        assert best is not None
-        statuses.append(best)
-    return Decision(over, statuses, headline, retry_after if over else 0)
+        statuses.append(best if best is not None else Status(OK))
+    return Decision(over, statuses, headline, retry_after if over else 0, tuple(started))
 
 
 def locally_over(plan: Plan, until: dict[str, int], now_ms: int) -> list[Outcome] | None:
@@ -188,7 +201,9 @@ def remember_over(plan: Plan, outcomes: Sequence[Outcome], until: dict[str, int]
     for check, (is_over, remaining, reset) in zip(plan.checks, outcomes, strict=True):
         # Only when nothing is left: then no request of this counter fits until `reset` (for a fixed
         # window whatever its hits; for a bucket or sliding window, reset was computed for one hit).
-        if is_over and not check.shadow and remaining == 0 and (check.algorithm == FIXED or check.hits <= 1):
+        # Never a ban: lifting one (admin API, any replica) must take effect at the next request.
+        if (is_over and not check.shadow and remaining == 0 and check.algorithm != BAN
+                and (check.algorithm == FIXED or check.hits <= 1)):
             if len(until) >= max_entries:
                 until.clear()  # a flood of distinct keys must not grow memory without bound
             until[check.keys[0]] = now_ms + reset

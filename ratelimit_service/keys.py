@@ -9,7 +9,8 @@ and `_` escaped, so an unescaped `_` only ever separates parts:
 
 Decoding splits on unescaped `_` and unescapes each token; the token count is always even (domain and
 window, two per entry), so the key gives back the exact parts. The window part holds no `_` or `\\`
-(digits, `tb`, `:<unit>`). Parts too long for a counter key (a hostile direct caller's 1 MB value) are
+(digits, `tb`, `:<unit>`, `:ban`), and a ban is `<base>ban` (`ban_key`), which no window part equals.
+Parts too long for a counter key (a hostile direct caller's 1 MB value) are
 replaced by a digest: `<domain>_#<sha256 of the rest>_<window>` has three tokens, never an even count,
 so it cannot equal a plain key, and distinct descriptors collide only if SHA-256 does.
 """
@@ -51,6 +52,23 @@ def counter_base(domain: str, entries: Sequence[Entry]) -> str:
         rest = base[len(parts[0]) + 1:]
         base = f"{parts[0]}_#{hashlib.sha256(rest.encode('utf-8', 'surrogatepass')).hexdigest()}_"
     return base
+
+
+def ban_key(base: str) -> str:
+    """The ban of the descriptor whose prefix is `base`: `ban` holds no `_` or `\\` and no window part is
+    `ban`, so it is a key of its own."""
+    return base + "ban"
+
+
+def banned_address(key: str, domain: str) -> str | None:
+    """The client address a ban key names (`<domain>_remote_address_<ip>_ban`), or None for any other key."""
+    try:
+        parts = split(key)
+    except ValueError:
+        return None
+    if len(parts) == 4 and parts[0] == domain and parts[1] == "remote_address" and parts[3] == "ban":
+        return parts[2]
+    return None
 
 
 def window(start: int | str, suffix: str = "") -> str:

@@ -15,6 +15,10 @@ from ratelimit_service.config import (
 from ratelimit_service.keys import counter_base
 
 FIXED, SLIDING, TOKEN = 1, 2, 3
+# The per-IP automatic ban (rate_limits.per_ip.ban): a fixed-window count of every request, then a ban key.
+BAN = 4
+# The key suffix of a ban's counter (`<base><window start>:ban`); the ban itself is `<base>ban` (keys.ban_key).
+BAN_SUFFIX = ":ban"
 ALGORITHMS = {"fixed_window": FIXED, "sliding_window": SLIDING, "token_bucket": TOKEN}
 Entry = tuple[str, str]
 
@@ -35,6 +39,8 @@ class Limit:
     detailed: bool = False
     # Nodes with several windows tell them apart by unit (":minute"); never holds `_` or `\\` (keys.window).
     key_suffix: str = ""
+    # BAN only: how long a ban lasts (requests_per_unit per unit is the threshold).
+    ban_ms: int = 0
     window_s: int = field(init=False, compare=False, default=0)
 
     def __post_init__(self) -> None:
@@ -182,6 +188,11 @@ def compile_table(rl: RateLimitsConfig | None, files: Sequence[DescriptorFile] =
         prefix = rl.domain + "."
         if rl.per_ip is not None:
             per_ip = _plan_limits([rl.per_ip], prefix + "remote_address")
+            ban = rl.per_ip.ban
+            if ban is not None:
+                per_ip += (Limit(full_key=prefix + "remote_address", requests_per_unit=ban.after_requests,
+                                 unit=ban.window, algorithm=BAN, shadow=rl.per_ip.shadow_mode,
+                                 key_suffix=BAN_SUFFIX, ban_ms=ban.duration_s * 1000),)
             root.children["remote_address", None] = Node(limits=per_ip)
         for tier, windows in rl.tiers.items():
             full = f"{prefix}tier_{tier}.user_id"

@@ -28,6 +28,7 @@ class DescriptorRow:
     rejections: Counter
     near_limit: Counter
     shadow: Counter
+    ban_rejections: Counter  # rejections{reason="ban"}: the address is banned (rate_limits.per_ip.ban)
 
 
 @dataclass(frozen=True)
@@ -45,14 +46,17 @@ class RateLimitMetrics:
     invalid_requests: Counter
     memory_keys: Gauge
     memory_evictions: Counter
+    bans: Counter
+    banned_ips: Gauge
 
 
 def _build(registry: CollectorRegistry) -> RateLimitMetrics:
     metrics = RateLimitMetrics(
         hits=Counter("rate_limit_hits_total", "Hits (hits_addend summed) per matched descriptor",
                      DESCRIPTOR_LABELS, registry=registry),
-        rejections=Counter("rate_limit_rejections_total", "Descriptors answered OVER_LIMIT",
-                           DESCRIPTOR_LABELS, registry=registry),
+        rejections=Counter("rate_limit_rejections_total", "Descriptors answered OVER_LIMIT, by reason: "
+                           "limit (a window or bucket is spent) or ban (the address is banned)",
+                           [*DESCRIPTOR_LABELS, "reason"], registry=registry),
         near_limit=Counter("rate_limit_near_limit_total", "Admitted hits above near_limit_ratio of the limit",
                            DESCRIPTOR_LABELS, registry=registry),
         shadow=Counter("rate_limit_shadow_total", "Over the limit in shadow mode (answered OK)",
@@ -81,6 +85,12 @@ def _build(registry: CollectorRegistry) -> RateLimitMetrics:
         memory_evictions=Counter("rate_limit_memory_evictions_total",
                                  "Live counters the in-memory store dropped at its max_keys cap (each restarts early)",
                                  registry=registry),
+        bans=Counter("rate_limit_bans_total", "Automatic bans started (rate_limits.per_ip.ban), one per address "
+                     "and ban, counted by the replica whose request started it", registry=registry),
+        # Best effort: bans this process saw in force (started or enforced here, or listed by GET /v1/bans);
+        # a ban lifted on another replica leaves this count at its end or at that address's next request.
+        banned_ips=Gauge("rate_limit_banned_ips", "Addresses banned now, as far as this process has seen",
+                         multiprocess_mode="livemax", registry=registry),
     )
     # Known label values get their series now: a family with no series is missing from the multiprocess
     # aggregate, and a dashboard cannot tell "none yet" from "not exported".
@@ -94,7 +104,9 @@ def _build(registry: CollectorRegistry) -> RateLimitMetrics:
 
 
 class DescriptorCounts:
-    """rate_limit_{hits,rejections,near_limit,shadow}_total{domain,descriptor}, children cached per row."""
+    """rate_limit_{hits,rejections,near_limit,shadow}_total{domain,descriptor}, children cached per row.
+
+    Both reasons' rejection series exist once a descriptor counts: a dashboard sees 0, not "no data"."""
 
     def __init__(self, metrics: RateLimitMetrics) -> None:
         self._metrics = metrics
@@ -113,8 +125,9 @@ class DescriptorCounts:
                     return found
             m = self._metrics
             found = self._rows[key] = DescriptorRow(
-                m.hits.labels(domain, descriptor), m.rejections.labels(domain, descriptor),
-                m.near_limit.labels(domain, descriptor), m.shadow.labels(domain, descriptor))
+                m.hits.labels(domain, descriptor), m.rejections.labels(domain, descriptor, "limit"),
+                m.near_limit.labels(domain, descriptor), m.shadow.labels(domain, descriptor),
+                m.rejections.labels(domain, descriptor, "ban"))
         return found
 
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from outrider.config.model import GatewayConfig
+from ratelimit_service.admin import AdminSettings
 from ratelimit_service.config import (
     DescriptorFile,
     RateLimitsConfig,
@@ -43,6 +45,15 @@ class DecisionLogging(_Strict):
     decisions: bool = True
 
 
+class AdminPayload(_Strict):
+    """services.ratelimit.admin_*: the ban admin API's listener (ratelimit_service/admin.py)."""
+
+    address: str
+    port: Annotated[int, Field(ge=1, le=65535)]
+    token_env: str
+    token_file: str | None = None
+
+
 class RateLimitPayload(_Strict):
     """The validated payload: the same models the gateway config uses, so a bad one fails the same way."""
 
@@ -51,6 +62,8 @@ class RateLimitPayload(_Strict):
     logging: DecisionLogging = DecisionLogging()
     # services.ratelimit.timeout_ms: Envoy's deadline for a call, from which the overload threshold follows.
     envoy_timeout_ms: Annotated[int, Field(ge=1)] = 100
+    # None: no ban admin API.
+    admin: AdminPayload | None = None
 
 
 @dataclass(frozen=True)
@@ -60,6 +73,7 @@ class RateLimitResource:
     rate_limits: RateLimitsConfig  # the section (defaults when the config has none); `files` left empty
     settings: Settings
     decisions_logged: bool
+    admin: AdminSettings | None = None
 
 
 def payload(config: GatewayConfig) -> dict[str, Any]:
@@ -74,8 +88,14 @@ def payload(config: GatewayConfig) -> dict[str, Any]:
         for path in (rl.files if rl is not None else [])
     ]
     section = rl.model_dump(mode="json", exclude={"files"}) if rl is not None else None
-    return {"rate_limits": section, "files": files, "logging": {"decisions": config.logging.decisions},
-            "envoy_timeout_ms": settings_of(config).timeout_ms}
+    service = settings_of(config)
+    doc: dict[str, Any] = {"rate_limits": section, "files": files, "logging": {"decisions": config.logging.decisions},
+                           "envoy_timeout_ms": service.timeout_ms}
+    if service.admin_port is not None:
+        doc["admin"] = {"address": service.admin_address, "port": service.admin_port,
+                        "token_env": service.admin_token_env,
+                        "token_file": str(service.admin_token_file) if service.admin_token_file else None}
+    return doc
 
 
 def _reason(exc: ValidationError, data: Mapping[str, Any]) -> str:
@@ -122,4 +142,6 @@ def build(data: Mapping[str, Any]) -> RateLimitResource:
     settings = Settings(table, near_ratio=rl.near_limit_ratio, failure_mode_deny=rl.failure_mode == "deny",
                         min_time_left_s=rl.min_time_left_ms(parsed.envoy_timeout_ms) / 1000,
                         max_in_flight=rl.overload.max_in_flight, mesh=MeshMaps(rl))
-    return RateLimitResource(rl, settings, parsed.logging.decisions)
+    admin = parsed.admin
+    return RateLimitResource(rl, settings, parsed.logging.decisions, None if admin is None else AdminSettings(
+        admin.address, admin.port, admin.token_env, Path(admin.token_file) if admin.token_file else None))

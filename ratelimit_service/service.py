@@ -16,20 +16,21 @@ from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 from google.protobuf.message import DecodeError
 
 from outrider.logs import DecisionLog
+from ratelimit_service.backends.base import Check
 from ratelimit_service.config import FAILURE_MODE_KEY
 from ratelimit_service.decision import (
     OVER_LIMIT,
     Decision,
     DescriptorInput,
     Plan,
-    PlannedDescriptor,
     decide,
     locally_over,
     plan,
     remember_over,
 )
 from ratelimit_service.guard import GuardedBackend
-from ratelimit_service.limits import Limit, LimitTable
+from ratelimit_service.keys import split
+from ratelimit_service.limits import BAN, Limit, LimitTable
 from ratelimit_service.mesh import MeshMaps
 from ratelimit_service.metrics import SHED_REASONS, DescriptorCounts, RateLimitMetrics, service_metrics
 
@@ -46,6 +47,10 @@ PLAN_CACHE_MAX_BYTES = 1024
 # Counters known over their limit (envoyproxy/ratelimit's local cache is a fixed-size freecache too).
 OVER_LIMIT_ENTRIES = 16_384
 LIMIT_PROTO_ENTRIES = 4096
+# Ban counters' hits answered from the local over-limit cache, still to be added at the next store call;
+# and the bans this process saw in force (rate_limit_banned_ips). Both bounded like the caches above.
+PENDING_BAN_ENTRIES = 16_384
+BANS_SEEN_ENTRIES = 100_000
 # Far above what a route's actions make (one descriptor per rate_limits entry, one entry per action), and
 # low enough that no single request holds the event loop: 500k descriptors fit in gRPC's 4 MB message.
 MAX_DESCRIPTORS = 256
@@ -152,6 +157,9 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
         self._shed = {r: self._metrics.shed.labels(reason=r) for r in SHED_REASONS}
         # serialized request → [settings, domain, inputs, plan, deny]
         self._plans: dict[bytes, list[Any]] = {}
+        self._ban_pending: dict[str, int] = {}
+        self._bans_seen: dict[str, int] = {}  # ban key → end (ms)
+        self._bans_pruned_ms = 0
 
     def swap(self, settings: Settings, guard: GuardedBackend | None = None) -> None:
         """Make a new version live (one attribute store; a request in flight keeps the one it read)."""
@@ -272,14 +280,20 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
             if cached is not None:
                 self._metrics.local_cache_hits.inc()
                 outcomes = cached
+                self._hold_ban_hits(laid_out.checks)
             else:
-                fresh = await self._guard.evaluate(domain, laid_out.checks, now_ms)
+                checks = self._with_pending(laid_out.checks) if self._ban_pending else laid_out.checks
+                fresh = await self._guard.evaluate(domain, checks, now_ms)
                 if fresh is None:
                     return self._failure_response(len(laid_out.descriptors), deny)
                 remember_over(laid_out, fresh, self._over_until, now_ms, OVER_LIMIT_ENTRIES)
                 outcomes = fresh
         decision = decide(laid_out, outcomes, settings.near_ratio)
-        self._count(domain, laid_out.descriptors, decision)
+        self._count(domain, laid_out, decision)
+        if decision.started_bans:
+            self._started(domain, decision.started_bans, laid_out.checks)
+        if self._bans_seen and now_ms >= self._bans_pruned_ms + 1000:
+            self._prune_bans(now_ms)  # once a second at most, and only while some ban is known
         if decision.over:
             self._log.write({
                 "event": "rate_limited", "domain": domain, "retry_after_ms": decision.retry_after_ms,
@@ -288,18 +302,85 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
             })
         return self._response(decision)
 
-    def _count(self, domain: str, descriptors: list[PlannedDescriptor], decision: Decision) -> None:
-        for d, status in zip(descriptors, decision.statuses, strict=True):
+    def _count(self, domain: str, laid_out: Plan, decision: Decision) -> None:
+        for d, status in zip(laid_out.descriptors, decision.statuses, strict=True):
             if not d.metric_key:
                 continue
             row = self._descriptors.row(domain, d.metric_key)
             row.hits.inc(d.hits)
             if status.code == OVER_LIMIT:
-                row.rejections.inc()
+                if status.banned:
+                    row.ban_rejections.inc()
+                    for limit, index in d.limits:
+                        if limit is status.limit:
+                            self._note_ban(laid_out.checks[index].keys[0], status.reset_ms)
+                else:
+                    row.rejections.inc()
             elif status.shadow_over:
                 row.shadow.inc()
             elif status.near:
                 row.near_limit.inc(d.hits)
+
+    # ---- the automatic ban (rate_limits.per_ip.ban) ---------------------------------------------------
+
+    def _hold_ban_hits(self, checks: Sequence[Check]) -> None:
+        """A request answered from the local cache still counts toward its address's ban: kept for later."""
+        for check in checks:
+            if check.algorithm == BAN and check.hits:
+                if len(self._ban_pending) >= PENDING_BAN_ENTRIES and check.keys[1] not in self._ban_pending:
+                    self._ban_pending.clear()  # bounded: a flood of addresses loses some counts, not memory
+                self._ban_pending[check.keys[1]] = self._ban_pending.get(check.keys[1], 0) + check.hits
+
+    def _with_pending(self, checks: list[Check]) -> list[Check]:
+        """The checks with the held hits of their ban counters added (then forgotten here)."""
+        out = checks
+        for i, check in enumerate(checks):
+            if check.algorithm == BAN:
+                held = self._ban_pending.pop(check.keys[1], 0)
+                if held:
+                    out = list(out) if out is checks else out
+                    out[i] = check._replace(hits=check.hits + held)
+        return out
+
+    def _started(self, domain: str, keys: Sequence[str], checks: Sequence[Check]) -> None:
+        self._metrics.bans.inc(len(keys))
+        for key in keys:
+            ban_ms = next((c.ban_ms for c in checks if c.keys[0] == key), 0)
+            self._note_ban(key, ban_ms, new=True)
+            parts = split(key)
+            log.warning("address banned", extra={"domain": domain, "client_ip": parts[2] if len(parts) == 4 else "",
+                                                 "ban_s": ban_ms // 1000})
+
+    def _note_ban(self, key: str, left_ms: int, new: bool = False) -> None:
+        """Remember a ban in force (rate_limit_banned_ips); a banned address's every request lands here."""
+        if key in self._bans_seen and not new:
+            return  # known: its end only moves when a new ban starts
+        now_ms = int(self._clock() * 1000)
+        if key not in self._bans_seen and len(self._bans_seen) >= BANS_SEEN_ENTRIES:
+            self._prune_bans(now_ms)
+            if len(self._bans_seen) >= BANS_SEEN_ENTRIES:
+                return  # bounded: the gauge under-reports rather than memory growing
+        self._bans_seen[key] = now_ms + left_ms
+        self._metrics.banned_ips.set(len(self._bans_seen))
+
+    def _prune_bans(self, now_ms: int) -> None:
+        self._bans_pruned_ms = now_ms
+        expired = [k for k, end in self._bans_seen.items() if end <= now_ms]
+        for key in expired:
+            del self._bans_seen[key]
+        if expired:
+            self._metrics.banned_ips.set(len(self._bans_seen))
+
+    def bans_listed(self, bans: Sequence[tuple[str, int]]) -> None:
+        """The store's full list (GET /v1/bans): the gauge becomes exact."""
+        now_ms = int(self._clock() * 1000)
+        self._bans_seen = {key: now_ms + left for key, left in bans}
+        self._metrics.banned_ips.set(len(self._bans_seen))
+
+    def ban_lifted(self, key: str) -> None:
+        self._bans_seen.pop(key, None)
+        self._prune_bans(int(self._clock() * 1000))
+        self._metrics.banned_ips.set(len(self._bans_seen))
 
     def _limit_proto(self, limit: Limit) -> Any:
         proto = self._limit_protos.get(limit)

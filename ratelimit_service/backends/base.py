@@ -12,7 +12,9 @@ class Check(NamedTuple):
     """One limit window to test and, if the request is admitted, to charge.
 
     keys: (counter,) for fixed window and token bucket; (current, previous) for sliding window.
-    extra: the window start in ms (fixed, sliding) or the bucket's burst (token bucket).
+    extra: the window start in ms (fixed, sliding, ban) or the bucket's burst (token bucket).
+    A ban check (limits.BAN) has keys (ban, counter) and lasts ban_ms; its outcome when over has
+    `remaining` 1 when this very call started the ban, 0 when the address was banned already.
     """
 
     keys: tuple[str, ...]
@@ -22,6 +24,7 @@ class Check(NamedTuple):
     hits: int
     extra: int
     shadow: bool
+    ban_ms: int = 0
 
 
 class BackendError(Exception):
@@ -35,6 +38,14 @@ class Backend(Protocol):
         `tag` groups the keys of one request (the domain): a cluster backend keeps them in one slot.
         Raises BackendError.
         """
+        ...
+
+    async def bans(self, tag: str) -> list[tuple[str, int]]:
+        """Every ban in force (unprefixed ban key, ms left). Raises BackendError."""
+        ...
+
+    async def unban(self, tag: str, key: str) -> bool:
+        """Lift one ban (unprefixed ban key); False when there was none. Raises BackendError."""
         ...
 
     async def close(self) -> None: ...

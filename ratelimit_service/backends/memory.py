@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
 
 from ratelimit_service.algorithms import (
     Outcome,
+    ban,
     fixed_window,
     sliding_window,
     token_bucket,
     token_bucket_ttl_ms,
 )
 from ratelimit_service.backends.base import Check
-from ratelimit_service.limits import FIXED, SLIDING
+from ratelimit_service.limits import BAN, FIXED, SLIDING
 from ratelimit_service.metrics import RateLimitMetrics, service_metrics
 
 DEFAULT_MAX_KEYS = 100_000
@@ -44,6 +46,9 @@ class MemoryBackend:
         self.max_keys = max_keys
         self._classes: dict[int, Store] = {}
         self._size = 0
+        # Ban key → end (ms). Apart from the counters: a ban is never evicted early, and there are at most
+        # as many as addresses that each sent `after_requests` requests (bounded below all the same).
+        self._bans: dict[str, int] = {}
         self._last_sweep = -1
         self._next_report = 0
         self.evictions = 0
@@ -138,6 +143,23 @@ class MemoryBackend:
                 assert isinstance(current, int) and isinstance(previous, int)
                 outcome = sliding_window(current, previous, c.limit, c.hits, c.extra, c.window_ms, now_ms)
                 commits.append((store, c.keys[0], current + c.hits, now_ms + 2 * c.window_ms))
+            elif c.algorithm == BAN:
+                until = self._bans.get(c.keys[0], 0)
+                store = self._store(c.window_ms)
+                count = self._get(store, c.keys[1], now_ms) or 0
+                assert isinstance(count, int)
+                outcome, starts = ban(until - now_ms, count, c.limit, c.hits, c.extra, c.window_ms, c.ban_ms, now_ms)
+                if starts:
+                    self._ban(c.keys[0], now_ms + c.ban_ms, now_ms)
+                    if store.pop(c.keys[1], None) is not None:
+                        self._size -= 1
+                elif not outcome[0] and c.hits:
+                    # Counted whatever the other checks decide: refused requests are what a ban is for.
+                    before = len(store)
+                    store[c.keys[1]] = (count + c.hits, now_ms + c.window_ms)
+                    store.move_to_end(c.keys[1])
+                    self._size += len(store) - before
+                commits.append((store, "", None, 0))  # nothing more to write on admission
             else:
                 ttl = token_bucket_ttl_ms(c.limit, c.window_ms, c.extra)
                 store = self._store(ttl)
@@ -152,7 +174,7 @@ class MemoryBackend:
             outcomes.append(outcome)
         if not blocked:
             for (store, key, value, expires), c in zip(commits, checks, strict=True):
-                if c.hits:
+                if c.hits and key:
                     before = len(store)
                     store[key] = (value, expires)
                     store.move_to_end(key)  # write order = expiry order within the class
@@ -161,6 +183,25 @@ class MemoryBackend:
                 self._evict(now_ms)
         return outcomes
 
+    def _ban(self, key: str, until: int, now_ms: int) -> None:
+        if len(self._bans) >= self.max_keys:
+            for old in [k for k, end in self._bans.items() if end <= now_ms]:
+                del self._bans[old]
+            if len(self._bans) >= self.max_keys:
+                self._bans.pop(next(iter(self._bans)))  # the oldest ban goes first rather than memory growing
+        self._bans[key] = until
+
+    async def bans(self, tag: str, now_ms: int | None = None) -> list[tuple[str, int]]:
+        now = now_ms if now_ms is not None else int(time.time() * 1000)
+        for old in [k for k, end in self._bans.items() if end <= now]:
+            del self._bans[old]
+        return [(key, end - now) for key, end in self._bans.items()]
+
+    async def unban(self, tag: str, key: str) -> bool:
+        end = self._bans.pop(key, None)
+        return end is not None and end > int(time.time() * 1000)
+
     async def close(self) -> None:
         self._classes.clear()
+        self._bans.clear()
         self._size = 0

@@ -16,20 +16,21 @@ from ratelimit_service.algorithms import Outcome
 from ratelimit_service.backends.base import BackendError, Check
 from ratelimit_service.backends.resp import ConnectionLost, RespClient, RespError
 from ratelimit_service.keys import cluster_tag
+from ratelimit_service.limits import BAN
 
-# KEYS: one per fixed-window / token-bucket check, two (current, previous) per sliding-window check.
-# ARGV: now_ms, then 6 per check: algorithm, limit, window_ms, hits, extra, shadow.
+# KEYS: one per fixed-window / token-bucket check, two (current, previous) per sliding-window check, two
+# (ban, counter) per ban check. ARGV: now_ms, then 6 per check: algorithm, limit, window_ms, hits, extra,
+# shadow, and a 7th, ban_ms, for a ban check. A ban check counts (or bans) at once, whatever the others say.
 # Mirrors ratelimit_service/algorithms.py. Every key written gets its TTL in the same call, so no key
 # can outlive its window even if the service dies between calls.
 LUA = """
 local now = tonumber(ARGV[1])
-local n = (#ARGV - 1) / 6
 local out = {}
 local commit = {}
 local blocked = false
 local k = 1
-for i = 0, n - 1 do
-  local b = 2 + i * 6
+local b = 2
+while b <= #ARGV do
   local algo = tonumber(ARGV[b])
   local limit = tonumber(ARGV[b + 1])
   local window = tonumber(ARGV[b + 2])
@@ -68,6 +69,27 @@ for i = 0, n - 1 do
     end
     commit[#commit + 1] = {1, KEYS[k], hits, 2 * window}
     k = k + 2
+  elseif algo == 4 then
+    local ban_ms = tonumber(ARGV[b + 6])
+    b = b + 1
+    local left = redis.call('PTTL', KEYS[k])
+    if left > 0 then
+      over = true; remaining = 0; reset = left
+    else
+      local count = tonumber(redis.call('GET', KEYS[k + 1]) or '0')
+      if count + hits > limit then
+        redis.call('SET', KEYS[k], '1', 'PX', ban_ms)
+        redis.call('DEL', KEYS[k + 1])
+        over = true; remaining = 1; reset = ban_ms
+      else
+        over = false; remaining = limit - count - hits; reset = extra + window - now
+        if hits > 0 then
+          redis.call('INCRBY', KEYS[k + 1], hits)
+          redis.call('PEXPIRE', KEYS[k + 1], window)
+        end
+      end
+    end
+    k = k + 2
   else
     local per_ms = limit / window
     local state = redis.call('HMGET', KEYS[k], 't', 'u')
@@ -93,6 +115,7 @@ for i = 0, n - 1 do
   out[#out + 1] = over and 1 or 0
   out[#out + 1] = remaining
   out[#out + 1] = reset
+  b = b + 6
 end
 if not blocked then
   for _, c in ipairs(commit) do
@@ -117,7 +140,22 @@ def _encode(checks: Sequence[Check], now_ms: int, tag_prefix: str) -> list[Any]:
         for key in c.keys:
             keys.append(tag_prefix + key)
         args.extend((c.algorithm, c.limit, c.window_ms, c.hits, c.extra, 1 if c.shadow else 0))
+        if c.algorithm == BAN:
+            args.append(c.ban_ms)
     return [len(keys), *keys, *args]
+
+
+def _glob(text: str) -> str:
+    """`text` matched literally by SCAN's MATCH pattern."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else str(value)
+
+
+# Keys per SCAN step: listing bans walks the whole keyspace (counters too), an operator's call, not the hot path.
+SCAN_COUNT = 1000
 
 
 def _decode(raw: Any) -> list[Outcome]:
@@ -146,6 +184,30 @@ class RedisBackend:
             raise BackendError(f"{type(exc).__name__}: {exc}") from exc
         return _decode(raw)
 
+    async def bans(self, tag: str) -> list[tuple[str, int]]:
+        found: list[tuple[str, int]] = []
+        cursor = "0"
+        try:
+            while True:
+                cursor_raw, keys = await self._client.call("SCAN", cursor, "MATCH", _glob(self._prefix) + "*ban",
+                                                           "COUNT", SCAN_COUNT)
+                for raw_key in keys:
+                    key = _text(raw_key)
+                    left = int(await self._client.call("PTTL", key))
+                    if left > 0:
+                        found.append((key[len(self._prefix):], left))
+                cursor = _text(cursor_raw)
+                if cursor == "0":
+                    return found
+        except (RespError, ConnectionLost, OSError) as exc:
+            raise BackendError(f"{type(exc).__name__}: {exc}") from exc
+
+    async def unban(self, tag: str, key: str) -> bool:
+        try:
+            return int(await self._client.call("DEL", self._prefix + key)) > 0
+        except (RespError, ConnectionLost, OSError) as exc:
+            raise BackendError(f"{type(exc).__name__}: {exc}") from exc
+
     async def close(self) -> None:
         await self._client.close()
 
@@ -172,17 +234,10 @@ class RedisClusterBackend:
         self._init_lock = asyncio.Lock()
 
     async def evaluate(self, tag: str, checks: Sequence[Check], now_ms: int) -> list[Outcome]:
-        prefix = self._tags.get(tag)
-        if prefix is None:
-            prefix = self._tags[tag] = cluster_tag(self._prefix, tag)
-        args = _encode(checks, now_ms, prefix)
+        args = _encode(checks, now_ms, self._tag(tag))
         try:
             if not self._ready:
-                # redis-py's cluster client breaks when many first calls initialise it at once: do it once.
-                async with self._init_lock:
-                    if not self._ready:
-                        await self._client.initialize()
-                        self._ready = True
+                await self._initialize()
             try:
                 raw = await self._client.evalsha(self._script.sha, *args)
             except NoScriptError:
@@ -190,6 +245,43 @@ class RedisClusterBackend:
         except (RedisError, OSError) as exc:
             raise BackendError(f"{type(exc).__name__}: {exc}") from exc
         return _decode(raw)
+
+    async def _initialize(self) -> None:
+        # redis-py's cluster client breaks when many first calls initialise it at once: do it once.
+        async with self._init_lock:
+            if not self._ready:
+                await self._client.initialize()
+                self._ready = True
+
+    def _tag(self, tag: str) -> str:
+        prefix = self._tags.get(tag)
+        if prefix is None:
+            prefix = self._tags[tag] = cluster_tag(self._prefix, tag)
+        return prefix
+
+    async def bans(self, tag: str) -> list[tuple[str, int]]:
+        prefix = self._tag(tag)
+        found: list[tuple[str, int]] = []
+        try:
+            if not self._ready:
+                await self._initialize()
+            # The domain's keys share one slot, so one node holds them; scan_iter walks every primary.
+            async for raw_key in self._client.scan_iter(match=_glob(prefix) + "*ban", count=SCAN_COUNT):
+                key = _text(raw_key)
+                left = int(await self._client.pttl(key))
+                if left > 0:
+                    found.append((key[len(prefix):], left))
+        except (RedisError, OSError) as exc:
+            raise BackendError(f"{type(exc).__name__}: {exc}") from exc
+        return found
+
+    async def unban(self, tag: str, key: str) -> bool:
+        try:
+            if not self._ready:
+                await self._initialize()
+            return int(await self._client.delete(self._tag(tag) + key)) > 0
+        except (RedisError, OSError) as exc:
+            raise BackendError(f"{type(exc).__name__}: {exc}") from exc
 
     async def close(self) -> None:
         await self._client.aclose()

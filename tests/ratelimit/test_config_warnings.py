@@ -37,3 +37,14 @@ def test_validate_prints_the_plugins_warnings(tmp_path: Path, capsys: pytest.Cap
     out = capsys.readouterr()
     assert f"{path}: warning: services.ratelimit.workers is 2" in out.err
     assert "OK" in out.out
+
+
+@pytest.mark.parametrize(("after", "warns"), [(10_000, False), (6_200, True)])
+def test_a_ban_within_what_the_per_ip_limit_admits_warns(tmp_path: Path, after: int, warns: bool) -> None:
+    # The example's 100/s with a burst of 200 admits 6,200 requests a minute.
+    data = with_free_ports(example_config_dict())
+    data["rate_limits"]["per_ip"]["ban"]["after_requests"] = after
+    found = config_warnings(load_config(write_config(data, tmp_path / "gateway.yaml")))
+    assert bool(found) == warns
+    if warns:
+        assert "admits up to 6200 requests per minute" in found[0]

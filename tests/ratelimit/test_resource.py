@@ -97,3 +97,17 @@ def test_a_bad_payload_is_refused_with_its_reason(config: GatewayConfig, mutate:
     with pytest.raises(PayloadError, match="invalid ratelimit payload") as info:
         build(data)
     assert reason in str(info.value)
+
+
+def test_the_ban_admin_settings_travel_in_the_payload(tmp_path: Path) -> None:
+    # Under the control plane the service reads no config file: its admin listener comes with the payload.
+    data = with_free_ports(example_config_dict())
+    assert build(payload(load_config(write_config(data, tmp_path / "a.yaml")))).admin is None
+    data["services"]["ratelimit"].update({"admin_port": 19182, "admin_token_file": "secrets/ban-token"})
+    built = build(json.loads(json.dumps(payload(load_config(write_config(data, tmp_path / "b.yaml"))))))
+    assert built.admin is not None
+    assert (built.admin.address, built.admin.port) == ("127.0.0.1", 19182)
+    assert built.admin.token_env == "OUTRIDER_RATELIMIT_ADMIN_TOKEN"
+    assert built.admin.token_file == tmp_path / "secrets" / "ban-token"  # relative to the config file
+    ban = built.rate_limits.per_ip.ban if built.rate_limits.per_ip is not None else None
+    assert ban is not None and (ban.after_requests, ban.window, ban.duration_s) == (10_000, "minute", 3600)

@@ -142,14 +142,15 @@ async def test_shadow_mode_answers_ok_and_is_counted(stub: rls_pb2_grpc.RateLimi
 async def test_hits_and_rejections_are_counted_per_descriptor(stub: rls_pb2_grpc.RateLimitServiceStub) -> None:
     labels = {"domain": "svc", "descriptor": "svc.user"}
 
-    def sample(name: str) -> float:
-        return REGISTRY.get_sample_value(name, labels) or 0.0
+    def sample(name: str, **more: str) -> float:
+        return REGISTRY.get_sample_value(name, {**labels, **more}) or 0.0
 
-    hits, rejections = sample("rate_limit_hits_total"), sample("rate_limit_rejections_total")
+    hits, rejections = sample("rate_limit_hits_total"), sample("rate_limit_rejections_total", reason="limit")
     for _ in range(5):
         await stub.ShouldRateLimit(request((("user", "dave"),)))
     assert sample("rate_limit_hits_total") - hits == 5
-    assert sample("rate_limit_rejections_total") - rejections == 2
+    assert sample("rate_limit_rejections_total", reason="limit") - rejections == 2
+    assert sample("rate_limit_rejections_total", reason="ban") == 0  # no ban configured
 
 
 @pytest.mark.parametrize("store", [Hanging, Broken])
