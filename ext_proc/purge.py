@@ -7,36 +7,28 @@ or a changed environment needs no restart, and a missing one refuses every call 
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from ext_proc.cache import resource_key
 from ext_proc.cache_backends import CacheBackend, CacheUnavailable
+from outrider.token_api import TokenApiServer, TokenApiSettings, bearer_guard
+from outrider.token_api import json_answer as _answer
 
 log = logging.getLogger("ext_proc.purge")
 
 PURGE_PATH = "/v1/cache/purge"
-MIN_TOKEN_CHARS = 16
 MAX_BODY = 16 * 1024
 MAX_TARGET_CHARS = 4096  # the design's URL limit
 
 
-@dataclass(frozen=True)
-class PurgeSettings:
-    """Where the webhook listens and where its token comes from (services.ext_proc)."""
-
-    address: str
-    port: int
-    token_env: str
-    token_file: Path | None
+# Where the webhook listens and where its token comes from (services.ext_proc).
+PurgeSettings = TokenApiSettings
 
 
 @dataclass(frozen=True)
@@ -45,19 +37,6 @@ class CacheView:
 
     backend: CacheBackend | None
     key_prefix: str
-
-
-def load_token(settings: PurgeSettings) -> str | None:
-    """The environment variable first, else the file; None when neither gives a token long enough."""
-    token = os.environ.get(settings.token_env, "").strip()
-    if not token and settings.token_file is not None:
-        try:
-            token = settings.token_file.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            log.warning("cache purge token file unreadable", extra={"path": str(settings.token_file),
-                                                                      "error": str(exc)})
-            return None
-    return token if len(token) >= MIN_TOKEN_CHARS else None
 
 
 def purge_target(doc: Any) -> tuple[str, str]:
@@ -75,22 +54,9 @@ def purge_target(doc: Any) -> tuple[str, str]:
     return kind, value
 
 
-def _answer(status: int, body: dict[str, Any], **headers: str) -> web.Response:
-    return web.Response(status=status, text=json.dumps(body, separators=(",", ":")),
-                        content_type="application/json", headers=headers)
-
-
 def build_purge_app(settings: PurgeSettings, cache: Callable[[], CacheView],
                     on_purge: Callable[[str], None] = lambda _kind: None) -> web.Application:
     async def purge(request: web.Request) -> web.Response:
-        token = load_token(settings)
-        if token is None:
-            return _answer(503, {"error": "purge_disabled",
-                                 "detail": f"no token: set {settings.token_env} or services.ext_proc.purge_token_file"
-                                           f" ({MIN_TOKEN_CHARS}+ characters)"})
-        given = request.headers.get("Authorization", "").encode()
-        if not hmac.compare_digest(given, f"Bearer {token}".encode()):
-            return _answer(401, {"error": "unauthorized"}, **{"WWW-Authenticate": 'Bearer realm="outrider-purge"'})
         if request.content_type != "application/json":
             return _answer(415, {"error": "unsupported_media_type", "detail": "the body is application/json"})
         try:
@@ -112,36 +78,16 @@ def build_purge_app(settings: PurgeSettings, cache: Callable[[], CacheView],
         log.info("cache purged", extra={kind: target[:256], "purged": count})
         return _answer(200, {"purged": count, kind: target})
 
-    app = web.Application(client_max_size=MAX_BODY)
+    guard = bearer_guard(settings, disabled_error="purge_disabled", file_setting="services.ext_proc.purge_token_file",
+                         realm="outrider-purge")
+    app = web.Application(middlewares=[guard], client_max_size=MAX_BODY)
     app.router.add_post(PURGE_PATH, purge)
     return app
 
 
-class PurgeServer:
-    """The webhook's listener, restarted only when its settings change between config versions."""
+class PurgeServer(TokenApiServer):
+    """The webhook's listener (with the memory backend a purge reaches one worker's entries only)."""
 
     def __init__(self, settings: PurgeSettings, cache: Callable[[], CacheView],
                  on_purge: Callable[[str], None] = lambda _kind: None) -> None:
-        self.settings = settings
-        self._app = build_purge_app(settings, cache, on_purge)
-        self._runner: web.AppRunner | None = None
-
-    async def start(self) -> None:
-        runner = web.AppRunner(self._app, access_log=None)
-        await runner.setup()
-        try:
-            # Shared like the gRPC port by the service's workers (SO_REUSEPORT): a purge reaches one of them,
-            # which is all of the cache with Redis (with the memory backend, that worker's entries only).
-            await web.TCPSite(runner, self.settings.address, self.settings.port, reuse_port=True).start()
-        except OSError:
-            await runner.cleanup()
-            raise
-        self._runner = runner
-        if load_token(self.settings) is None:
-            log.warning("cache purge webhook refuses every call: no token configured",
-                        extra={"env": self.settings.token_env})
-
-    async def close(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        super().__init__(settings, build_purge_app(settings, cache, on_purge), "cache purge webhook")

@@ -8,36 +8,25 @@ missing one refuses every call (503) instead of opening the API.
 
 from __future__ import annotations
 
-import hmac
 import ipaddress
-import json
 import logging
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 from aiohttp import web
 
+from outrider.token_api import TokenApiServer, TokenApiSettings, bearer_guard
+from outrider.token_api import json_answer as _answer
 from ratelimit_service.backends.base import Backend, BackendError
 from ratelimit_service.keys import ban_key, banned_address, counter_base
 
 log = logging.getLogger("ratelimit_service.admin")
 
 BANS_PATH = "/v1/bans"
-MIN_TOKEN_CHARS = 16
-REALM = 'Bearer realm="outrider-ratelimit"'
 
 
-@dataclass(frozen=True)
-class AdminSettings:
-    """Where the API listens and where its token comes from (services.ratelimit.admin_*)."""
-
-    address: str
-    port: int
-    token_env: str
-    token_file: Path | None
+# Where the API listens and where its token comes from (services.ratelimit.admin_*).
+AdminSettings = TokenApiSettings
 
 
 @dataclass(frozen=True)
@@ -51,19 +40,6 @@ class BanView:
     lifted: Callable[[str], None] = lambda _key: None
 
 
-def load_token(settings: AdminSettings) -> str | None:
-    """The environment variable first, else the file; None when neither gives a token long enough."""
-    token = os.environ.get(settings.token_env, "").strip()
-    if not token and settings.token_file is not None:
-        try:
-            token = settings.token_file.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            log.warning("ratelimit admin token file unreadable", extra={"path": str(settings.token_file),
-                                                                          "error": str(exc)})
-            return None
-    return token if len(token) >= MIN_TOKEN_CHARS else None
-
-
 def address_key(domain: str, text: str) -> tuple[str, str]:
     """A client address as Envoy writes it in the remote_address descriptor (IPv6 compressed) and its ban
     key; ValueError when `text` is no IP address."""
@@ -71,25 +47,7 @@ def address_key(domain: str, text: str) -> tuple[str, str]:
     return address, ban_key(counter_base(domain, (("remote_address", address),)))
 
 
-def _answer(status: int, body: dict[str, Any], **headers: str) -> web.Response:
-    return web.Response(status=status, text=json.dumps(body, separators=(",", ":")),
-                        content_type="application/json", headers=headers)
-
-
 def build_admin_app(settings: AdminSettings, view: Callable[[], BanView]) -> web.Application:
-    @web.middleware
-    async def authorized(request: web.Request, handler: Callable[[web.Request], Any]) -> web.StreamResponse:
-        token = load_token(settings)
-        if token is None:
-            return _answer(503, {"error": "admin_disabled",
-                                 "detail": f"no token: set {settings.token_env} or services.ratelimit.admin_token_file"
-                                           f" ({MIN_TOKEN_CHARS}+ characters)"})
-        given = request.headers.get("Authorization", "").encode()
-        if not hmac.compare_digest(given, f"Bearer {token}".encode()):
-            return _answer(401, {"error": "unauthorized"}, **{"WWW-Authenticate": REALM})
-        response: web.StreamResponse = await handler(request)
-        return response
-
     async def list_bans(_request: web.Request) -> web.Response:
         live = view()
         if live.backend is None:
@@ -123,36 +81,16 @@ def build_admin_app(settings: AdminSettings, view: Callable[[], BanView]) -> web
         log.info("ban lifted", extra={"client_ip": address})
         return _answer(200, {"unbanned": address})
 
-    app = web.Application(middlewares=[authorized], client_max_size=1024)
+    guard = bearer_guard(settings, disabled_error="admin_disabled",
+                         file_setting="services.ratelimit.admin_token_file", realm="outrider-ratelimit")
+    app = web.Application(middlewares=[guard], client_max_size=1024)
     app.router.add_get(BANS_PATH, list_bans)
     app.router.add_delete(BANS_PATH + "/{ip}", unban)
     return app
 
 
-class AdminServer:
-    """The API's listener, restarted only when its settings change between config versions."""
+class AdminServer(TokenApiServer):
+    """The API's listener (with the memory store a call reaches one worker's bans only)."""
 
     def __init__(self, settings: AdminSettings, view: Callable[[], BanView]) -> None:
-        self.settings = settings
-        self._app = build_admin_app(settings, view)
-        self._runner: web.AppRunner | None = None
-
-    async def start(self) -> None:
-        runner = web.AppRunner(self._app, access_log=None)
-        await runner.setup()
-        try:
-            # Shared by the service's workers (SO_REUSEPORT): a call reaches one of them, which is every ban
-            # with Redis (with the memory store, that worker's bans only).
-            await web.TCPSite(runner, self.settings.address, self.settings.port, reuse_port=True).start()
-        except OSError:
-            await runner.cleanup()
-            raise
-        self._runner = runner
-        if load_token(self.settings) is None:
-            log.warning("ratelimit admin API refuses every call: no token configured",
-                        extra={"env": self.settings.token_env})
-
-    async def close(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        super().__init__(settings, build_admin_app(settings, view), "ratelimit admin API")
