@@ -1,0 +1,128 @@
+"""Envoy's OpenTelemetry tracer (config: `logging.tracing`): the HTTP connection manager's `tracing`, the
+collector's cluster, and the runtime keys that set how often Envoy sends its spans.
+
+On when a collector is known: `logging.tracing.endpoint`, else the standard OTEL_EXPORTER_OTLP_ENDPOINT of the
+process that compiles Envoy's config (`outrider run` for the static bootstrap, xds_server for the listeners it
+serves). Off, nothing here appears in Envoy's config at all.
+
+Sampling: Envoy decides per request (`random_sampling`, the design's 10 %). A request that arrives with a
+sampled W3C traceparent is always traced: the OpenTelemetry tracer continues the incoming context with its
+sampled flag (envoyproxy.io/docs/envoy/v1.40.0/api-v3/config/trace/v3/opentelemetry.proto; checked by
+tests/e2e/test_tracing.py against the Envoy we ship, with random sampling at 0 %).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from typing import Any
+from urllib.parse import urlsplit
+
+from outrider.config.model import GatewayConfig
+from outrider.envoy_contribution import HTTP2_OPTIONS, load_assignment
+
+ENDPOINT_ENV = "OTEL_EXPORTER_OTLP_ENDPOINT"
+COLLECTOR_CLUSTER = "outrider_otel_collector"
+SERVICE_NAME = "outrider-gateway"
+OTEL_CONFIG_TYPE = "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig"
+# The system CA bundle (Debian/Ubuntu path) for an https:// collector.
+SYSTEM_CA_FILE = "/etc/ssl/certs/ca-certificates.crt"
+# Envoy's own span names mapped to the design's stages: the downstream span of a request is named by its
+# route's decorator (Envoy's default name is the host and path); the upstream span (spawn_upstream_span) is
+# Envoy's `router <cluster> egress`.
+GATEWAY_OPERATION = "gateway_receive"
+
+
+def parse_endpoint(endpoint: str, source: str) -> tuple[str, int, bool]:
+    """(host, port, tls) of an OTLP/gRPC endpoint `http[s]://host[:port]`; ValueError naming `source`."""
+    parts = urlsplit(endpoint)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{source}: expected http://host:port or https://host:port (got {endpoint!r})")
+    try:
+        port = parts.port or 4317
+    except ValueError as exc:
+        raise ValueError(f"{source}: bad port in {endpoint!r}") from exc
+    return parts.hostname, port, parts.scheme == "https"
+
+
+def collector_endpoint(config: GatewayConfig) -> tuple[str, int, bool] | None:
+    """The collector Envoy exports to, or None: tracing off."""
+    if config.logging.tracing.endpoint:
+        return parse_endpoint(config.logging.tracing.endpoint, "logging.tracing.endpoint")
+    from_env = os.environ.get(ENDPOINT_ENV)
+    if from_env:
+        return parse_endpoint(from_env, ENDPOINT_ENV)
+    return None
+
+
+def compile_tracing(config: GatewayConfig) -> dict[str, Any] | None:
+    """The HTTP connection manager's `tracing`, or None when tracing is off."""
+    if collector_endpoint(config) is None:
+        return None
+    return {
+        "random_sampling": {"value": config.logging.tracing.sampling_percent},
+        # The router's own span per upstream attempt (the design's upstream_call), child of the request's.
+        "spawn_upstream_span": True,
+        "provider": {
+            "name": "envoy.tracers.opentelemetry",
+            "typed_config": {
+                "@type": OTEL_CONFIG_TYPE,
+                "grpc_service": {"envoy_grpc": {"cluster_name": COLLECTOR_CLUSTER}, "timeout": "1s"},
+                "service_name": SERVICE_NAME,
+            },
+        },
+    }
+
+
+def route_decorator(config: GatewayConfig) -> dict[str, Any] | None:
+    """A route's `decorator` when tracing is on: names the request's span as the design's first stage, and is
+    not sent upstream (propagate false: no x-envoy-decorator-operation header)."""
+    if collector_endpoint(config) is None:
+        return None
+    return {"operation": GATEWAY_OPERATION, "propagate": False}
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def collector_clusters(config: GatewayConfig) -> list[dict[str, Any]]:
+    """The collector's cluster (HTTP/2, OTLP/gRPC), or none when tracing is off."""
+    endpoint = collector_endpoint(config)
+    if endpoint is None:
+        return []
+    host, port, tls = endpoint
+    cluster: dict[str, Any] = {
+        "name": COLLECTOR_CLUSTER,
+        "type": "STATIC" if _is_ip(host) else "STRICT_DNS",
+        "connect_timeout": "1s",
+        "typed_extension_protocol_options": HTTP2_OPTIONS,
+        "load_assignment": load_assignment(COLLECTOR_CLUSTER, [(host, port, 1)]),
+    }
+    if tls:
+        cluster["transport_socket"] = {"name": "envoy.transport_sockets.tls", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "sni": host,
+            "common_tls_context": {"validation_context": {
+                "trusted_ca": {"filename": SYSTEM_CA_FILE},
+                "match_typed_subject_alt_names": [{"san_type": "DNS", "matcher": {"exact": host}}],
+            }},
+        }}
+    return [cluster]
+
+
+def tracing_runtime(config: GatewayConfig) -> dict[str, Any] | None:
+    """The bootstrap's `layered_runtime` when tracing is on: Envoy's OpenTelemetry tracer sends its spans
+    every flush interval (runtime key, default 5 s) or once 5 are buffered. The admin layer stays, so
+    /runtime_modify still works."""
+    if collector_endpoint(config) is None:
+        return None
+    return {"layers": [
+        {"name": "outrider", "static_layer": {
+            "tracing.opentelemetry.flush_interval_ms": config.logging.tracing.flush_interval_ms}},
+        {"name": "admin", "admin_layer": {}},
+    ]}
