@@ -61,6 +61,9 @@ def compile_tracing(config: GatewayConfig) -> dict[str, Any] | None:
         return None
     return {
         "random_sampling": {"value": config.logging.tracing.sampling_percent},
+        # Every request with a traceparent is Envoy-"client forced" (FORCE_TRACE_MUTATIONS); the tracer then
+        # keeps the parent's own flag, so a sampled one is traced and an unsampled one is not.
+        "client_sampling": {"value": 100},
         # The router's own span per upstream attempt (the design's upstream_call), child of the request's.
         "spawn_upstream_span": True,
         "provider": {
@@ -72,6 +75,25 @@ def compile_tracing(config: GatewayConfig) -> dict[str, Any] | None:
             },
         },
     }
+
+
+# Envoy 1.40's OpenTelemetry tracer samples a request that arrives with a traceparent only when BOTH the
+# parent is sampled AND Envoy's own decision says trace (measured: at random_sampling 0 a sampled traceparent
+# gave no span; at 100 an unsampled one gave none; envoyproxy/envoy PR #45830 "make otel tracer respect envoy
+# tracing decision"). Envoy's decision is forced by `client_sampling` for a request with x-client-trace-id
+# (envoyproxy.io/docs/envoy/v1.40.0/configuration/http/http_conn_man/headers#x-client-trace-id), so before
+# routing and the decision, x-client-trace-id becomes the request's traceparent: none when there is none
+# (keep_empty_value false), and a client's own x-client-trace-id never forces a trace.
+FORCE_TRACE_MUTATIONS: list[dict[str, Any]] = [
+    {"remove": "x-client-trace-id"},
+    {"append": {"header": {"key": "x-client-trace-id", "value": "%REQ(traceparent)%"},
+                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD", "keep_empty_value": False}},
+]
+
+
+def early_mutations(config: GatewayConfig) -> list[dict[str, Any]]:
+    """Early header mutations that tracing needs (none when off)."""
+    return list(FORCE_TRACE_MUTATIONS) if collector_endpoint(config) is not None else []
 
 
 def route_decorator(config: GatewayConfig) -> dict[str, Any] | None:
