@@ -3,7 +3,6 @@ the services' spans, right parents, one trace id); an unsampled one leaves no sp
 
 from __future__ import annotations
 
-import os
 import secrets
 import threading
 import time
@@ -78,7 +77,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory, receiver: tuple[Receiver, in
         patch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{receiver[1]}")
         patch.setenv("OTEL_BSP_SCHEDULE_DELAY", "100")
         running = start_stack(tmp_path_factory.mktemp("tracing"), data)
-    assert "OTEL_EXPORTER_OTLP_ENDPOINT" not in os.environ or os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] != ""
     yield running
     running.stop()
 
@@ -99,20 +97,46 @@ def wait_for(receiver: Receiver, trace_id: str, names: set[str], timeout_s: floa
     raise AssertionError(f"missing spans {names - {s.name for s in spans}}; got {spans}")
 
 
-def test_a_sampled_request_is_one_connected_trace(stack: Stack, receiver: tuple[Receiver, int]) -> None:
-    header, trace_id, client_span = traceparent(sampled=True)
+def send(stack: Stack, header: str) -> None:
+    # A path of its own per request: the example caches GET /api/v1/users/*, and a cache hit calls no upstream.
     response = stack.get(f"/api/v1/users/trace-{secrets.token_hex(4)}",
                          headers={"authorization": f"Bearer {stack.token()}", "traceparent": header})
     assert response.status_code == 200, response.text
-    spans = wait_for(receiver[0], trace_id, {"gateway_receive", *SERVICE_SPANS})
-    print("\n".join(map(str, spans)))
+
+
+def test_a_sampled_request_is_one_connected_trace(stack: Stack, receiver: tuple[Receiver, int]) -> None:
+    header, trace_id, client_span = traceparent(sampled=True)
+    send(stack, header)
+    spans = wait_for(receiver[0], trace_id, {"gateway_receive", "router demo egress", *SERVICE_SPANS})
     by_id = {s.span_id: s for s in spans}
-    # Envoy's request span continues the client's.
+    # Envoy's request span (the route's decorator names it) continues the client's.
     root = next(s for s in spans if s.name == "gateway_receive")
     assert root.parent_id == client_span and root.service == "outrider-gateway"
-    for name in SERVICE_SPANS:
+    # The upstream call: the router's own span (spawn_upstream_span), a child of the request's.
+    assert next(s for s in spans if s.name == "router demo egress").parent_id == root.span_id
+    for name, service, call in (
+        ("auth_validate", "outrider-ext_authz", "async envoy.service.auth.v3.Authorization.Check egress"),
+        ("rate_limit_check", "outrider-ratelimit",
+         "async envoy.service.ratelimit.v3.RateLimitService.ShouldRateLimit egress"),
+        ("response_transform", "outrider-ext_proc",
+         "async envoy.service.ext_proc.v3.ExternalProcessor.Process egress"),
+    ):
         span = next(s for s in spans if s.name == name)
         parent = by_id.get(span.parent_id)
         # Each service's span is a child of Envoy's client span for that call, itself a child of the request's.
-        assert parent is not None and parent.service == "outrider-gateway", (name, span, spans)
+        assert span.service == service, span
+        assert parent is not None and parent.name == call and parent.service == "outrider-gateway", (span, spans)
         assert parent.parent_id == root.span_id, (name, parent)
+    # Nothing of the trace hangs loose: every parent but the client's is a span of the trace.
+    assert {s.parent_id for s in spans} - set(by_id) == {client_span}, spans
+
+
+def test_an_unsampled_request_leaves_no_span(stack: Stack, receiver: tuple[Receiver, int]) -> None:
+    unsampled, unsampled_id, _ = traceparent(sampled=False)
+    send(stack, unsampled)
+    # A sampled request after it, through the same processes: once its spans are all in, every exporter has
+    # flushed past the unsampled one (each sends in order), so anything of it would be in by now too.
+    sampled, sampled_id, _ = traceparent(sampled=True)
+    send(stack, sampled)
+    wait_for(receiver[0], sampled_id, {"gateway_receive", "router demo egress", *SERVICE_SPANS})
+    assert receiver[0].of_trace(unsampled_id) == []
