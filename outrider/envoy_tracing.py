@@ -16,12 +16,11 @@ from __future__ import annotations
 import ipaddress
 import os
 from typing import Any
-from urllib.parse import urlsplit
 
 from outrider.config.model import GatewayConfig
 from outrider.envoy_contribution import HTTP2_OPTIONS, load_assignment
+from outrider.tracing import ENDPOINT_ENV, parse_endpoint
 
-ENDPOINT_ENV = "OTEL_EXPORTER_OTLP_ENDPOINT"
 COLLECTOR_CLUSTER = "outrider_otel_collector"
 SERVICE_NAME = "outrider-gateway"
 OTEL_CONFIG_TYPE = "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig"
@@ -31,18 +30,6 @@ SYSTEM_CA_FILE = "/etc/ssl/certs/ca-certificates.crt"
 # route's decorator (Envoy's default name is the host and path); the upstream span (spawn_upstream_span) is
 # Envoy's `router <cluster> egress`.
 GATEWAY_OPERATION = "gateway_receive"
-
-
-def parse_endpoint(endpoint: str, source: str) -> tuple[str, int, bool]:
-    """(host, port, tls) of an OTLP/gRPC endpoint `http[s]://host[:port]`; ValueError naming `source`."""
-    parts = urlsplit(endpoint)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"{source}: expected http://host:port or https://host:port (got {endpoint!r})")
-    try:
-        port = parts.port or 4317
-    except ValueError as exc:
-        raise ValueError(f"{source}: bad port in {endpoint!r}") from exc
-    return parts.hostname, port, parts.scheme == "https"
 
 
 def collector_endpoint(config: GatewayConfig) -> tuple[str, int, bool] | None:

@@ -12,10 +12,24 @@ import os
 import threading
 from collections.abc import Iterable
 from typing import Any
+from urllib.parse import urlsplit
 
 ENDPOINT_ENV = "OTEL_EXPORTER_OTLP_ENDPOINT"
 TRACEPARENT = "traceparent"
 TRACESTATE = "tracestate"
+
+
+def parse_endpoint(endpoint: str, source: str) -> tuple[str, int, bool]:
+    """(host, port, tls) of an OTLP/gRPC endpoint `http[s]://host[:port]`; ValueError naming `source`."""
+    parts = urlsplit(endpoint)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{source}: expected http://host:port or https://host:port (got {endpoint!r})")
+    try:
+        port = parts.port or 4317
+    except ValueError as exc:
+        raise ValueError(f"{source}: bad port in {endpoint!r}") from exc
+    return parts.hostname, port, parts.scheme == "https"
+
 
 
 def sampled_traceparent(metadata: Iterable[tuple[str, Any]] | None) -> tuple[str, str | None] | None:

@@ -29,6 +29,7 @@ from outrider.config.traffic import (
     Rewrite,
 )
 from outrider.config.xds import XdsService
+from outrider.tracing import parse_endpoint
 
 
 class ListenerConfig(StrictModel):
@@ -177,6 +178,12 @@ class TracingConfig(StrictModel):
     endpoint: str | None = None
     # How often Envoy sends its buffered spans (runtime tracing.opentelemetry.flush_interval_ms; Envoy's 5 s).
     flush_interval_ms: int = Field(default=1000, ge=10, le=60_000)
+
+    @model_validator(mode="after")
+    def _endpoint(self) -> TracingConfig:
+        if self.endpoint is not None:
+            parse_endpoint(self.endpoint, "endpoint")
+        return self
 
 
 class LoggingConfig(StrictModel):
