@@ -15,7 +15,6 @@ from outrider.config.model import GatewayConfig, RouteConfig, UpstreamConfig
 from outrider.envoy_access_log import DISTRUSTED_REQUEST_HEADERS, compile_access_logs
 from outrider.envoy_contribution import FilterContribution, load_assignment
 from outrider.envoy_edge import (
-    EARLY_MUTATION_TYPE,
     allows_parameters_anywhere,
     hcm_fields,
     listener_fields,
@@ -26,7 +25,6 @@ from outrider.envoy_edge import (
 from outrider.envoy_tracing import (
     collector_clusters,
     compile_tracing,
-    early_mutations,
     route_decorator,
     tracing_runtime,
 )
@@ -266,23 +264,11 @@ def gateway_set_headers(config: GatewayConfig) -> list[str]:
     return names
 
 
-def _add_early_mutations(hcm: dict[str, Any], mutations: list[dict[str, Any]]) -> None:
-    """Append header mutations to the HCM's early header mutation (the edge's removals stay first)."""
-    if not mutations:
-        return
-    extensions = hcm.setdefault("early_header_mutation_extensions", [{
-        "name": "envoy.http.early_header_mutation.header_mutation",
-        "typed_config": {"@type": EARLY_MUTATION_TYPE, "mutations": []},
-    }])
-    extensions[0]["typed_config"]["mutations"] = [*extensions[0]["typed_config"]["mutations"], *mutations]
-
-
 def compile_listeners(config: GatewayConfig, route_config: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Listeners with a hardened HTTP connection manager (outrider/envoy_edge.py); routes inline unless
     given elsewhere."""
     routes = route_config if route_config is not None else compile_route_configuration(config)
     edge = hcm_fields(config, gateway_set_headers(config))
-    _add_early_mutations(edge, early_mutations(config))
     access_logs = compile_access_logs(config)
     tracing = compile_tracing(config)
     listeners = []
@@ -297,7 +283,7 @@ def compile_listeners(config: GatewayConfig, route_config: dict[str, Any] | None
             # After the edge fields: a gateway with the access log off has no `access_log` at all.
             **({"access_log": access_logs} if access_logs else {}),
             # Only with a collector (outrider/envoy_tracing.py): off, the listener is as it was.
-            **({"tracing": tracing} if tracing is not None else {}),
+            **(tracing or {}),
             "route_config": routes,
             "http_filters": compile_http_filters(config),
         }

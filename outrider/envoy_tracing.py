@@ -5,10 +5,8 @@ On when a collector is known: `logging.tracing.endpoint`, else the standard OTEL
 process that compiles Envoy's config (`outrider run` for the static bootstrap, xds_server for the listeners it
 serves). Off, nothing here appears in Envoy's config at all.
 
-Sampling: Envoy decides per request (`random_sampling`, the design's 10 %). A request that arrives with a
-sampled W3C traceparent is always traced: the OpenTelemetry tracer continues the incoming context with its
-sampled flag (envoyproxy.io/docs/envoy/v1.40.0/api-v3/config/trace/v3/opentelemetry.proto; checked by
-tests/e2e/test_tracing.py against the Envoy we ship, with random sampling at 0 %).
+Sampling (compile_tracing): the design's 10 % of requests, and always a request that arrives with a sampled
+W3C traceparent (tests/e2e/test_tracing.py checks it against the Envoy we ship, at 0 %).
 """
 
 from __future__ import annotations
@@ -24,6 +22,7 @@ from outrider.tracing import ENDPOINT_ENV, parse_endpoint
 COLLECTOR_CLUSTER = "outrider_otel_collector"
 SERVICE_NAME = "outrider-gateway"
 OTEL_CONFIG_TYPE = "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig"
+SAMPLERS_TYPE = "type.googleapis.com/envoy.extensions.tracers.opentelemetry.samplers.v3."
 # The system CA bundle (Debian/Ubuntu path) for an https:// collector.
 SYSTEM_CA_FILE = "/etc/ssl/certs/ca-certificates.crt"
 # Envoy's own span names mapped to the design's stages: the downstream span of a request is named by its
@@ -42,45 +41,52 @@ def collector_endpoint(config: GatewayConfig) -> tuple[str, int, bool] | None:
     return None
 
 
+def _fraction(percent: float) -> dict[str, Any]:
+    """A FractionalPercent of `percent` (per million: 2.5 % stays 2.5 %)."""
+    return {"numerator": round(percent * 10_000), "denominator": "MILLION"}
+
+
 def compile_tracing(config: GatewayConfig) -> dict[str, Any] | None:
-    """The HTTP connection manager's `tracing`, or None when tracing is off."""
+    """The HTTP connection manager's fields for tracing (`tracing`, `request_id_extension`), or None when off.
+
+    Who samples: the tracer's own sampler, parent based (OpenTelemetry's ParentBased): a request with a
+    traceparent follows its sampled flag (sampled: always traced; unsampled: never), one without is traced
+    at `sampling_percent` by its trace id. Envoy's own per-request decision must then say "trace" for every
+    request: Envoy 1.40's OpenTelemetry tracer traces only when the parent (or sampler) AND Envoy's decision
+    agree (measured: at random_sampling 0 a sampled traceparent gave no span; envoyproxy/envoy PR #45830 "make
+    otel tracer respect envoy tracing decision"), and Envoy's decision reads x-request-id: a client's
+    X-Request-ID that is not a UUID makes the request untraceable (measured too).
+    use_request_id_for_trace_sampling false makes Envoy's decision "sampling" for every request and leaves
+    x-request-id alone (envoyproxy.io/docs/envoy/v1.40.0/api-v3/extensions/request_id/uuid/v3/uuid.proto).
+    """
     if collector_endpoint(config) is None:
         return None
+    ratio = {"name": "envoy.tracers.opentelemetry.samplers.trace_id_ratio_based", "typed_config": {
+        "@type": SAMPLERS_TYPE + "TraceIdRatioBasedSamplerConfig",
+        "sampling_percentage": _fraction(config.logging.tracing.sampling_percent),
+    }}
     return {
-        "random_sampling": {"value": config.logging.tracing.sampling_percent},
-        # Every request with a traceparent is Envoy-"client forced" (FORCE_TRACE_MUTATIONS); the tracer then
-        # keeps the parent's own flag, so a sampled one is traced and an unsampled one is not.
-        "client_sampling": {"value": 100},
-        # The router's own span per upstream attempt (the design's upstream_call), child of the request's.
-        "spawn_upstream_span": True,
-        "provider": {
-            "name": "envoy.tracers.opentelemetry",
-            "typed_config": {
-                "@type": OTEL_CONFIG_TYPE,
-                "grpc_service": {"envoy_grpc": {"cluster_name": COLLECTOR_CLUSTER}, "timeout": "1s"},
-                "service_name": SERVICE_NAME,
+        "request_id_extension": {"typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.request_id.uuid.v3.UuidRequestIdConfig",
+            "use_request_id_for_trace_sampling": False,
+        }},
+        "tracing": {
+            # The router's own span per upstream attempt (the design's upstream_call), child of the request's.
+            "spawn_upstream_span": True,
+            "provider": {
+                "name": "envoy.tracers.opentelemetry",
+                "typed_config": {
+                    "@type": OTEL_CONFIG_TYPE,
+                    "grpc_service": {"envoy_grpc": {"cluster_name": COLLECTOR_CLUSTER}, "timeout": "1s"},
+                    "service_name": SERVICE_NAME,
+                    "sampler": {"name": "envoy.tracers.opentelemetry.samplers.parent_based", "typed_config": {
+                        "@type": SAMPLERS_TYPE + "ParentBasedSamplerConfig",
+                        "wrapped_sampler": ratio,
+                    }},
+                },
             },
         },
     }
-
-
-# Envoy 1.40's OpenTelemetry tracer samples a request that arrives with a traceparent only when BOTH the
-# parent is sampled AND Envoy's own decision says trace (measured: at random_sampling 0 a sampled traceparent
-# gave no span; at 100 an unsampled one gave none; envoyproxy/envoy PR #45830 "make otel tracer respect envoy
-# tracing decision"). Envoy's decision is forced by `client_sampling` for a request with x-client-trace-id
-# (envoyproxy.io/docs/envoy/v1.40.0/configuration/http/http_conn_man/headers#x-client-trace-id), so before
-# routing and the decision, x-client-trace-id becomes the request's traceparent: none when there is none
-# (keep_empty_value false), and a client's own x-client-trace-id never forces a trace.
-FORCE_TRACE_MUTATIONS: list[dict[str, Any]] = [
-    {"remove": "x-client-trace-id"},
-    {"append": {"header": {"key": "x-client-trace-id", "value": "%REQ(traceparent)%"},
-                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD", "keep_empty_value": False}},
-]
-
-
-def early_mutations(config: GatewayConfig) -> list[dict[str, Any]]:
-    """Early header mutations that tracing needs (none when off)."""
-    return list(FORCE_TRACE_MUTATIONS) if collector_endpoint(config) is not None else []
 
 
 def route_decorator(config: GatewayConfig) -> dict[str, Any] | None:

@@ -97,16 +97,21 @@ def wait_for(receiver: Receiver, trace_id: str, names: set[str], timeout_s: floa
     raise AssertionError(f"missing spans {names - {s.name for s in spans}}; got {spans}")
 
 
-def send(stack: Stack, header: str) -> None:
+def send(stack: Stack, header: str | None, request_id: str | None = None) -> None:
+    headers = {"authorization": f"Bearer {stack.token()}"}
+    if header is not None:
+        headers["traceparent"] = header
+    if request_id is not None:
+        headers["x-request-id"] = request_id
     # A path of its own per request: the example caches GET /api/v1/users/*, and a cache hit calls no upstream.
-    response = stack.get(f"/api/v1/users/trace-{secrets.token_hex(4)}",
-                         headers={"authorization": f"Bearer {stack.token()}", "traceparent": header})
+    response = stack.get(f"/api/v1/users/trace-{secrets.token_hex(4)}", headers=headers)
     assert response.status_code == 200, response.text
 
 
 def test_a_sampled_request_is_one_connected_trace(stack: Stack, receiver: tuple[Receiver, int]) -> None:
     header, trace_id, client_span = traceparent(sampled=True)
-    send(stack, header)
+    # A client's own request id, not a UUID: Envoy's own sampling would find it untraceable.
+    send(stack, header, request_id=f"trace-{secrets.token_hex(4)}")
     spans = wait_for(receiver[0], trace_id, {"gateway_receive", "router demo egress", *SERVICE_SPANS})
     by_id = {s.span_id: s for s in spans}
     # Envoy's request span (the route's decorator names it) continues the client's.
@@ -132,11 +137,16 @@ def test_a_sampled_request_is_one_connected_trace(stack: Stack, receiver: tuple[
 
 
 def test_an_unsampled_request_leaves_no_span(stack: Stack, receiver: tuple[Receiver, int]) -> None:
+    before = len(receiver[0].spans)
     unsampled, unsampled_id, _ = traceparent(sampled=False)
     send(stack, unsampled)
+    send(stack, None)  # no traceparent at all: Envoy's own 0 % applies
     # A sampled request after it, through the same processes: once its spans are all in, every exporter has
     # flushed past the unsampled one (each sends in order), so anything of it would be in by now too.
     sampled, sampled_id, _ = traceparent(sampled=True)
     send(stack, sampled)
     wait_for(receiver[0], sampled_id, {"gateway_receive", "router demo egress", *SERVICE_SPANS})
     assert receiver[0].of_trace(unsampled_id) == []
+    # Only the sampled request's trace came in (the one without a traceparent would have a trace id of its own).
+    earlier = {s.trace_id for s in receiver[0].spans[:before]}
+    assert {s.trace_id for s in receiver[0].spans[before:]} - earlier == {sampled_id}

@@ -1,5 +1,5 @@
-"""The compiled tracing: off without a collector, and when on the same tracer, collector cluster, route
-decorator and early header mutation in the static bootstrap and in what xds_server serves."""
+"""The compiled tracing: off without a collector, and when on the same tracer, sampler, collector cluster and
+route decorator in the static bootstrap and in what xds_server serves."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from outrider.config.model import GatewayConfig
 from outrider.envoy_ads import compile_ads_bootstrap
 from outrider.envoy_config import compile_bootstrap
 from outrider.envoy_protos import check_bootstrap, to_proto
-from outrider.envoy_tracing import COLLECTOR_CLUSTER, FORCE_TRACE_MUTATIONS
+from outrider.envoy_tracing import COLLECTOR_CLUSTER
 from outrider.tracing import sampled_traceparent
 from xds_server.resources import SnapshotBuilder
 from xds_server.snapshot import CLUSTER, LISTENER
@@ -46,7 +46,7 @@ def test_off_without_a_collector(monkeypatch: pytest.MonkeyPatch) -> None:
     hcm = hcm_of(bootstrap["static_resources"]["listeners"][0])
     assert "tracing" not in hcm
     assert "decorator" not in str(hcm["route_config"])
-    assert "x-client-trace-id" not in str(hcm.get("early_header_mutation_extensions"))
+    assert "request_id_extension" not in hcm
 
 
 def test_on_from_the_standard_variable_in_both_bootstraps_and_xds(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -64,11 +64,14 @@ def test_on_from_the_standard_variable_in_both_bootstraps_and_xds(monkeypatch: p
     assert endpoint["socket_address"] == {"address": "collector.observability", "port_value": 4317}
     listener = bootstrap["static_resources"]["listeners"][0]
     hcm = hcm_of(listener)
-    assert hcm["tracing"]["random_sampling"] == {"value": 2.5}
-    assert hcm["tracing"]["client_sampling"] == {"value": 100}
     assert hcm["tracing"]["provider"]["name"] == "envoy.tracers.opentelemetry"
-    mutations = hcm["early_header_mutation_extensions"][0]["typed_config"]["mutations"]
-    assert mutations[-len(FORCE_TRACE_MUTATIONS):] == FORCE_TRACE_MUTATIONS
+    # The tracer samples: a parent's flag when there is one, else 2.5 % by trace id; Envoy's own decision
+    # (from x-request-id) is "trace" for every request.
+    sampler = hcm["tracing"]["provider"]["typed_config"]["sampler"]
+    assert sampler["name"] == "envoy.tracers.opentelemetry.samplers.parent_based"
+    assert sampler["typed_config"]["wrapped_sampler"]["typed_config"]["sampling_percentage"] == {
+        "numerator": 25_000, "denominator": "MILLION"}
+    assert hcm["request_id_extension"]["typed_config"]["use_request_id_for_trace_sampling"] is False
     routes = [r for r in hcm["route_config"]["virtual_hosts"][0]["routes"] if "route" in r]
     assert routes and all(r["decorator"] == {"operation": "gateway_receive", "propagate": False} for r in routes)
 
@@ -80,9 +83,10 @@ def test_on_from_the_standard_variable_in_both_bootstraps_and_xds(monkeypatch: p
     served_hcm = served_hcm["filter_chains"][0]["filters"][0]["typed_config"]
     assert served_hcm["tracing"]["provider"]["typed_config"]["grpc_service"]["envoy_grpc"] == {
         "cluster_name": COLLECTOR_CLUSTER}
-    assert served_hcm["early_header_mutation_extensions"] == json_format.MessageToDict(
-        to_proto(listener, listener_pb2.Listener), preserving_proto_field_name=True,
-    )["filter_chains"][0]["filters"][0]["typed_config"]["early_header_mutation_extensions"]
+    static_hcm = json_format.MessageToDict(to_proto(listener, listener_pb2.Listener),
+                                           preserving_proto_field_name=True)["filter_chains"][0]["filters"][0]
+    for key in ("tracing", "request_id_extension"):
+        assert served_hcm[key] == static_hcm["typed_config"][key]
     served_collector = cluster_pb2.Cluster.FromString(snapshot.get(CLUSTER)[COLLECTOR_CLUSTER].body)
     assert served_collector == to_proto(collector, cluster_pb2.Cluster)
 
