@@ -4,7 +4,8 @@ Two stacks from examples/gateway.yaml (Envoy + ext_authz + ratelimit + ext_proc 
 identical but for tracing: the "on" stack's processes get OTEL_EXPORTER_OTLP_ENDPOINT (an in-process OTLP/gRPC
 receiver that counts spans), so Envoy samples 10 % of requests and the services add their spans to those. The
 per-IP limit is lifted so that every request goes the whole way. Only one stack is loaded at a time; rounds
-interleave the two so drift hits both alike. Per run: req/s at saturation (wrk, closed loop). Medians reported.
+interleave the two so drift hits both alike. Per run: req/s at saturation (wrk, closed loop) and the CPU the
+stack's processes (Envoy, services, control plane; not the upstream) spend per request (/proc). Medians.
 
 Run: .venv/bin/python bench/tracing_bench.py [--seconds 10] [--rounds 3] [--connections 32] [--percent 10]
 """
@@ -12,6 +13,7 @@ Run: .venv/bin/python bench/tracing_bench.py [--seconds 10] [--rounds 3] [--conn
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import sys
@@ -26,11 +28,11 @@ sys.path.insert(0, str(ROOT))
 
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
 
-from bench.common import machine_summary, print_table, tool_version, wrk
+from bench.common import cpu_seconds, machine_summary, print_table, tool_version, wrk
 from outrider.process import free_port
 from outrider.supervisor import envoy_binary
 from tests.e2e.test_tracing import Receiver
-from tests.harness import Stack, example_config_dict, with_free_ports, write_config
+from tests.harness import Stack, child_pids, example_config_dict, with_free_ports, write_config
 
 PATH = "/api/v1/public/items/1"  # the whole pipeline: auth check, rate limit check, ext_proc, upstream (not cached)
 MAX_SECONDS = 10.0
@@ -56,6 +58,19 @@ def start(tracing: bool, percent: float, workdir: Path, collector: int) -> Stack
         os.environ.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
 
 
+def stack_cpu(stack: Stack) -> float:
+    """CPU seconds used so far by every process of the stack (a service's workers too), the upstream aside."""
+    pids: set[int] = set()
+    for name, managed in stack.procs.items():
+        if managed.proc is not None and name != "demo_upstream":
+            pids |= {managed.proc.pid, *child_pids(managed.proc.pid)}
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):  # a worker that just ended
+            total += cpu_seconds(pid)
+    return total
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0)
@@ -72,7 +87,7 @@ def main() -> None:
     server.start()
     workdir = Path(tempfile.mkdtemp(prefix="tracing-bench-"))
     stacks: dict[bool, Stack] = {}
-    samples: dict[bool, list[tuple[float, int, int]]] = {True: [], False: []}
+    samples: dict[bool, list[tuple[float, int, int, float]]] = {True: [], False: []}
     try:
         for on in (True, False):
             (workdir / str(on)).mkdir()
@@ -81,8 +96,10 @@ def main() -> None:
             wrk(stacks[on].url + PATH, {}, 1.0, connections=args.connections)
         for round_ in range(args.rounds):
             for on in (True, False) if round_ % 2 == 0 else (False, True):
+                before = stack_cpu(stacks[on])
                 result = wrk(stacks[on].url + PATH, {}, seconds, connections=args.connections)
-                samples[on].append((result.rps, result.requests, result.non_2xx))
+                cpu_us = (stack_cpu(stacks[on]) - before) / max(result.requests, 1) * 1e6
+                samples[on].append((result.rps, result.requests, result.non_2xx, cpu_us))
                 print(f"round {round_ + 1} tracing {'on ' if on else 'off'}: {result.rps:8.0f} req/s", flush=True)
     finally:
         for stack in stacks.values():
@@ -92,12 +109,13 @@ def main() -> None:
     rows = []
     for on in (True, False):
         rps = statistics.median(s[0] for s in samples[on])
+        cpu = statistics.median(s[3] for s in samples[on])
         rows.append([f"GET {PATH}", f"{args.percent:g} %" if on else "off", f"{rps:.0f}", f"{rps / off_rps:.3f}",
-                     str(sum(s[2] for s in samples[on]))])
+                     f"{cpu:.0f}", str(sum(s[2] for s in samples[on]))])
     version = tool_version([envoy_binary(), "--version"], r"/(\d+\.\d+\.\d+)/")
     print_table(f"Tracing cost, wrk -c {args.connections}, {seconds:g} s x {args.rounds} rounds "
                 f"(medians; Envoy {version}; {machine_summary()})",
-                ["request", "tracing", "req/s", "ratio to off", "non-2xx"], rows)
+                ["request", "tracing", "req/s", "ratio to off", "stack CPU µs/req", "non-2xx"], rows)
     traced = len({s.trace_id for s in receiver.spans if s.name == "gateway_receive"})
     total = sum(s[1] for s in samples[True])
     print(f"\ntraces received from the 'on' stack: {traced} of {total} measured requests (+ warm-up); "
