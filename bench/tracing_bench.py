@@ -62,7 +62,7 @@ def stack_cpu(stack: Stack) -> float:
     """CPU seconds used so far by every process of the stack (a service's workers too), the upstream aside."""
     pids: set[int] = set()
     for name, managed in stack.procs.items():
-        if managed.proc is not None and name != "demo_upstream":
+        if managed.proc is not None and name != "demo-upstream":
             pids |= {managed.proc.pid, *child_pids(managed.proc.pid)}
     total = 0.0
     for pid in pids:
