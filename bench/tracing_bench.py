@@ -18,6 +18,7 @@ import os
 import statistics
 import sys
 import tempfile
+import time
 from concurrent import futures
 from pathlib import Path
 
@@ -58,17 +59,17 @@ def start(tracing: bool, percent: float, workdir: Path, collector: int) -> Stack
         os.environ.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
 
 
-def stack_cpu(stack: Stack) -> float:
-    """CPU seconds used so far by every process of the stack (a service's workers too), the upstream aside."""
-    pids: set[int] = set()
+def stack_cpu(stack: Stack) -> dict[str, float]:
+    """CPU seconds used so far by each process of the stack (a service's workers too), the upstream aside."""
+    out: dict[str, float] = {}
     for name, managed in stack.procs.items():
-        if managed.proc is not None and name != "demo-upstream":
-            pids |= {managed.proc.pid, *child_pids(managed.proc.pid)}
-    total = 0.0
-    for pid in pids:
-        with contextlib.suppress(FileNotFoundError, ProcessLookupError):  # a worker that just ended
-            total += cpu_seconds(pid)
-    return total
+        if managed.proc is None or name == "demo-upstream":
+            continue
+        out[name] = 0.0
+        for pid in {managed.proc.pid, *child_pids(managed.proc.pid)}:
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError):  # a worker that just ended
+                out[name] += cpu_seconds(pid)
+    return out
 
 
 def main() -> None:
@@ -88,6 +89,7 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="tracing-bench-"))
     stacks: dict[bool, Stack] = {}
     samples: dict[bool, list[tuple[float, int, int, float]]] = {True: [], False: []}
+    cpu: dict[bool, list[dict[str, float]]] = {True: [], False: []}
     try:
         for on in (True, False):
             (workdir / str(on)).mkdir()
@@ -97,9 +99,15 @@ def main() -> None:
         for round_ in range(args.rounds):
             for on in (True, False) if round_ % 2 == 0 else (False, True):
                 before = stack_cpu(stacks[on])
+                collector_before = time.process_time()  # this process: the OTLP receiver (and wrk's waiting)
                 result = wrk(stacks[on].url + PATH, {}, seconds, connections=args.connections)
-                cpu_us = (stack_cpu(stacks[on]) - before) / max(result.requests, 1) * 1e6
-                samples[on].append((result.rps, result.requests, result.non_2xx, cpu_us))
+                after = stack_cpu(stacks[on])
+                after["collector"] = before["collector"] = 0.0
+                collector_us = (time.process_time() - collector_before) / max(result.requests, 1) * 1e6
+                per_request = {n: (after[n] - before[n]) / max(result.requests, 1) * 1e6 for n in after}
+                cpu[on].append({**per_request, "collector": collector_us})
+                samples[on].append((result.rps, result.requests, result.non_2xx,
+                                    sum(v for n, v in per_request.items() if n != "collector")))
                 print(f"round {round_ + 1} tracing {'on ' if on else 'off'}: {result.rps:8.0f} req/s", flush=True)
     finally:
         for stack in stacks.values():
@@ -109,13 +117,19 @@ def main() -> None:
     rows = []
     for on in (True, False):
         rps = statistics.median(s[0] for s in samples[on])
-        cpu = statistics.median(s[3] for s in samples[on])
+        cpu_us = statistics.median(s[3] for s in samples[on])
         rows.append([f"GET {PATH}", f"{args.percent:g} %" if on else "off", f"{rps:.0f}", f"{rps / off_rps:.3f}",
-                     f"{cpu:.0f}", str(sum(s[2] for s in samples[on]))])
+                     f"{cpu_us:.0f}", str(sum(s[2] for s in samples[on]))])
     version = tool_version([envoy_binary(), "--version"], r"/(\d+\.\d+\.\d+)/")
     print_table(f"Tracing cost, wrk -c {args.connections}, {seconds:g} s x {args.rounds} rounds "
                 f"(medians; Envoy {version}; {machine_summary()})",
                 ["request", "tracing", "req/s", "ratio to off", "stack CPU µs/req", "non-2xx"], rows)
+    print("\nCPU µs per request by process (medians), off → on (collector: the in-process OTLP receiver, on the"
+          " same 2 cores):")
+    for name in cpu[False][0]:
+        off_us = statistics.median(c[name] for c in cpu[False])
+        on_us = statistics.median(c[name] for c in cpu[True])
+        print(f"  {name:12s} {off_us:7.0f} → {on_us:7.0f}")
     traced = len({s.trace_id for s in receiver.spans if s.name == "gateway_receive"})
     total = sum(s[1] for s in samples[True])
     print(f"\ntraces received from the 'on' stack: {traced} of {total} measured requests (+ warm-up); "
