@@ -18,7 +18,7 @@ NEVER_STRIPPED = frozenset({"x-forwarded-for", "x-request-id", "authorization", 
 # A `;` before the query in :path (a header matcher sees the whole request target, query included).
 PARAMETERS_IN_PATH = r"[^?]*;.*"
 _UNDERSCORES = {"reject": "REJECT_REQUEST", "drop": "DROP_HEADER", "allow": "ALLOW"}
-EARLY_MUTATION_TYPE = ("type.googleapis.com/envoy.extensions.http.early_header_mutation.header_mutation.v3"
+_EARLY_MUTATION_TYPE = ("type.googleapis.com/envoy.extensions.http.early_header_mutation.header_mutation.v3"
                         ".HeaderMutation")
 
 
@@ -67,7 +67,7 @@ def hcm_fields(config: GatewayConfig, stripped: Iterable[str]) -> dict[str, Any]
         # gateway set (route-level removals would run after the filters and drop the gateway's own values).
         out["early_header_mutation_extensions"] = [{
             "name": "envoy.http.early_header_mutation.header_mutation",
-            "typed_config": {"@type": EARLY_MUTATION_TYPE, "mutations": [{"remove": n} for n in names]},
+            "typed_config": {"@type": _EARLY_MUTATION_TYPE, "mutations": [{"remove": n} for n in names]},
         }]
     return out
 
