@@ -20,8 +20,11 @@ from ext_authz.jwt_verifier import Identity
 from ext_authz.metrics import AuthzMetrics, DecisionCounter, service_metrics
 from outrider.identity import IDENTITY_HEADERS
 from outrider.logs import REQUEST_ID, DecisionLog
+from outrider.tracing import ServiceTracer
 
 log = logging.getLogger("ext_authz.service")
+# Spans only with OTEL_EXPORTER_OTLP_ENDPOINT set, and only for a sampled request (outrider/tracing.py).
+TRACER = ServiceTracer("ext_authz")
 
 OK_CACHE_ENTRIES = 10_000
 NOT_READY = Decision(False, 403, "not_ready")
@@ -178,6 +181,8 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):
         self, request: external_auth_pb2.CheckRequest, context: grpc.aio.ServicerContext
     ) -> external_auth_pb2.CheckResponse:
         started = time.perf_counter()
+        # The design's auth_validate stage, child of Envoy's ext_authz client span (None: off or unsampled).
+        span = TRACER.start("auth_validate", context.invocation_metadata()) if TRACER.enabled else None
         http = request.attributes.request.http
         # x-request-id is what the client and the logs see; http.id is Envoy's internal stream id.
         request_id = http.headers.get("x-request-id") or http.id
@@ -205,4 +210,8 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):
             "user_id": decision.identity.user_id if decision.identity else None,
             "method": http.method, "path": http.path.split("?", 1)[0],
         })
+        if span is not None:
+            span.set_attribute("outrider.decision", "allow" if decision.allowed else "deny")
+            span.set_attribute("outrider.reason", decision.reason)
+            span.end()
         return response

@@ -36,8 +36,11 @@ from ext_proc.plan import DEFAULT_ROUTE, RoutePlan
 from ext_proc.session import Session, error_response
 from outrider.envoy_access_log import CACHE_HIT_KEY, CACHE_NAMESPACE
 from outrider.logs import REQUEST_ID, DecisionLog
+from outrider.tracing import ServiceTracer
 
 log = logging.getLogger("ext_proc.service")
+# Spans only with OTEL_EXPORTER_OTLP_ENDPOINT set, and only for a sampled request (outrider/tracing.py).
+TRACER = ServiceTracer("ext_proc")
 
 ROUTE_METADATA = "x-outrider-route"
 # The Envoy attribute the ext_proc filter is configured to send (request_attributes in its config).
@@ -230,6 +233,10 @@ class ExternalProcessorService(external_processor_pb2_grpc.ExternalProcessorServ
             await context.abort(grpc.StatusCode.UNAVAILABLE, "no config version applied yet")
             return
         live.hold()
+        # The design's response_transform stage: from the first response message Envoy sends to the answer
+        # that ends the session, child of Envoy's ext_proc client span (metadata read once per stream).
+        metadata = context.invocation_metadata() if TRACER.enabled else None
+        span: Any = None
         try:
             plan = self._plan_for(live, context)
             self._streams.inc(plan.name)
@@ -237,6 +244,9 @@ class ExternalProcessorService(external_processor_pb2_grpc.ExternalProcessorServ
             async for message in request_iterator:
                 started = time.perf_counter()
                 which = message.WhichOneof("request") or "request_headers"
+                if metadata is not None and span is None and which.startswith("response_"):
+                    span = TRACER.start("response_transform", metadata)
+                    metadata = None
                 stores: list[StoreCache] = []
                 try:
                     event = to_event(message, which)
@@ -257,8 +267,13 @@ class ExternalProcessorService(external_processor_pb2_grpc.ExternalProcessorServ
                     self._background.add(task)
                     task.add_done_callback(self._background.discard)
                 self._metrics.message_seconds.observe(time.perf_counter() - started)
+                if span is not None and session.state == "done":
+                    span.end()
+                    span = None
                 yield response
         finally:
+            if span is not None:
+                span.end()
             live.release()
 
     async def _answer(self, session: Session, live: Live, event: Event,

@@ -8,6 +8,7 @@ from typing import Any
 from outrider.config.model import GatewayConfig
 from outrider.envoy_contribution import HTTP2_OPTIONS
 from outrider.envoy_edge import overload_manager
+from outrider.envoy_tracing import tracing_runtime
 
 XDS_CLUSTER = "outrider_xds"
 # Health of each replica on its own ADS service name (xds_server reports it through grpc.health.v1).
@@ -102,6 +103,8 @@ def compile_ads_bootstrap(config: GatewayConfig, delta: bool | None = None) -> d
                   "ignore_global_conn_limit": True},
         # Bootstrap only (no xDS for it): changing the heap or connection limit needs an Envoy restart.
         "overload_manager": overload_manager(config),
+        # The tracer's flush interval, when tracing is on (outrider/envoy_tracing.py).
+        **({"layered_runtime": runtime} if (runtime := tracing_runtime(config)) is not None else {}),
         "dynamic_resources": {
             "ads_config": {
                 "api_type": "DELTA_GRPC" if use_delta else "GRPC",

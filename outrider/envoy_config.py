@@ -22,6 +22,12 @@ from outrider.envoy_edge import (
     parameter_guard,
     path_policy_routes,
 )
+from outrider.envoy_tracing import (
+    collector_clusters,
+    compile_tracing,
+    route_decorator,
+    tracing_runtime,
+)
 from outrider.envoy_traffic import CorsContribution, cluster_fields, header_matcher, route_action_fields, upstream_of
 from outrider.identity import IDENTITY_HEADERS
 from outrider.plugins import ordered_plugins
@@ -128,6 +134,9 @@ def compile_route(route: RouteConfig, config: GatewayConfig) -> dict[str, Any]:
     else:
         out["route"] = {"cluster": route.upstream, "timeout": _duration_ms(route.timeout_ms),
                         **route_action_fields(route, upstream_of(route, config))}
+        decorator = _decorator(config)
+        if decorator is not None:
+            out["decorator"] = decorator
     if route.resource is None:
         # No check runs here, so nobody sets identity: a client must not be able to claim one.
         out["request_headers_to_remove"] = list(IDENTITY_HEADERS)
@@ -155,6 +164,15 @@ def compile_route(route: RouteConfig, config: GatewayConfig) -> dict[str, Any]:
 
 
 _PARAMETERS: list[Any] = [None, False]
+_DECORATOR: list[Any] = [None, None]
+
+
+def _decorator(config: GatewayConfig) -> dict[str, Any] | None:
+    """The routes' tracing decorator (outrider/envoy_tracing.py), once per (frozen) config object."""
+    if _DECORATOR[0] is not config:
+        _DECORATOR[:] = [config, route_decorator(config)]
+    decorator: dict[str, Any] | None = _DECORATOR[1]
+    return decorator
 
 
 def _parameters_anywhere(config: GatewayConfig) -> bool:
@@ -252,6 +270,7 @@ def compile_listeners(config: GatewayConfig, route_config: dict[str, Any] | None
     routes = route_config if route_config is not None else compile_route_configuration(config)
     edge = hcm_fields(config, gateway_set_headers(config))
     access_logs = compile_access_logs(config)
+    tracing = compile_tracing(config)
     listeners = []
     for listener in config.listeners:
         hcm = {
@@ -263,6 +282,8 @@ def compile_listeners(config: GatewayConfig, route_config: dict[str, Any] | None
             **edge,
             # After the edge fields: a gateway with the access log off has no `access_log` at all.
             **({"access_log": access_logs} if access_logs else {}),
+            # Only with a collector (outrider/envoy_tracing.py): off, the listener is as it was.
+            **(tracing or {}),
             "route_config": routes,
             "http_filters": compile_http_filters(config),
         }
@@ -277,7 +298,10 @@ def compile_listeners(config: GatewayConfig, route_config: dict[str, Any] | None
 
 
 def compile_clusters(config: GatewayConfig) -> list[dict[str, Any]]:
-    return compile_service_clusters(config) + [compile_upstream_cluster(u) for u in config.upstreams]
+    # The trace collector's cluster (when tracing is on) is no service cluster: /health/ready does not wait
+    # for a collector.
+    return [*compile_service_clusters(config), *collector_clusters(config),
+            *(compile_upstream_cluster(u) for u in config.upstreams)]
 
 
 def admin_fields(config: GatewayConfig) -> dict[str, Any]:
@@ -287,10 +311,12 @@ def admin_fields(config: GatewayConfig) -> dict[str, Any]:
 
 def compile_bootstrap(config: GatewayConfig) -> dict[str, Any]:
     """A static Envoy bootstrap equivalent to the gateway config."""
+    runtime = tracing_runtime(config)
     return {
         "node": {"id": "outrider-gateway", "cluster": "outrider"},
         "admin": admin_fields(config),
         "overload_manager": overload_manager(config),
+        **({"layered_runtime": runtime} if runtime is not None else {}),
         "static_resources": {
             "listeners": compile_listeners(config),
             "clusters": compile_clusters(config),

@@ -16,6 +16,7 @@ from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 from google.protobuf.message import DecodeError
 
 from outrider.logs import DecisionLog
+from outrider.tracing import ServiceTracer
 from ratelimit_service.backends.base import Check
 from ratelimit_service.config import FAILURE_MODE_KEY
 from ratelimit_service.decision import (
@@ -35,6 +36,8 @@ from ratelimit_service.mesh import MeshMaps
 from ratelimit_service.metrics import SHED_REASONS, DescriptorCounts, RateLimitMetrics, service_metrics
 
 log = logging.getLogger("ratelimit_service.service")
+# Spans only with OTEL_EXPORTER_OTLP_ENDPOINT set, and only for a sampled request (outrider/tracing.py).
+TRACER = ServiceTracer("ratelimit")
 
 Response = rls_pb2.RateLimitResponse
 _UNIT_NAMES = {v: k.lower() for k, v in Response.RateLimit.Unit.items() if v}
@@ -193,6 +196,17 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
 
     async def ShouldRateLimitBytes(self, data: bytes, context: grpc.aio.ServicerContext) -> bytes:
         """ShouldRateLimit on serialized bytes: a repeated request skips parsing and planning."""
+        if TRACER.enabled:
+            # The design's rate_limit_check stage, child of Envoy's rate limit client span.
+            span = TRACER.start("rate_limit_check", context.invocation_metadata())
+            if span is not None:
+                try:
+                    return await self._should_rate_limit(data, context)
+                finally:
+                    span.end()
+        return await self._should_rate_limit(data, context)
+
+    async def _should_rate_limit(self, data: bytes, context: grpc.aio.ServicerContext) -> bytes:
         started = time.perf_counter()
         settings = self.settings
         if settings is NOT_READY:

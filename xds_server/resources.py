@@ -29,6 +29,7 @@ from outrider.envoy_config import (
 )
 from outrider.envoy_edge import allows_parameters_anywhere
 from outrider.envoy_protos import cluster_references
+from outrider.envoy_tracing import collector_clusters
 from outrider.envoy_traffic import upstream_of
 from xds_server import wire
 from xds_server.fast_encode import serialize, serializer
@@ -136,7 +137,7 @@ class SnapshotBuilder:
         resources: dict[str, dict[str, Resource]] = {CLUSTER: {}, ENDPOINT: {}, LISTENER: {}, ROUTE: {}}
         for type_url, resource in self._upstream_resources(config):
             resources[type_url][resource.name] = resource
-        for cluster in compile_service_clusters(config):
+        for cluster in [*compile_service_clusters(config), *collector_clusters(config)]:
             for type_url, resource in self._cluster_resources(cluster, as_eds=False):
                 resources[type_url][resource.name] = resource
         route_config = self._route_configuration(config)

@@ -29,6 +29,7 @@ from outrider.config.traffic import (
     Rewrite,
 )
 from outrider.config.xds import XdsService
+from outrider.tracing import parse_endpoint
 
 
 class ListenerConfig(StrictModel):
@@ -167,11 +168,30 @@ class AccessLogConfig(StrictModel):
         return self
 
 
+class TracingConfig(StrictModel):
+    """Envoy's OpenTelemetry tracer (outrider/envoy_tracing.py); on when an endpoint is known."""
+
+    # The share of requests Envoy starts a trace for (a request with a sampled traceparent is always traced).
+    sampling_percent: float = Field(default=10.0, ge=0.0, le=100.0)
+    # The OTLP/gRPC collector (http://host:4317). None: OTEL_EXPORTER_OTLP_ENDPOINT of the process that
+    # compiles Envoy's config; tracing is off when neither is set.
+    endpoint: str | None = None
+    # How often Envoy sends its buffered spans (runtime tracing.opentelemetry.flush_interval_ms; Envoy's 5 s).
+    flush_interval_ms: int = Field(default=1000, ge=10, le=60_000)
+
+    @model_validator(mode="after")
+    def _endpoint(self) -> TracingConfig:
+        if self.endpoint is not None:
+            parse_endpoint(self.endpoint, "endpoint")
+        return self
+
+
 class LoggingConfig(StrictModel):
     level: Literal["debug", "info", "warning", "error"] = "info"
     # One JSON line per decision; turn off for benchmarks that only want counters.
     decisions: bool = True
     access_log: AccessLogConfig = Field(default_factory=AccessLogConfig)
+    tracing: TracingConfig = Field(default_factory=TracingConfig)
 
 
 # The routes field, shared with the model schema.py extends (which swaps in the plugins' route model).

@@ -1,0 +1,140 @@
+"""What tracing costs: the full stack with tracing off vs on at the design's 10 %, on a public route.
+
+Two stacks from examples/gateway.yaml (Envoy + ext_authz + ratelimit + ext_proc + xds_server + demo upstream),
+identical but for tracing: the "on" stack's processes get OTEL_EXPORTER_OTLP_ENDPOINT (an in-process OTLP/gRPC
+receiver that counts spans), so Envoy samples 10 % of requests and the services add their spans to those. The
+per-IP limit is lifted so that every request goes the whole way. Only one stack is loaded at a time; rounds
+interleave the two so drift hits both alike. Per run: req/s at saturation (wrk, closed loop) and the CPU the
+stack's processes (Envoy, services, control plane; not the upstream) spend per request (/proc). Medians.
+
+Run: .venv/bin/python bench/tracing_bench.py [--seconds 10] [--rounds 3] [--connections 32] [--percent 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import statistics
+import sys
+import tempfile
+import time
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
+
+from bench.common import cpu_seconds, machine_summary, print_table, tool_version, wrk
+from outrider.process import free_port
+from outrider.supervisor import envoy_binary
+from tests.e2e.test_tracing import Receiver
+from tests.harness import Stack, child_pids, example_config_dict, with_free_ports, write_config
+
+PATH = "/api/v1/public/items/1"  # the whole pipeline: auth check, rate limit check, ext_proc, upstream (not cached)
+MAX_SECONDS = 10.0
+
+
+def start(tracing: bool, percent: float, workdir: Path, collector: int) -> Stack:
+    data = with_free_ports(example_config_dict())
+    data["logging"]["decisions"] = False  # the services' decision lines are not what is measured
+    data["logging"]["tracing"] = {"sampling_percent": percent}
+    data["rate_limits"]["per_ip"] = {"requests_per_unit": 10_000_000, "unit": "second"}
+    stack = Stack(write_config(data, workdir / "gateway.yaml"), data, workdir)
+    # The processes inherit the environment at start: only the "on" stack sees a collector.
+    if tracing:
+        os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{collector}"
+    else:
+        os.environ.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
+    try:
+        return stack.start()
+    except BaseException:
+        stack.stop()
+        raise
+    finally:
+        os.environ.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
+
+
+def stack_cpu(stack: Stack) -> dict[str, float]:
+    """CPU seconds used so far by each process of the stack (a service's workers too), the upstream aside."""
+    out: dict[str, float] = {}
+    for name, managed in stack.procs.items():
+        if managed.proc is None or name == "demo-upstream":
+            continue
+        out[name] = 0.0
+        for pid in {managed.proc.pid, *child_pids(managed.proc.pid)}:
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError):  # a worker that just ended
+                out[name] += cpu_seconds(pid)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--percent", type=float, default=10.0)
+    args = parser.parse_args()
+    seconds = min(args.seconds, MAX_SECONDS)  # bounded: the machine is shared
+    receiver = Receiver()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(receiver, server)
+    collector = free_port()
+    server.add_insecure_port(f"127.0.0.1:{collector}")
+    server.start()
+    workdir = Path(tempfile.mkdtemp(prefix="tracing-bench-"))
+    stacks: dict[bool, Stack] = {}
+    samples: dict[bool, list[tuple[float, int, int, float]]] = {True: [], False: []}
+    cpu: dict[bool, list[dict[str, float]]] = {True: [], False: []}
+    try:
+        for on in (True, False):
+            (workdir / str(on)).mkdir()
+            stacks[on] = start(on, args.percent, workdir / str(on), collector)
+        for on in (True, False):  # warm-up: JWKS, first connections, Python imports on the hot path
+            wrk(stacks[on].url + PATH, {}, 1.0, connections=args.connections)
+        for round_ in range(args.rounds):
+            for on in (True, False) if round_ % 2 == 0 else (False, True):
+                before = stack_cpu(stacks[on])
+                collector_before = time.process_time()  # this process: the OTLP receiver (and wrk's waiting)
+                result = wrk(stacks[on].url + PATH, {}, seconds, connections=args.connections)
+                after = stack_cpu(stacks[on])
+                after["collector"] = before["collector"] = 0.0
+                collector_us = (time.process_time() - collector_before) / max(result.requests, 1) * 1e6
+                per_request = {n: (after[n] - before[n]) / max(result.requests, 1) * 1e6 for n in after}
+                cpu[on].append({**per_request, "collector": collector_us})
+                samples[on].append((result.rps, result.requests, result.non_2xx,
+                                    sum(v for n, v in per_request.items() if n != "collector")))
+                print(f"round {round_ + 1} tracing {'on ' if on else 'off'}: {result.rps:8.0f} req/s", flush=True)
+    finally:
+        for stack in stacks.values():
+            stack.stop()
+        server.stop(0)
+    off_rps = statistics.median(s[0] for s in samples[False])
+    rows = []
+    for on in (True, False):
+        rps = statistics.median(s[0] for s in samples[on])
+        cpu_us = statistics.median(s[3] for s in samples[on])
+        rows.append([f"GET {PATH}", f"{args.percent:g} %" if on else "off", f"{rps:.0f}", f"{rps / off_rps:.3f}",
+                     f"{cpu_us:.0f}", str(sum(s[2] for s in samples[on]))])
+    version = tool_version([envoy_binary(), "--version"], r"/(\d+\.\d+\.\d+)/")
+    print_table(f"Tracing cost, wrk -c {args.connections}, {seconds:g} s x {args.rounds} rounds "
+                f"(medians; Envoy {version}; {machine_summary()})",
+                ["request", "tracing", "req/s", "ratio to off", "stack CPU µs/req", "non-2xx"], rows)
+    print("\nCPU µs per request by process (medians), off → on (collector: the in-process OTLP receiver, on the"
+          " same 2 cores):")
+    for name in cpu[False][0]:
+        off_us = statistics.median(c[name] for c in cpu[False])
+        on_us = statistics.median(c[name] for c in cpu[True])
+        print(f"  {name:12s} {off_us:7.0f} → {on_us:7.0f}")
+    traced = len({s.trace_id for s in receiver.spans if s.name == "gateway_receive"})
+    total = sum(s[1] for s in samples[True])
+    print(f"\ntraces received from the 'on' stack: {traced} of {total} measured requests (+ warm-up); "
+          f"spans: {len(receiver.spans)}")
+
+
+if __name__ == "__main__":
+    main()
