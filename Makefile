@@ -5,6 +5,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 CONFIG ?= examples/gateway.yaml
+# Reinstalled last: xds-protos ships an older opentelemetry/proto/ over the same files (pyproject.toml says more).
+OTEL_PROTO := $(shell grep -o 'opentelemetry-proto==[0-9.]*' pyproject.toml)
 
 .PHONY: install run test check bench bench-services bench-scale soak test-deps bench-deps clean protos envoy-version envoy-matrix
 
@@ -12,6 +14,7 @@ $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --force-reinstall --no-deps $(OTEL_PROTO)
 	@touch $(STAMP)
 
 install: $(STAMP)

@@ -7,7 +7,11 @@ per-IP limit is lifted so that every request goes the whole way. Only one stack 
 interleave the two so drift hits both alike. Per run: req/s at saturation (wrk, closed loop) and the CPU the
 stack's processes (Envoy, services, control plane; not the upstream) spend per request (/proc). Medians.
 
-Run: .venv/bin/python bench/tracing_bench.py [--seconds 10] [--rounds 3] [--connections 32] [--percent 10]
+With --all the comparison is the issue's whole observability bill: "off" has no access log and no tracing;
+"on" has the access log (to a file), tracing at --percent and the gateway metrics scraped every second (the
+Envoy-derived collector on ext_authz's /metrics, and the other services' /metrics) during each run.
+
+Run: .venv/bin/python bench/tracing_bench.py [--seconds 10] [--rounds 3] [--connections 32] [--percent 10] [--all]
 """
 
 from __future__ import annotations
@@ -18,11 +22,13 @@ import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from concurrent import futures
 from pathlib import Path
 
 import grpc
+import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -39,9 +45,11 @@ PATH = "/api/v1/public/items/1"  # the whole pipeline: auth check, rate limit ch
 MAX_SECONDS = 10.0
 
 
-def start(tracing: bool, percent: float, workdir: Path, collector: int) -> Stack:
+def start(tracing: bool, percent: float, workdir: Path, collector: int, everything: bool = False) -> Stack:
     data = with_free_ports(example_config_dict())
     data["logging"]["decisions"] = False  # the services' decision lines are not what is measured
+    if everything:  # the access log is part of the bill: on with tracing, off without
+        data["logging"]["access_log"] = {"enabled": tracing, "path": str(workdir / "access.log")}
     data["logging"]["tracing"] = {"sampling_percent": percent}
     data["rate_limits"]["per_ip"] = {"requests_per_unit": 10_000_000, "unit": "second"}
     stack = Stack(write_config(data, workdir / "gateway.yaml"), data, workdir)
@@ -72,12 +80,41 @@ def stack_cpu(stack: Stack) -> dict[str, float]:
     return out
 
 
+class Scraper:
+    """Scrapes every /metrics of a stack once a second while a run lasts (a busy Prometheus)."""
+
+    def __init__(self, stack: Stack) -> None:
+        services = stack.data["services"]
+        self.urls = [f"http://127.0.0.1:{services[name]['metrics_port']}/metrics"
+                     for name in ("ext_authz", "ratelimit", "ext_proc") if "metrics_port" in services.get(name, {})]
+        self.scrapes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with httpx.Client(timeout=5) as client:
+            while not self._stop.wait(1.0):
+                for url in self.urls:
+                    with contextlib.suppress(httpx.HTTPError):
+                        client.get(url)
+                        self.scrapes += 1
+
+    def __enter__(self) -> Scraper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--percent", type=float, default=10.0)
+    parser.add_argument("--all", action="store_true", help="on = access log + tracing + metrics scraped; off = none")
     args = parser.parse_args()
     seconds = min(args.seconds, MAX_SECONDS)  # bounded: the machine is shared
     receiver = Receiver()
@@ -93,14 +130,15 @@ def main() -> None:
     try:
         for on in (True, False):
             (workdir / str(on)).mkdir()
-            stacks[on] = start(on, args.percent, workdir / str(on), collector)
+            stacks[on] = start(on, args.percent, workdir / str(on), collector, everything=args.all)
         for on in (True, False):  # warm-up: JWKS, first connections, Python imports on the hot path
             wrk(stacks[on].url + PATH, {}, 1.0, connections=args.connections)
         for round_ in range(args.rounds):
             for on in (True, False) if round_ % 2 == 0 else (False, True):
                 before = stack_cpu(stacks[on])
                 collector_before = time.process_time()  # this process: the OTLP receiver (and wrk's waiting)
-                result = wrk(stacks[on].url + PATH, {}, seconds, connections=args.connections)
+                with Scraper(stacks[on]) if (on and args.all) else contextlib.nullcontext():
+                    result = wrk(stacks[on].url + PATH, {}, seconds, connections=args.connections)
                 after = stack_cpu(stacks[on])
                 after["collector"] = before["collector"] = 0.0
                 collector_us = (time.process_time() - collector_before) / max(result.requests, 1) * 1e6
@@ -121,9 +159,11 @@ def main() -> None:
         rows.append([f"GET {PATH}", f"{args.percent:g} %" if on else "off", f"{rps:.0f}", f"{rps / off_rps:.3f}",
                      f"{cpu_us:.0f}", str(sum(s[2] for s in samples[on]))])
     version = tool_version([envoy_binary(), "--version"], r"/(\d+\.\d+\.\d+)/")
-    print_table(f"Tracing cost, wrk -c {args.connections}, {seconds:g} s x {args.rounds} rounds "
+    what = "Access log + tracing + metrics" if args.all else "Tracing"
+    print_table(f"{what} cost, wrk -c {args.connections}, {seconds:g} s x {args.rounds} rounds "
                 f"(medians; Envoy {version}; {machine_summary()})",
-                ["request", "tracing", "req/s", "ratio to off", "stack CPU µs/req", "non-2xx"], rows)
+                ["request", "access log + tracing + scrapes" if args.all else "tracing", "req/s", "ratio to off",
+                 "stack CPU µs/req", "non-2xx"], rows)
     print("\nCPU µs per request by process (medians), off → on (collector: the in-process OTLP receiver, on the"
           " same 2 cores):")
     for name in cpu[False][0]:

@@ -8,11 +8,14 @@ own, so an unsampled request costs a service nothing but reading its metadata.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urlsplit
+
+log = logging.getLogger("outrider.tracing")
 
 ENDPOINT_ENV = "OTEL_EXPORTER_OTLP_ENDPOINT"
 TRACEPARENT = "traceparent"
@@ -95,4 +98,12 @@ class ServiceTracer:
         if incoming[1]:
             carrier[TRACESTATE] = incoming[1]
         context = TraceContextTextMapPropagator().extract(carrier)
-        return self._get_tracer().start_span(name, context=context, kind=SpanKind.SERVER)
+        try:
+            return self._get_tracer().start_span(name, context=context, kind=SpanKind.SERVER)
+        except Exception:
+            # Tracing must never cost a request: a broken exporter install (see the Makefile's otel-proto
+            # step) or setup error turns tracing off for this process, once, loudly.
+            log.exception("tracing disabled: the OpenTelemetry exporter could not be set up",
+                          extra={"service": self.service})
+            self.enabled = False
+            return None

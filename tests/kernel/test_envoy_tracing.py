@@ -113,3 +113,22 @@ def test_the_config_endpoint_wins_and_a_bad_one_names_its_source(monkeypatch: py
 ])
 def test_a_service_continues_only_a_sampled_context(metadata: Any, sampled: bool) -> None:
     assert (sampled_traceparent(metadata) is not None) == sampled
+
+
+def test_a_tracer_that_cannot_be_set_up_turns_off_instead_of_failing_the_request(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The request path calls start(); an exporter that fails to import (two packages writing the same files,
+    # tests/kernel/test_dependency_files.py) once answered every traced request with a 500.
+    from outrider.tracing import ServiceTracer
+
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317")
+    tracer = ServiceTracer("ext_authz")
+
+    def broken() -> None:
+        raise ImportError("cannot import name 'InstrumentationScope'")
+
+    monkeypatch.setattr(tracer, "_get_tracer", broken)
+    sampled = [("traceparent", "00-" + "1" * 32 + "-" + "2" * 16 + "-01")]
+    assert tracer.start("auth_validate", sampled) is None
+    assert tracer.enabled is False
+    assert tracer.start("auth_validate", sampled) is None
