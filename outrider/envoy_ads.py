@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Any
 
+from outrider.addresses import is_ip_address
 from outrider.config.model import GatewayConfig
 from outrider.envoy_contribution import HTTP2_OPTIONS
 from outrider.envoy_edge import overload_manager
@@ -20,12 +20,6 @@ def _host_port(server: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 def _xds_endpoints(servers: list[str]) -> dict[str, Any]:
@@ -59,7 +53,7 @@ def compile_ads_bootstrap(config: GatewayConfig, delta: bool | None = None) -> d
     xds = config.services.xds
     use_delta = xds.protocol == "delta" if delta is None else delta
     servers = xds.ads_servers()
-    static = all(_is_ip(_host_port(s)[0]) for s in servers)
+    static = all(is_ip_address(_host_port(s)[0]) for s in servers)
     xds_cluster: dict[str, Any] = {
         "name": XDS_CLUSTER,
         # Names (a Kubernetes Service; a headless one lists every pod) are resolved by DNS, every address an

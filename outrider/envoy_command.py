@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import json
 import os
 import sys
@@ -15,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from outrider.addresses import is_ip_address
+
 DEFAULT_BOOTSTRAP = "/run/outrider/envoy.yaml"
 DEFAULT_ADMIN = "http://127.0.0.1:9901"
 # How long Envoy keeps draining listeners before it closes them. Envoy's default is 600 s, far past any
@@ -22,12 +23,6 @@ DEFAULT_ADMIN = "http://127.0.0.1:9901"
 DEFAULT_DRAIN_TIME_S = 30
 
 
-def _is_ip(address: str) -> bool:
-    try:
-        ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    return True
 
 
 def resolve_names_by_dns(bootstrap: dict[str, Any]) -> dict[str, Any]:
@@ -40,7 +35,7 @@ def resolve_names_by_dns(bootstrap: dict[str, Any]) -> dict[str, Any]:
         addresses = [ep["endpoint"]["address"]["socket_address"]["address"]
                      for group in cluster.get("load_assignment", {}).get("endpoints", [])
                      for ep in group.get("lb_endpoints", [])]
-        if addresses and not all(_is_ip(a) for a in addresses):
+        if addresses and not all(is_ip_address(a) for a in addresses):
             cluster["type"] = "STRICT_DNS"
             # A Service name in a pod's /etc/hosts or cluster DNS answers IPv4 here; AUTO would try AAAA first.
             cluster["dns_lookup_family"] = "V4_ONLY"

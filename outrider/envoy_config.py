@@ -8,9 +8,9 @@ and order, and names no service.
 from __future__ import annotations
 
 import functools
-import ipaddress
 from typing import Any
 
+from outrider.addresses import is_ip_address
 from outrider.config.model import GatewayConfig, RouteConfig, UpstreamConfig
 from outrider.envoy_access_log import DISTRUSTED_REQUEST_HEADERS, compile_access_logs
 from outrider.envoy_contribution import FilterContribution, load_assignment
@@ -57,13 +57,6 @@ def _duration_ms(ms: int) -> str:
     return f"{ms / 1000:.3f}s"
 
 
-@functools.lru_cache(maxsize=4096)  # ipaddress parsing is slow; the same few endpoint addresses repeat
-def _is_ip(address: str) -> bool:
-    try:
-        ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    return True
 
 
 def _socket_address(address: str, port: int) -> dict[str, Any]:
@@ -72,7 +65,7 @@ def _socket_address(address: str, port: int) -> dict[str, Any]:
 
 def compile_upstream_cluster(upstream: UpstreamConfig) -> dict[str, Any]:
     """One upstream → one Envoy cluster."""
-    static = all(_is_ip(e.address) for e in upstream.endpoints)
+    static = all(is_ip_address(e.address) for e in upstream.endpoints)
     return {
         "name": upstream.name,
         "type": "STATIC" if static else "STRICT_DNS",

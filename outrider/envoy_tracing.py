@@ -11,10 +11,10 @@ W3C traceparent (tests/e2e/test_tracing.py checks it against the Envoy we ship, 
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from typing import Any
 
+from outrider.addresses import is_ip_address
 from outrider.config.model import GatewayConfig
 from outrider.envoy_contribution import HTTP2_OPTIONS, load_assignment
 from outrider.tracing import ENDPOINT_ENV, parse_endpoint
@@ -97,12 +97,6 @@ def route_decorator(config: GatewayConfig) -> dict[str, Any] | None:
     return {"operation": GATEWAY_OPERATION, "propagate": False}
 
 
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 def collector_clusters(config: GatewayConfig) -> list[dict[str, Any]]:
@@ -113,7 +107,7 @@ def collector_clusters(config: GatewayConfig) -> list[dict[str, Any]]:
     host, port, tls = endpoint
     cluster: dict[str, Any] = {
         "name": COLLECTOR_CLUSTER,
-        "type": "STATIC" if _is_ip(host) else "STRICT_DNS",
+        "type": "STATIC" if is_ip_address(host) else "STRICT_DNS",
         "connect_timeout": "1s",
         "typed_extension_protocol_options": HTTP2_OPTIONS,
         "load_assignment": load_assignment(COLLECTOR_CLUSTER, [(host, port, 1)]),
