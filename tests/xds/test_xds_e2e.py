@@ -99,7 +99,10 @@ def test_change_nacked_by_envoy_is_rolled_back_and_reported(xds_stack: Stack, tm
             assert "complex" not in {r["name"] for r in admin.get("/v1/routes").json()["routes"]}
             status = admin.get("/v1/status").json()["nodes"]["outrider-gateway"]
             assert status["last_nack"]["type"] == "rds" and status["last_nack"]["version"] == body["rejected_version"]
-            assert status["acked"]["rds"] == _rds_version(xds_stack)
+            # Both Envoys share the node id; the status holds the last ACK of either, and the rollback's ACKs
+            # arrive after the 409: wait for them rather than read a moment too early.
+            Stack.wait_until(lambda: admin.get("/v1/status").json()["nodes"]["outrider-gateway"]["acked"]["rds"]
+                             == _rds_version(xds_stack), what="the rollback ACKed")
         assert xds_stack.get("/complex/abc/x").status_code == 404  # rolled back on the Envoy that accepted it too
         assert xds_stack.get("/api/v1/public/still").status_code == 200
     finally:
