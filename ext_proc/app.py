@@ -15,11 +15,12 @@ from ext_proc.cache_backends import CacheBackend, MemoryCache, RedisCache
 from ext_proc.config import CacheConfig
 from ext_proc.metrics import service_metrics
 from ext_proc.plugin import PLUGIN
-from ext_proc.purge import CacheView, PurgeServer, PurgeSettings
+from ext_proc.purge import CacheView, PurgeServer
 from ext_proc.resource import PlanMemo, build
 from ext_proc.service import ExternalProcessorService, Live
 from outrider.logs import DecisionLog
 from outrider.service_main import ServiceSpec, StartupSettings, cancel_tasks, run_main
+from outrider.token_api import TokenApiSlot
 
 log = logging.getLogger("ext_proc")
 SERVICE_NAME = "envoy.service.ext_proc.v3.ExternalProcessor"
@@ -55,7 +56,7 @@ class ExtProcRuntime:
         self._plans = PlanMemo()  # unchanged routes keep their plans across versions
         self._closing: set[asyncio.Task[None]] = set()
         self._flusher = asyncio.create_task(self.decision_log.run_flusher())
-        self._purge: PurgeServer | None = None
+        self._purge = TokenApiSlot(lambda settings: PurgeServer(settings, self._cache_view, self.service.count_purge))
 
     def register(self, server: grpc.aio.Server) -> None:
         external_processor_pb2_grpc.add_ExternalProcessorServicer_to_server(self.service, server)
@@ -74,33 +75,13 @@ class ExtProcRuntime:
         self.decision_log.enabled = built.decisions
         if old is not None and old.cache is not None and not keep:
             old.retire(functools.partial(self._close_later, old.cache))
-        await self._purge_for(built.purge)
+        await self._purge.apply(built.purge)
         log.info("config version live", extra={"version": version,
                                                 "routes": sorted(p for p in built.plans if p)})
 
     def _cache_view(self) -> CacheView:
         live = self.service.live
         return CacheView(None, "") if live is None else CacheView(live.cache, live.cache_prefix)
-
-    async def _purge_for(self, settings: PurgeSettings | None) -> None:
-        """Start, move or stop the purge webhook's listener when its settings change."""
-        if self._purge is not None and self._purge.settings == settings:
-            return
-        if self._purge is not None:
-            await self._purge.close()
-            self._purge = None
-        if settings is not None:
-            server = PurgeServer(settings, self._cache_view, self.service.count_purge)
-            try:
-                await server.start()
-            except OSError as exc:
-                # The webhook is an operator's tool: a port taken (another gateway on this host) must not
-                # refuse the version that processes traffic. Tried again with the next version.
-                log.error("cache purge webhook cannot listen", extra={"address": settings.address,
-                                                                      "port": settings.port, "error": str(exc)})
-                return
-            self._purge = server
-            log.info("cache purge webhook listening", extra={"address": settings.address, "port": settings.port})
 
     def _close_later(self, cache: CacheBackend) -> None:
         task = asyncio.create_task(cache.close())
@@ -109,8 +90,7 @@ class ExtProcRuntime:
 
     async def close(self) -> None:
         await cancel_tasks([self._flusher])
-        if self._purge is not None:
-            await self._purge.close()
+        await self._purge.close()
         if self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)
         live = self.service.live

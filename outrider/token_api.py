@@ -79,7 +79,7 @@ class TokenApiServer:
     def __init__(self, settings: TokenApiSettings, app: web.Application, what: str) -> None:
         self.settings = settings
         self._app = app
-        self._what = what
+        self.what = what
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:
@@ -94,10 +94,42 @@ class TokenApiServer:
             raise
         self._runner = runner
         if load_token(self.settings) is None:
-            log.warning(f"{self._what} refuses every call: no token configured",
+            log.warning(f"{self.what} refuses every call: no token configured",
                         extra={"env": self.settings.token_env})
 
     async def close(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+
+
+class TokenApiSlot:
+    """The one listener of a service's token API, kept in step with the settings of each config version."""
+
+    def __init__(self, make: Callable[[TokenApiSettings], TokenApiServer]) -> None:
+        self._make = make
+        self.server: TokenApiServer | None = None
+
+    async def apply(self, settings: TokenApiSettings | None) -> None:
+        """Start, move or stop the listener when its settings change."""
+        if self.server is not None and self.server.settings == settings:
+            return
+        await self.close()
+        if settings is None:
+            return
+        server = self._make(settings)
+        try:
+            await server.start()
+        except OSError as exc:
+            # An operator's tool: a port taken (another gateway on this host) must not refuse the version that
+            # serves traffic. Tried again with the next version.
+            log.error(f"{server.what} cannot listen", extra={"address": settings.address, "port": settings.port,
+                                                              "error": str(exc)})
+            return
+        self.server = server
+        log.info(f"{server.what} listening", extra={"address": settings.address, "port": settings.port})
+
+    async def close(self) -> None:
+        if self.server is not None:
+            await self.server.close()
+            self.server = None

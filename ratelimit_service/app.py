@@ -13,9 +13,10 @@ import grpc
 from outrider.config import GatewayConfig
 from outrider.logs import DecisionLog
 from outrider.service_main import ServiceSpec, StartupSettings, cancel_tasks, run_main
+from outrider.token_api import TokenApiSlot
 from outrider.workers import metrics_served_by_parent
 from outrider.xds_client import ConfigRejected
-from ratelimit_service.admin import AdminServer, AdminSettings, BanView
+from ratelimit_service.admin import AdminServer, BanView
 from ratelimit_service.backends.base import Backend
 from ratelimit_service.backends.memory import MemoryBackend
 from ratelimit_service.backends.redis_backend import RedisBackend, RedisClusterBackend
@@ -57,7 +58,7 @@ class RateLimitRuntime:
         self.backend: Backend | None = None
         self.store: RateLimitsConfig | None = None  # the section whose store is running
         self.version: str | None = None
-        self._admin: AdminServer | None = None
+        self._admin = TokenApiSlot(lambda settings: AdminServer(settings, self._ban_view))
         self._flusher = asyncio.create_task(self.decision_log.run_flusher())
 
     def register(self, server: grpc.aio.Server) -> None:
@@ -88,7 +89,7 @@ class RateLimitRuntime:
                 self.backend.max_keys = rl.memory.max_keys  # the cap may change live; counters stay
             self.service.swap(built.settings)
         self.decision_log.enabled = built.decisions_logged
-        await self._admin_for(built.admin)
+        await self._admin.apply(built.admin)
         self.version = version
         log.info("config version live", extra={"version": version, "domains": sorted(built.settings.table.domains)})
 
@@ -96,29 +97,9 @@ class RateLimitRuntime:
         domain = self.store.domain if self.store is not None else ""
         return BanView(self.backend, domain, self.service.bans_listed, self.service.ban_lifted)
 
-    async def _admin_for(self, settings: AdminSettings | None) -> None:
-        """Start, move or stop the ban admin API's listener when its settings change."""
-        if self._admin is not None and self._admin.settings == settings:
-            return
-        if self._admin is not None:
-            await self._admin.close()
-            self._admin = None
-        if settings is not None:
-            server = AdminServer(settings, self._ban_view)
-            try:
-                await server.start()
-            except OSError as exc:
-                # An operator's tool: a port taken must not refuse the version that limits traffic.
-                log.error("ratelimit admin API cannot listen", extra={"address": settings.address,
-                                                                       "port": settings.port, "error": str(exc)})
-                return
-            self._admin = server
-            log.info("ratelimit admin API listening", extra={"address": settings.address, "port": settings.port})
-
     async def close(self) -> None:
         await cancel_tasks([self._flusher])
-        if self._admin is not None:
-            await self._admin.close()
+        await self._admin.close()
         if self.backend is not None:
             await self.backend.close()
 
