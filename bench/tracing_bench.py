@@ -24,21 +24,17 @@ import sys
 import tempfile
 import threading
 import time
-from concurrent import futures
 from pathlib import Path
 
-import grpc
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
 
 from bench.common import cpu_seconds, machine_summary, print_table, tool_version, wrk
-from outrider.process import free_port
 from outrider.supervisor import envoy_binary
-from tests.e2e.test_tracing import Receiver
+from tests.e2e.test_tracing import serve_receiver
 from tests.harness import Stack, child_pids, example_config_dict, with_free_ports, write_config
 
 PATH = "/api/v1/public/items/1"  # the whole pipeline: auth check, rate limit check, ext_proc, upstream (not cached)
@@ -117,12 +113,7 @@ def main() -> None:
     parser.add_argument("--all", action="store_true", help="on = access log + tracing + metrics scraped; off = none")
     args = parser.parse_args()
     seconds = min(args.seconds, MAX_SECONDS)  # bounded: the machine is shared
-    receiver = Receiver()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(receiver, server)
-    collector = free_port()
-    server.add_insecure_port(f"127.0.0.1:{collector}")
-    server.start()
+    receiver, server, collector = serve_receiver(workers=2)
     workdir = Path(tempfile.mkdtemp(prefix="tracing-bench-"))
     stacks: dict[bool, Stack] = {}
     samples: dict[bool, list[tuple[float, int, int, float]]] = {True: [], False: []}

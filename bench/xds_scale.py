@@ -41,6 +41,7 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import machine_summary, print_table
 from outrider.process import ManagedProcess, free_port, grpc_serving
 from outrider.service_resource import EXT_AUTHZ_TYPE_URL, EXT_PROC_TYPE_URL, RATELIMIT_TYPE_URL
 from xds_server.snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE
@@ -278,10 +279,9 @@ def main() -> None:
                 if proc.is_alive():
                     proc.terminate()
             server.stop()
-    print(f"\n| {'measure':<52} | {'value':>12} | note |")
-    print(f"|{'-' * 54}|{'-' * 14}|------|")
-    for what, value, note in rows:
-        print(f"| {what:<52} | {value:>12} | {note} |")
+    print()
+    print_table(f"Scale: {args.gateways * 4} ADS clients on one control-plane replica ({machine_summary()})",
+                ["measure", "value", "note"], [list(r) for r in rows])
 
 
 if __name__ == "__main__":

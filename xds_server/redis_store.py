@@ -59,18 +59,18 @@ class RedisStore:
                                          **self._auth)
         self._cas = self._client.register_script(_CAS)
 
-    async def load(self) -> State | None:
+    async def _field(self, name: str) -> Any:
         try:
-            text = await self._client.hget(self.key, "state")
+            return await self._client.hget(self.key, name)
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(f"redis {_redacted(self.url)}: {exc}") from exc
+
+    async def load(self) -> State | None:
+        text = await self._field("state")
         return None if text is None else decode_state(text)
 
     async def stored_version(self) -> int | None:
-        try:
-            found = await self._client.hget(self.key, "version")
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"redis {_redacted(self.url)}: {exc}") from exc
+        found = await self._field("version")
         return None if found is None else int(found)
 
     async def save(self, state: State, expected: int | None) -> None:

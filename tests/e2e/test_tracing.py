@@ -54,14 +54,20 @@ class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
             return [s for s in self.spans if s.trace_id == trace_id]
 
 
-@pytest.fixture(scope="module")
-def receiver() -> Iterator[tuple[Receiver, int]]:
+def serve_receiver(workers: int = 4) -> tuple[Receiver, grpc.Server, int]:
+    """A started in-process OTLP/gRPC receiver on a free loopback port (bench/tracing_bench.py uses it too)."""
     servicer = Receiver()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers))
     trace_service_pb2_grpc.add_TraceServiceServicer_to_server(servicer, server)
     port = free_port()
     server.add_insecure_port(f"127.0.0.1:{port}")
     server.start()
+    return servicer, server, port
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[tuple[Receiver, int]]:
+    servicer, server, port = serve_receiver()
     yield servicer, port
     server.stop(0)
 
