@@ -20,8 +20,6 @@ def _host_port(server: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-
-
 def _xds_endpoints(servers: list[str]) -> dict[str, Any]:
     """The xds cluster's endpoints: one replica per priority level, in the order given.
 

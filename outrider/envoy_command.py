@@ -23,8 +23,6 @@ DEFAULT_ADMIN = "http://127.0.0.1:9901"
 DEFAULT_DRAIN_TIME_S = 30
 
 
-
-
 def resolve_names_by_dns(bootstrap: dict[str, Any]) -> dict[str, Any]:
     """STATIC clusters whose endpoints are names (a Kubernetes Service such as `outrider-control-plane`)
     become STRICT_DNS: Envoy refuses a name in a STATIC cluster. STRICT_DNS re-resolves the name, so a

@@ -57,8 +57,6 @@ def _duration_ms(ms: int) -> str:
     return f"{ms / 1000:.3f}s"
 
 
-
-
 def _socket_address(address: str, port: int) -> dict[str, Any]:
     return {"socket_address": {"address": address, "port_value": port}}
 

@@ -97,8 +97,6 @@ def route_decorator(config: GatewayConfig) -> dict[str, Any] | None:
     return {"operation": GATEWAY_OPERATION, "propagate": False}
 
 
-
-
 def collector_clusters(config: GatewayConfig) -> list[dict[str, Any]]:
     """The collector's cluster (HTTP/2, OTLP/gRPC), or none when tracing is off."""
     endpoint = collector_endpoint(config)
