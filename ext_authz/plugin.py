@@ -18,9 +18,10 @@ from ext_authz.config import (
     settings_of,
 )
 from ext_authz.envoy import ExtAuthzContribution
+from ext_authz.explain import explain as explain_route
 from outrider.config.errors import Problem
 from outrider.config.extensions import Section
-from outrider.config.model import GatewayConfig
+from outrider.config.model import GatewayConfig, RouteConfig
 from outrider.plugins import CliCommand, ServicePlugin
 from outrider.process import ManagedProcess
 from outrider.service_process import service_process
@@ -54,6 +55,10 @@ class ExtAuthzPlugin:
 
     def payload_json(self, config: GatewayConfig) -> str:
         return self._payload_json(config)
+
+    def explain(self, route: RouteConfig, config: GatewayConfig) -> list[str]:
+        """Why its filter runs on `route`, or not (`outrider explain-route`)."""
+        return explain_route(route, config)
 
     def contribution(self) -> ExtAuthzContribution:
         return ExtAuthzContribution()

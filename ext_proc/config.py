@@ -523,31 +523,56 @@ def _uses(values: Any, names: set[str], allowed: frozenset[str]) -> bool:
     return False
 
 
-def route_phases(settings: RouteSettings) -> Phases:
-    """The least a route needs: header-only work never asks for a body."""
+def _ignore(_reason: str) -> None:
+    pass
+
+
+def route_phases(settings: RouteSettings, why: list[str] | None = None) -> Phases:
+    """The least a route needs: header-only work never asks for a body. With `why`, each rule that asks for
+    a phase appends its reason (`outrider explain-route`); the phases are the same either way."""
     t, cache, validation = settings.transformations, settings.cache, settings.validation
+    note = why.append if why is not None else _ignore
     request_headers = validation is not None or cache is not None
     request_body = validation is not None and (validation.sql_injection or validation.xss)
     response_headers = cache is not None
     response_body = cache is not None
+    if validation is not None:
+        note("request headers: validation (URL length, header size, content type, path traversal, query values)")
+        if request_body:
+            note("request body: validation of JSON string values (sql_injection / xss); only JSON bodies are sent")
+    if cache is not None:
+        note("request headers + response headers and body: the response cache (lookup, then store)")
     if t is not None:
         req, resp = t.request, t.response
-        if processor_header_adds(req.add_headers, REQUEST_VARS) or req.rename_headers or req.add_query:
+        computed = processor_header_adds(req.add_headers, REQUEST_VARS)
+        if computed or req.rename_headers or req.add_query:
             request_headers = True
+            if why is not None:
+                why.append("request headers: " + ", ".join(
+                    part for part, present in (("header values Envoy cannot render", computed),
+                                               ("rename_headers (the copy)", req.rename_headers),
+                                               ("add_query", req.add_query)) if present))
         if req.json_body:
             request_headers = request_body = True
+            note("request body: json_body (JSON request bodies only)")
         resp_adds = processor_header_adds(resp.add_headers, RESPONSE_VARS)
         if resp_adds:
             response_headers = True
+            if why is not None:
+                why.append("response headers: header values Envoy cannot render: " + ", ".join(sorted(resp_adds)))
         if resp.remove_json_fields or resp.add_json_fields:
             response_headers = response_body = True
+            note("response headers and body: remove_json_fields / add_json_fields (JSON responses only)")
         # Response templates that need what only the request headers carry.
         needs_request = {"client_ip", "request_id", "response_time_ms"}
         if (resp_adds and _uses(resp_adds.values(), needs_request, RESPONSE_VARS)) or _uses(
                 resp.add_json_fields.values(), needs_request, RESPONSE_VARS):
             request_headers = True
+            note("request headers: a response template uses a request value")
     # A response to a request ext_proc never saw is a reply Envoy made itself (ext_authz's 401, a 429):
     # seeing the request is how the processor tells them apart, and leaves them untouched.
+    if (response_headers or response_body) and not request_headers:
+        note("request headers: to tell the upstream's responses from Envoy's own replies")
     request_headers = request_headers or response_headers or response_body
     return Phases(request_headers, request_body, response_headers, response_body)
 

@@ -66,6 +66,23 @@ def cmd_envoy_bootstrap(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_explain_route(args: argparse.Namespace) -> int:
+    from outrider.plugins import ordered_plugins
+    from outrider.route_explain import explain_route
+
+    config = load_or_report(args.file)
+    if config is None:
+        return 1
+    routes = {route.name: route for route in config.routes}
+    names = list(routes) if args.name == "all" else [args.name]
+    for name in names:
+        if name not in routes:
+            print(f"{args.file}: no route named {name!r} (routes: {', '.join(routes)})", file=sys.stderr)
+            return 1
+        print("\n".join(explain_route(config, routes[name], ordered_plugins())))
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from outrider.supervisor import run_stack
 
@@ -89,6 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ads", choices=["sotw", "delta"],
                    help="the ADS bootstrap for xds_server (state of the world or delta) instead of a static one")
     p.set_defaults(func=cmd_envoy_bootstrap)
+
+    p = sub.add_parser("explain-route", help="which hops (Envoy itself, each service) a route takes, and why")
+    p.add_argument("name", help="a route's name, or `all`")
+    p.add_argument("file", nargs="?", default=DEFAULT_CONFIG)
+    p.set_defaults(func=cmd_explain_route)
 
     p = sub.add_parser("run", help="start Envoy, the services and the demo upstream")
     p.add_argument("file", nargs="?", default=DEFAULT_CONFIG)

@@ -76,6 +76,8 @@ class ServicePlugin(ConfigExtension, Protocol):
     # Optional hook, looked up with getattr (a plugin need not define it):
     #     def warnings(self, config: GatewayConfig) -> list[str]
     # settings that are valid but likely not what was meant; `outrider validate` prints them.
+    #     def explain(self, route: RouteConfig, config: GatewayConfig) -> list[str]
+    # why its filter runs on a route, or not; `outrider explain-route` prints it under the hop.
 
 
 @lru_cache(maxsize=1)

@@ -9,7 +9,7 @@ from typing import Any
 
 from outrider.config.errors import Problem
 from outrider.config.extensions import Section
-from outrider.config.model import GatewayConfig
+from outrider.config.model import GatewayConfig, RouteConfig
 from outrider.plugins import CliCommand, ServicePlugin
 from outrider.process import ManagedProcess
 from outrider.service_process import service_process
@@ -26,6 +26,7 @@ from ratelimit_service.config import (
 )
 from ratelimit_service.config_warnings import config_warnings
 from ratelimit_service.envoy import RateLimitContribution
+from ratelimit_service.explain import explain as explain_route
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,10 @@ class RateLimitPlugin:
 
     def warnings(self, config: GatewayConfig) -> list[str]:
         return config_warnings(config)
+
+    def explain(self, route: RouteConfig, config: GatewayConfig) -> list[str]:
+        """Why its filter runs on `route`, or not (`outrider explain-route`)."""
+        return explain_route(route, config)
 
     def contribution(self) -> RateLimitContribution:
         return RateLimitContribution()

@@ -1,0 +1,28 @@
+"""Why the rate limit service is asked on a route, and for which limits (`outrider explain-route`)."""
+
+from __future__ import annotations
+
+from outrider.config.model import GatewayConfig, RouteConfig
+from ratelimit_service.config import rate_limits_of, route_covers, route_failure_mode
+
+
+def explain(route: RouteConfig, config: GatewayConfig) -> list[str]:
+    rl = rate_limits_of(config)
+    if rl is None:
+        return ["no rate_limits section"]
+    if route.direct_response is not None:
+        return ["Envoy answers the route itself: not limited"]
+    reasons = []
+    if rl.per_ip is not None and (route.public or rl.per_ip.apply_to == "all"):
+        reasons.append(f"per client address: {rl.per_ip.requests_per_unit}/{rl.per_ip.unit}"
+                       + (f", burst {rl.per_ip.burst}" if rl.per_ip.burst else "")
+                       + (", with the automatic ban" if rl.per_ip.ban is not None else ""))
+    if route.resource is not None and (rl.tiers or rl.unknown_tier):
+        reasons.append(f"per user by tier ({', '.join(rl.tiers)}): the tier and user id ext_authz found")
+    reasons.extend(f"endpoint {e.value}: {e.limit.requests_per_unit}/{e.limit.unit} shared by every caller"
+                   for e in rl.endpoints if route_covers(route, e))
+    if reasons:
+        reasons.append(f"when undecidable (store down or slow): {route_failure_mode(route, rl)}")
+    else:
+        reasons.append("no limit covers this route")
+    return reasons
