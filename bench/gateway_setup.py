@@ -158,7 +158,7 @@ def write_bootstrap(workdir: Path, config_path: Path, ports: Ports, workers: int
     bootstrap = compile_bootstrap(load_config(config_path))
     resources = bootstrap["static_resources"]
     for listener in resources["listeners"]:
-        hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+        hcm = listener["filter_chains"][0]["filters"][-1]["typed_config"]
         for route in hcm["route_config"]["virtual_hosts"][0]["routes"]:
             if route["name"] in NO_RATE_LIMIT:
                 route.get("route", {}).pop("rate_limits", None)

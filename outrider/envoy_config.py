@@ -262,6 +262,7 @@ def compile_listeners(config: GatewayConfig, route_config: dict[str, Any] | None
     edge = hcm_fields(config, gateway_set_headers(config))
     access_logs = compile_access_logs(config)
     tracing = compile_tracing(config)
+    network_filters = [f for c in contributions() for f in getattr(c, "network_filters", lambda _: [])(config)]
     listeners = []
     for listener in config.listeners:
         hcm = {
@@ -282,7 +283,8 @@ def compile_listeners(config: GatewayConfig, route_config: dict[str, Any] | None
             "name": listener.name,
             "address": _socket_address(listener.address, listener.port),
             **listener_fields(config),
-            "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
+            "filter_chains": [{"filters": [*network_filters,
+                                           {"name": "envoy.filters.network.http_connection_manager",
                                             "typed_config": hcm}]}],
         })
     return listeners

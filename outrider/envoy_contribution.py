@@ -33,9 +33,10 @@ class FilterContribution(Protocol):
     Optional: `route_headers(route, config) -> dict[str, list]`, header edits merged into the Envoy route
     itself (request_headers_to_add, ...), for a service whose edits Envoy can do natively;
     `route_options(route, config) -> dict[str, Any]`, fields set on the Envoy route itself (e.g. its
-    request_body_buffer_limit); and `request_headers_set(config) -> Iterable[str]`, the request headers the
+    request_body_buffer_limit); `request_headers_set(config) -> Iterable[str]`, the request headers the
     service sets for the upstream, which the kernel removes from client input before routing
-    (outrider/envoy_edge.py).
+    (outrider/envoy_edge.py); and `network_filters(config) -> list[dict]`, network filters placed before the
+    HTTP connection manager on every listener (e.g. a per-connection rate limit).
     """
 
     @property

@@ -164,6 +164,11 @@ class PerIpLimit(WindowLimit):
     apply_to: Literal["public", "all"] = "public"
     # None: no automatic ban.
     ban: BanConfig | None = None
+    # New TCP connections per second per client address (the peer's address: no header is read before a
+    # connection is accepted), a token bucket whose burst is the same number; None: not limited. Enforced by
+    # Envoy's network rate limit filter, which asks this service once per new connection and closes the
+    # connection when it is over (every listener, every route).
+    new_connections_per_second: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
 
     @model_validator(mode="after")
     def _ban_needs_a_limit(self) -> PerIpLimit:
@@ -273,6 +278,9 @@ class RouteRateLimit(StrictModel):
 # The descriptor Envoy sends on a route whose failure policy differs from the gateway's: the service
 # answers that request's failures (store down, shed under load) by it. No limit is ever configured on it.
 FAILURE_MODE_KEY = "outrider_failure_mode"
+# The descriptor of Envoy's network rate limit filter: one call per new connection, the peer's address
+# (rate_limits.per_ip.new_connections_per_second).
+CONNECTION_KEY = "connection_address"
 
 
 class RateLimitsConfig(StrictModel):

@@ -5,6 +5,7 @@ Descriptors (domain `rate_limits.domain`) that ratelimit_service's compiled tabl
   [tier=<tier>, user_id=<user>]                      tier plans; both from ext_authz's dynamic metadata
   [endpoint=<path, or prefix + '*'>]                 endpoint limits, shared by every caller
   [outrider_failure_mode=allow|deny]                 a route whose failure policy is not the gateway's
+  [connection_address=<peer ip>]                     new connections per second per address (network filter)
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 from outrider.config.model import GatewayConfig, RouteConfig
 from outrider.envoy_contribution import grpc_service_cluster
 from ratelimit_service.config import (
+    CONNECTION_KEY,
     FAILURE_MODE_KEY,
     EndpointLimit,
     rate_limits_of,
@@ -71,6 +73,32 @@ class RateLimitContribution:
 
     def per_route(self, route: RouteConfig | None, config: GatewayConfig) -> dict[str, Any] | None:
         return None
+
+    def network_filters(self, config: GatewayConfig) -> list[dict[str, Any]]:
+        """Envoy's network rate limit filter when new connections are limited per address: it asks the service
+        once per new connection, before any byte is read, and closes the connection when it is over. The
+        descriptor's value is a substitution format (envoyproxy/envoy#19875, network RateLimit descriptors):
+        the peer's address, which no client header can change."""
+        rl = rate_limits_of(config)
+        if rl is None or rl.per_ip is None or rl.per_ip.new_connections_per_second is None:
+            return []
+        service = settings_of(config)
+        return [{
+            "name": "envoy.filters.network.ratelimit",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.ratelimit.v3.RateLimit",
+                "stat_prefix": "outrider_connections",
+                "domain": rl.domain,
+                "descriptors": [{"entries": [{"key": CONNECTION_KEY,
+                                              "value": "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"}]}],
+                "timeout": f"{service.timeout_ms / 1000:.3f}s",
+                "failure_mode_deny": rl.failure_mode == "deny",
+                "rate_limit_service": {
+                    "grpc_service": {"envoy_grpc": {"cluster_name": RATELIMIT_CLUSTER}},
+                    "transport_api_version": "V3",
+                },
+            },
+        }]
 
     def route_fields(self, route: RouteConfig, config: GatewayConfig) -> dict[str, Any]:
         rl = rate_limits_of(config)

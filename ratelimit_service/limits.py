@@ -6,6 +6,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from ratelimit_service.config import (
+    CONNECTION_KEY,
     UNIT_SECONDS,
     DescriptorFile,
     RateLimitsConfig,
@@ -194,6 +195,12 @@ def compile_table(rl: RateLimitsConfig | None, files: Sequence[DescriptorFile] =
                                  unit=ban.window, algorithm=BAN, shadow=rl.per_ip.shadow_mode,
                                  key_suffix=BAN_SUFFIX, ban_ms=ban.duration_s * 1000),)
             root.children["remote_address", None] = Node(limits=per_ip)
+            rate = rl.per_ip.new_connections_per_second
+            if rate is not None:
+                # Asked by Envoy's network rate limit filter once per new connection (ratelimit_service/envoy.py).
+                root.children[CONNECTION_KEY, None] = Node(limits=(Limit(
+                    full_key=prefix + CONNECTION_KEY, requests_per_unit=rate, unit="second",
+                    algorithm=ALGORITHMS["token_bucket"], burst=rate, shadow=rl.per_ip.shadow_mode),))
         for tier, windows in rl.tiers.items():
             full = f"{prefix}tier_{tier}.user_id"
             user = Node(limits=_plan_limits(windows, full))

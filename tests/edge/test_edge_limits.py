@@ -154,7 +154,7 @@ def test_with_one_trusted_hop_the_proxys_entry_is_the_client(tuned: Stack) -> No
 def test_defaults_are_the_edge_best_practices() -> None:
     bootstrap = compile_bootstrap(load_config(EXAMPLE_CONFIG))
     listener = bootstrap["static_resources"]["listeners"][0]
-    hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    hcm = listener["filter_chains"][0]["filters"][-1]["typed_config"]
     assert hcm["use_remote_address"] is True and hcm["xff_num_trusted_hops"] == 0
     assert hcm["request_headers_timeout"] == "10.000s"
     assert hcm["stream_idle_timeout"] == "300.000s" and hcm["request_timeout"] == "300.000s"
@@ -181,7 +181,7 @@ def test_the_stripped_set_follows_the_config() -> None:
     data["routes"][1]["transformations"] = {"request": {
         "rename_headers": {"X-Api-Key": "X-Client-Key"},
         "add_headers": {"X-Tenant": "acme", "X-Trace": {"value": "${uuid()}", "if_absent": True}}}}
-    hcm = compile_listeners(config_from_data(data, EXAMPLE_CONFIG.parent))[0]["filter_chains"][0]["filters"][0][
+    hcm = compile_listeners(config_from_data(data, EXAMPLE_CONFIG.parent))[0]["filter_chains"][0]["filters"][-1][
         "typed_config"]
     (early,) = hcm["early_header_mutation_extensions"]
     removed = {m["remove"] for m in early["typed_config"]["mutations"]}

@@ -35,7 +35,7 @@ def with_logging(**access_log: Any) -> GatewayConfig:
 
 def hcm_of(config: GatewayConfig) -> dict[str, Any]:
     listener = compile_bootstrap(config)["static_resources"]["listeners"][0]
-    hcm: dict[str, Any] = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    hcm: dict[str, Any] = listener["filter_chains"][0]["filters"][-1]["typed_config"]
     return hcm
 
 
@@ -68,7 +68,7 @@ def test_xds_listeners_get_the_same_access_log() -> None:
     [resource] = snapshot.get(LISTENER).values()
     listener = listener_pb2.Listener.FromString(resource.body)
     hcm = hcm_pb2.HttpConnectionManager()
-    listener.filter_chains[0].filters[0].typed_config.Unpack(hcm)
+    listener.filter_chains[0].filters[-1].typed_config.Unpack(hcm)
     [log] = hcm.access_log
     file_log = file_pb2.FileAccessLog()
     log.typed_config.Unpack(file_log)

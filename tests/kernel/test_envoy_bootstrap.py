@@ -29,7 +29,7 @@ def test_envoy_accepts_the_bootstrap() -> None:
 def test_routes_carry_their_policy() -> None:
     config = load_config(ROOT / "examples" / "gateway.yaml")
     listener = compile_bootstrap(config)["static_resources"]["listeners"][0]
-    hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    hcm = listener["filter_chains"][0]["filters"][-1]["typed_config"]
     # The path policy routes see the raw path (edge.non_canonical_paths: reject, tests/edge/).
     assert hcm["normalize_path"] is False
     assert hcm["merge_slashes"] is False

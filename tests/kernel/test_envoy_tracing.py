@@ -34,7 +34,7 @@ def config_with(**tracing: Any) -> GatewayConfig:
 
 
 def hcm_of(listener: dict[str, Any]) -> dict[str, Any]:
-    hcm: dict[str, Any] = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    hcm: dict[str, Any] = listener["filter_chains"][0]["filters"][-1]["typed_config"]
     return hcm
 
 
@@ -80,11 +80,11 @@ def test_on_from_the_standard_variable_in_both_bootstraps_and_xds(monkeypatch: p
     assert snapshot.consistent(), snapshot.inconsistencies()
     served = listener_pb2.Listener.FromString(snapshot.get(LISTENER)[listener["name"]].body)
     served_hcm = json_format.MessageToDict(served, preserving_proto_field_name=True)
-    served_hcm = served_hcm["filter_chains"][0]["filters"][0]["typed_config"]
+    served_hcm = served_hcm["filter_chains"][0]["filters"][-1]["typed_config"]
     assert served_hcm["tracing"]["provider"]["typed_config"]["grpc_service"]["envoy_grpc"] == {
         "cluster_name": COLLECTOR_CLUSTER}
     static_hcm = json_format.MessageToDict(to_proto(listener, listener_pb2.Listener),
-                                           preserving_proto_field_name=True)["filter_chains"][0]["filters"][0]
+                                           preserving_proto_field_name=True)["filter_chains"][0]["filters"][-1]
     for key in ("tracing", "request_id_extension"):
         assert served_hcm[key] == static_hcm["typed_config"][key]
     served_collector = cluster_pb2.Cluster.FromString(snapshot.get(CLUSTER)[COLLECTOR_CLUSTER].body)

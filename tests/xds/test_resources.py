@@ -88,13 +88,13 @@ def test_xds_resources_equal_the_static_bootstrap(full: bool) -> None:
     (route_config,) = snapshot.get(ROUTE).values()
     (want,) = static.listeners
     got = listener_pb2.Listener.FromString(snapshot.get(LISTENER)[want.name].body)
-    got_hcm = _dict(got.filter_chains[0].filters[0].typed_config)
-    want_hcm = _dict(want.filter_chains[0].filters[0].typed_config)
+    got_hcm = _dict(got.filter_chains[0].filters[-1].typed_config)
+    want_hcm = _dict(want.filter_chains[0].filters[-1].typed_config)
     assert got_hcm.pop("rds")["route_config_name"] == want_hcm["route_config"]["name"]
     got_hcm["route_config"] = _dict(route_config_pb(route_config.body))
     assert got_hcm == want_hcm
-    got.filter_chains[0].filters[0].ClearField("typed_config")
-    want.filter_chains[0].filters[0].ClearField("typed_config")
+    got.filter_chains[0].filters[-1].ClearField("typed_config")
+    want.filter_chains[0].filters[-1].ClearField("typed_config")
     assert got == want
 
 
@@ -144,7 +144,7 @@ def test_traffic_settings_compile_to_envoy_fields() -> None:
 def test_listener_takes_routes_over_ads_and_service_clusters_stay_static() -> None:
     snapshot = SnapshotBuilder().build(gateway(), "1")
     listener = listener_pb2.Listener.FromString(snapshot.get(LISTENER)["public"].body)
-    hcm = json_format.MessageToDict(listener.filter_chains[0].filters[0].typed_config, preserving_proto_field_name=True)
+    hcm = json_format.MessageToDict(listener.filter_chains[0].filters[-1].typed_config, preserving_proto_field_name=True)
     assert hcm["rds"] == {
         "route_config_name": "outrider_routes",
         "config_source": {"ads": {}, "resource_api_version": "V3"},
