@@ -32,6 +32,8 @@ from outrider.service_resource import EXT_AUTHZ_TYPE_URL
 class ExtAuthzPlugin:
     name: str = SERVICE
     type_url: str = EXT_AUTHZ_TYPE_URL
+    # Where its ServiceSpec is, for `python -m outrider.combined` (a name, not an import: app imports us).
+    service_spec_path: str = "ext_authz.app:SPEC"
     # First of the services' filters: the rate limiter keys on the identity it leaves in metadata.
     filter_order: int = 100
     sections: Mapping[str, Section] = field(default_factory=lambda: {

@@ -44,6 +44,8 @@ def _route_fields() -> dict[str, Section]:
 class ExtProcPlugin:
     name: str = SERVICE
     type_url: str = EXT_PROC_TYPE_URL
+    # Where its ServiceSpec is, for `python -m outrider.combined` (a name, not an import: app imports us).
+    service_spec_path: str = "ext_proc.app:SPEC"
     # Last: it transforms what the authorizer and the rate limiter let through.
     filter_order: int = 300
     sections: Mapping[str, Section] = field(default_factory=_sections)

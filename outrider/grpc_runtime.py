@@ -31,12 +31,14 @@ async def serve(
     drain_grace_s: float = 5.0,
     ready: asyncio.Event | None = None,
     credentials: grpc.ServerCredentials | None = None,
+    stop: asyncio.Event | None = None,
 ) -> None:
     """Run a grpc.aio server until SIGTERM/SIGINT, then report NOT_SERVING and drain in-flight calls.
 
     The port binds at once; with `ready`, health (the "" service and each named one) says NOT_SERVING
     until it is set — a service without its first config version must not take traffic. With
-    `credentials` the port speaks TLS (the control plane's ADS port with mTLS).
+    `credentials` the port speaks TLS (the control plane's ADS port with mTLS). With `stop`, the caller
+    owns the signals (several servers in one process, outrider/combined.py) and sets it to drain.
     """
     options = [*SERVER_OPTIONS, ("grpc.so_reuseport", 1 if reuse_port_enabled() else 0)]
     server = grpc.aio.server(options=options)
@@ -72,9 +74,10 @@ async def serve(
         log.info("serving", extra={"address": address, "port": port})
 
     gate = asyncio.create_task(serving_when_ready())
-    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    signals = (signal.SIGTERM, signal.SIGINT)
+    # One handler per signal and loop: a process running several servers sets one shared `stop` itself.
+    signals = (signal.SIGTERM, signal.SIGINT) if stop is None else ()
+    stop = stop or asyncio.Event()
     for sig in signals:
         loop.add_signal_handler(sig, stop.set)
     try:

@@ -78,6 +78,8 @@ class ServicePlugin(ConfigExtension, Protocol):
     # settings that are valid but likely not what was meant; `outrider validate` prints them.
     #     def explain(self, route: RouteConfig, config: GatewayConfig) -> list[str]
     # why its filter runs on a route, or not; `outrider explain-route` prints it under the hop.
+    #     service_spec_path: str   ("module:NAME" of its outrider.service_main.ServiceSpec)
+    # lets `python -m outrider.combined` run it in one process with the other services.
 
 
 @lru_cache(maxsize=1)

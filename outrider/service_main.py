@@ -263,7 +263,7 @@ def all_set(events: Sequence[asyncio.Event], tasks: list[asyncio.Task[None]]) ->
 
 
 async def run_service(spec: ServiceSpec, settings: StartupSettings, source: ConfigSource,
-                      *, drain_grace_s: float = 5.0) -> None:
+                      *, drain_grace_s: float = 5.0, stop: asyncio.Event | None = None) -> None:
     """Serve one service until SIGTERM: runtime ← versions from the source; health gated on the first
     version and on the runtime's own `ready` when it has one."""
     runtime = spec.runtime(settings)
@@ -278,7 +278,7 @@ async def run_service(spec: ServiceSpec, settings: StartupSettings, source: Conf
         runtime_ready: asyncio.Event | None = getattr(runtime, "ready", None)
         ready = all_set([source.ready] if runtime_ready is None else [source.ready, runtime_ready], tasks)
         await serve(runtime.register, settings.address, settings.port, runtime.health_names,
-                    drain_grace_s=drain_grace_s, ready=ready)
+                    drain_grace_s=drain_grace_s, ready=ready, stop=stop)
     finally:
         await cancel_tasks(tasks)
         await runtime.close()

@@ -33,6 +33,8 @@ from ratelimit_service.explain import explain as explain_route
 class RateLimitPlugin:
     name: str = SERVICE
     type_url: str = RATELIMIT_TYPE_URL
+    # Where its ServiceSpec is, for `python -m outrider.combined` (a name, not an import: app imports us).
+    service_spec_path: str = "ratelimit_service.app:SPEC"
     # After ext_authz (its descriptors carry the caller's tier and id from ext_authz's metadata).
     filter_order: int = 200
     sections: Mapping[str, Section] = field(default_factory=lambda: {"rate_limits": Section(RateLimitsConfig)})

@@ -144,7 +144,8 @@ def test_traffic_settings_compile_to_envoy_fields() -> None:
 def test_listener_takes_routes_over_ads_and_service_clusters_stay_static() -> None:
     snapshot = SnapshotBuilder().build(gateway(), "1")
     listener = listener_pb2.Listener.FromString(snapshot.get(LISTENER)["public"].body)
-    hcm = json_format.MessageToDict(listener.filter_chains[0].filters[-1].typed_config, preserving_proto_field_name=True)
+    hcm = json_format.MessageToDict(listener.filter_chains[0].filters[-1].typed_config,
+                                    preserving_proto_field_name=True)
     assert hcm["rds"] == {
         "route_config_name": "outrider_routes",
         "config_source": {"ads": {}, "resource_api_version": "V3"},
