@@ -28,6 +28,7 @@ from ext_authz.key_material import (
     KeyMaterialError,
     PublicKey,
     algorithms_for,
+    curve_of,
     is_pem,
     key_from_der_certificate,
     key_from_pem_certificate,
@@ -179,12 +180,10 @@ def _entry_key(entry: Mapping[str, Any], index: int) -> tuple[PublicKey, frozens
     members = _KEY_MEMBERS.get(str(entry.get("kty")), ())
     if from_cert is not None and members and not any(name in entry for name in members):
         key, algorithms = _checked(from_cert, index)
-        if algorithms_for(key)[0] != entry.get("kty"):
-            raise JwksError(f"keys[{index}]: 'x5c' certificate key is not of 'kty'={entry.get('kty')!r}")
-        crv = entry.get("crv")
-        if crv is not None and isinstance(key, ec.EllipticCurvePublicKey) and algorithms != EC_ALGORITHMS_BY_CURVE.get(
-                str(crv)):
-            raise JwksError(f"keys[{index}]: 'x5c' certificate key is not on 'crv'={crv!r}")
+        kty, crv = entry.get("kty"), entry.get("crv")
+        if algorithms_for(key)[0] != kty or (crv is not None and crv != curve_of(key)):
+            raise JwksError(f"keys[{index}]: 'x5c' certificate key is not of 'kty'={kty!r}"
+                            + (f", 'crv'={crv!r}" if crv is not None else ""))
         return key, algorithms
     key, algorithms = _build_key(entry, index)
     if from_cert is not None and _spki(from_cert) != _spki(key):

@@ -66,6 +66,13 @@ def algorithms_for(key: object) -> tuple[str, frozenset[str]]:
     raise KeyMaterialError(f"unsupported key type {type(key).__name__}")
 
 
+def curve_of(key: PublicKey) -> str | None:
+    """The JWK `crv` name of an EC or OKP key (RFC 7518 §6.2.1.1, RFC 8037 §2); None for RSA."""
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return _CURVE_BY_OPENSSL_NAME.get(key.curve.name)
+    return "Ed25519" if isinstance(key, Ed25519PublicKey) else None
+
+
 def _checked(key: object) -> PublicKey:
     algorithms_for(key)
     assert isinstance(key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey | Ed25519PublicKey)

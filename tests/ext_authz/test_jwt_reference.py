@@ -359,6 +359,19 @@ def test_jwk_x5c(keys: KeyRing, sign: Signer) -> None:
     expect(v, sign(claims(), keys.rsa2, "RS256", kid="c"), None)
 
 
+@pytest.mark.parametrize(("entry", "message"), [
+    (lambda k: {"kty": "RSA", "x5c": _x5c(k.ec256)}, "not of 'kty'='RSA'"),
+    (lambda k: {"kty": "EC", "crv": "P-384", "x5c": _x5c(k.ec256)}, "'crv'='P-384'"),
+    (lambda k: {"kty": "RSA", "x5c": "MIIB"}, "'x5c' is not a non-empty list"),
+    (lambda k: {"kty": "RSA", "x5c": ["not base64!"]}, "'x5c'[0] is not base64"),
+    (lambda k: {"kty": "RSA", "x5c": [base64.b64encode(b"junk").decode()]}, "not a DER X.509 certificate"),
+], ids=["kty-mismatch", "crv-mismatch", "not-a-list", "not-base64", "not-a-certificate"])
+def test_unusable_x5c_is_skipped_with_its_reason(keys: KeyRing, entry: Any, message: str) -> None:
+    key_set = parse_jwks({"keys": [public_jwk(keys.rsa, "good"), entry(keys)]})
+    assert [k.kid for k in key_set.ordered] == ["good"]
+    assert key_set.skipped[0].startswith("keys[1]: ") and message in key_set.skipped[0], key_set.skipped
+
+
 def test_a_pem_jwks_file(tmp_path: Path, keys: KeyRing) -> None:
     """A jwks_file holding PEM is read as PEM (the content decides, not the file name)."""
     path = tmp_path / "issuer.pem"
