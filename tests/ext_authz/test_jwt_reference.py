@@ -36,6 +36,7 @@ from ext_authz.jwks import JwksError, parse_jwks
 from ext_authz.jwks_sources import JwksFileSource
 from ext_authz.jwt_verifier import AuthError, ProviderSettings, TokenVerifier, UnknownKeyError
 from ext_authz.rbac import Grant, RbacPolicy
+from ext_authz.resource import parse, payload, provider_settings
 from ext_authz.service import build_denied, build_ok, encode_roles
 from ext_authz.token_cache import TokenCache
 from outrider.cli import main as cli_main
@@ -512,3 +513,17 @@ def test_bad_tokens_through_envoy_are_401_never_5xx(stack: Stack) -> None:
         ok = client.get(profile, headers={"authorization": f"Bearer {_dev_token(roles=['user', 'a,admin', 'é'])}"})
     assert ok.status_code == 200, ok.text
     assert ok.json()["headers"]["x-user-roles"] == "user,a%2Cadmin,%C3%A9"
+
+
+def test_typ_and_hs256_kid_travel_in_the_payload(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The settings reach the service: file -> payload JSON -> the service's ProviderSettings."""
+    from outrider.config import load_config
+
+    monkeypatch.setenv("OUTRIDER_TEST_HS", "h" * 40)
+    data = with_free_ports(example_config_dict())
+    provider = data["auth"]["providers"][0]
+    provider.update(algorithms=["RS256", "HS256"], hs256_secret_env="OUTRIDER_TEST_HS", hs256_kid="hs-1",
+                    required_typ=["JWT", "application/at+jwt"])
+    sent = json.loads(json.dumps(payload(load_config(write_config(data, tmp_path / "gateway.yaml")))))
+    settings = provider_settings(parse(sent).auth)[0]
+    assert (settings.hs256_kid, settings.required_typ) == ("hs-1", ("jwt", "at+jwt"))
