@@ -92,7 +92,8 @@ def key_from_der_certificate(der: bytes) -> PublicKey:
 
 
 def is_pem(text: str) -> bool:
-    return text.lstrip().startswith("-----BEGIN ")
+    """PEM text (explanatory lines before the blocks allowed, RFC 7468 §5.2), not a JSON document."""
+    return "-----BEGIN " in text and not text.lstrip().startswith(("{", "["))
 
 
 def keys_from_pem(text: str) -> list[PublicKey]:

@@ -376,7 +376,7 @@ def test_unusable_x5c_is_skipped_with_its_reason(keys: KeyRing, entry: Any, mess
 def test_a_pem_jwks_file(tmp_path: Path, keys: KeyRing) -> None:
     """A jwks_file holding PEM is read as PEM (the content decides, not the file name)."""
     path = tmp_path / "issuer.pem"
-    path.write_text(public_pem(keys.ed25519))
+    path.write_text("Issuer signing key, rotated 2026-01\n" + public_pem(keys.ed25519))
     got = []
     assert JwksFileSource(path, got.append).load_now().ordered[0].kty == "OKP"
     assert len(got) == 1
