@@ -289,6 +289,7 @@ class TokenVerifier:
         kid = header.get("kid")
         if kid is not None and not isinstance(kid, str):
             raise AuthError("malformed", "header 'kid' is not a string")
+        kid = kid or None  # an empty kid is no kid, as in jwt_verify_lib
         # jku/x5u/jwk/x5c are never read: keys come only from our own KeySet.
 
         # The unverified iss only picks which provider's keys to try; the signature then vouches for it.
@@ -312,7 +313,7 @@ class TokenVerifier:
         # The algorithm is the single one chosen above, never looked up again from the header.
         signing_input = raw[: len(header_seg) + 1 + len(payload_seg)]
         verifier = self._algorithms[alg]
-        for key in self._candidate_keys(state, alg, kid or None):
+        for key in self._candidate_keys(state, alg, kid):
             try:
                 valid = verifier.verify(signing_input, key, signature)
             except Exception:  # a verifier that raises has not verified anything

@@ -238,7 +238,7 @@ def test_kidless_token_against_keys_with_kid(keys: KeyRing, sign: Signer) -> Non
     """verify.cc: a token without kid tries keys with a kid too; an empty kid counts as none."""
     v = _verifier_with({"keys": [public_jwk(keys.rsa, "a"), public_jwk(keys.rsa2, "b")]})
     expect(v, sign(claims(), keys.rsa2, "RS256"), None)
-    expect(v, sign(claims(), keys.rsa2, "RS256", kid=""), None)
+    assert v.verify(sign(claims(), keys.rsa2, "RS256", kid=""), NOW).kid is None
 
 
 def test_a_kid_skips_keys_of_other_kids(keys: KeyRing, sign: Signer) -> None:
