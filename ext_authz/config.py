@@ -16,7 +16,8 @@ from outrider.config.extensions import required_section, service_settings
 from outrider.config.model import GatewayConfig, ServiceEndpoint
 
 SERVICE = "ext_authz"
-Algorithm = Literal["RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA", "HS256"]
+Algorithm = Literal["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA",
+                    "HS256"]
 Action = Literal["read", "write", "delete", "*"]
 DEFAULT_ALGORITHMS: tuple[Algorithm, ...] = ("RS256",)
 
@@ -41,10 +42,21 @@ class JwtProviderConfig(StrictModel):
     max_lifetime_s: Annotated[float, Field(gt=0, le=366 * 86_400)] = 86_400.0
     # HS256 secrets never live in the config file: name an environment variable instead.
     hs256_secret_env: str | None = None
+    # The kid of that secret: a token naming another kid is refused (unset: the secret is a key without
+    # kid, tried whatever kid a token names, as jwt_verify_lib does with a JWK without kid).
+    hs256_kid: Annotated[str, Field(min_length=1)] | None = None
+    # Accepted `typ` header values, case-insensitive, `application/` optional (RFC 7515 §4.1.9, RFC 8725
+    # §3.11); unset or empty: not checked. E.g. "JWT" or ["JWT", "at+jwt"].
+    required_typ: Annotated[str, Field(min_length=1)] | list[Annotated[str, Field(min_length=1)]] = Field(
+        default_factory=list)
     roles_claim: str = "roles"
     tier_claim: str = "tier"
     email_claim: str = "email"
     default_tier: str = "free"
+
+    @property
+    def typ_values(self) -> tuple[str, ...]:
+        return (self.required_typ,) if isinstance(self.required_typ, str) else tuple(self.required_typ)
 
     @model_validator(mode="after")
     def _keys(self) -> JwtProviderConfig:
@@ -55,6 +67,8 @@ class JwtProviderConfig(StrictModel):
             raise ValueError("HS256 needs hs256_secret_env (the variable holding the shared secret)")
         if self.hs256_secret_env and "HS256" not in self.algorithms:
             raise ValueError("hs256_secret_env is set but HS256 is not in algorithms")
+        if self.hs256_kid is not None and "HS256" not in self.algorithms:
+            raise ValueError("hs256_kid is set but HS256 is not in algorithms")
         if self.jwks_url is not None:
             check_jwks_url(self.jwks_url, self.allow_insecure)
         return self
@@ -154,8 +168,15 @@ def check_auth(config: GatewayConfig) -> Iterator[Problem]:
 
 
 def auth_warnings(config: GatewayConfig) -> list[str]:
-    """Valid settings that must not reach production: keys fetched over plain HTTP."""
-    return [f"auth.providers[{index}] ({provider.name}): allow_insecure fetches the signing keys over plain "
-            f"http:// ({provider.jwks_url}); anyone on the network path can replace them — DEVELOPMENT ONLY"
-            for index, provider in enumerate(auth_of(config).providers)
-            if provider.allow_insecure and provider.jwks_url is not None and provider.jwks_url.startswith("http:")]
+    """Valid settings that must not reach production: keys fetched over plain HTTP, audiences not checked."""
+    warnings = []
+    for index, provider in enumerate(auth_of(config).providers):
+        where = f"auth.providers[{index}] ({provider.name})"
+        if provider.allow_insecure and provider.jwks_url is not None and provider.jwks_url.startswith("http:"):
+            warnings.append(f"{where}: allow_insecure fetches the signing keys over plain http:// "
+                            f"({provider.jwks_url}); anyone on the network path can replace them — DEVELOPMENT ONLY")
+        if not provider.audiences:
+            # RFC 8725 §3.9: without an audience check, a token the issuer made for another service works here.
+            warnings.append(f"{where}: audiences is empty, so 'aud' is not checked and a token the issuer "
+                            "made for any other service is accepted here; list this gateway's audiences")
+    return warnings

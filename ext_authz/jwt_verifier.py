@@ -6,6 +6,7 @@ import binascii
 import dataclasses
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +23,8 @@ MIN_HS256_SECRET_BYTES = 32
 DEFAULT_MAX_LIFETIME_S = 86_400.0
 # NumericDate (RFC 7519 §2) is seconds since 1970; before 1970 or after 9999-12-31 is no real token's date.
 MAX_NUMERIC_DATE = 253_402_300_799.0
+# C0 controls and DEL: never part of a user id, e-mail, tier or role.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 @dataclass(frozen=True)
@@ -39,11 +42,17 @@ class ProviderSettings:
     email_claim: str = "email"
     default_tier: str = "free"
     max_lifetime_s: float = DEFAULT_MAX_LIFETIME_S
+    # The configured HS256 secret's kid: a token naming another kid is refused. None: a key without kid,
+    # which (as a JWK without kid in jwt_verify_lib) is tried whatever kid the token names.
+    hs256_kid: str | None = None
+    # Accepted `typ` header values (RFC 7515 §4.1.9, compared as normalise_typ does); empty: not checked.
+    required_typ: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         # Tuples even when a loader hands lists, so the settings stay hashable and immutable.
         object.__setattr__(self, "audiences", tuple(self.audiences))
         object.__setattr__(self, "algorithms", tuple(self.algorithms))
+        object.__setattr__(self, "required_typ", tuple(normalise_typ(t) for t in self.required_typ))
         if not self.name:
             raise ValueError("provider name must not be empty")
         if not self.issuer:
@@ -75,6 +84,18 @@ class ProviderSettings:
                 HMACAlgorithm(HMACAlgorithm.SHA256).prepare_key(self.hs256_secret)
             except jwt_exceptions.InvalidKeyError as exc:
                 raise ValueError(f"provider {self.name!r}: hs256_secret: {exc}") from None
+        if self.hs256_kid is not None and (not self.hs256_kid or "HS256" not in self.algorithms):
+            raise ValueError(f"provider {self.name!r}: hs256_kid needs HS256 and must not be empty")
+        if not all(self.required_typ):
+            raise ValueError(f"provider {self.name!r}: required_typ values must not be empty")
+
+
+def normalise_typ(value: str) -> str:
+    """`typ` as compared: case-insensitively (RFC 7515 §4.1.9: media type names are), and without an
+    `application/` prefix, which RFC 7515 §4.1.9 lets a producer omit when the type has no other `/`."""
+    lowered = value.strip().lower()
+    rest = lowered.removeprefix("application/")
+    return rest if "/" not in rest else lowered
 
 
 @dataclass(frozen=True)
@@ -110,28 +131,20 @@ class UnknownKeyError(AuthError):
 
 @dataclass(frozen=True)
 class _Keyring:
-    """A provider's key set plus the precomputed kid-less choice per algorithm."""
+    """A provider's keys in document order, each narrowed to the algorithms PyJWT accepts it for."""
 
-    by_kid: Mapping[str | None, VerificationKey]
-    sole_by_alg: Mapping[str, VerificationKey]  # algorithms for which exactly one key fits
-    ambiguous_algs: frozenset[str]  # algorithms for which more than one key fits
+    ordered: tuple[VerificationKey, ...]
+    kids: frozenset[str]
 
 
 def _build_keyring(keys: KeySet, algorithms: Mapping[str, Algorithm]) -> _Keyring:
-    by_kid: dict[str | None, VerificationKey] = {}
-    fits: dict[str, list[VerificationKey]] = {}
-    for kid, vkey in keys.keys.items():
+    ordered = []
+    for vkey in keys.ordered:
         usable = frozenset(alg for alg in vkey.algorithms if _pyjwt_accepts(algorithms[alg], vkey))
         if usable != vkey.algorithms:
             vkey = dataclasses.replace(vkey, algorithms=usable)
-        by_kid[kid] = vkey
-        for alg in usable:
-            fits.setdefault(alg, []).append(vkey)
-    return _Keyring(
-        by_kid=by_kid,
-        sole_by_alg={alg: ks[0] for alg, ks in fits.items() if len(ks) == 1},
-        ambiguous_algs=frozenset(alg for alg, ks in fits.items() if len(ks) > 1),
-    )
+        ordered.append(vkey)
+    return _Keyring(ordered=tuple(ordered), kids=frozenset(k.kid for k in ordered if k.kid is not None))
 
 
 def _pyjwt_accepts(algorithm: Algorithm, vkey: VerificationKey) -> bool:
@@ -276,6 +289,7 @@ class TokenVerifier:
         kid = header.get("kid")
         if kid is not None and not isinstance(kid, str):
             raise AuthError("malformed", "header 'kid' is not a string")
+        kid = kid or None  # an empty kid is no kid, as in jwt_verify_lib
         # jku/x5u/jwk/x5c are never read: keys come only from our own KeySet.
 
         # The unverified iss only picks which provider's keys to try; the signature then vouches for it.
@@ -291,46 +305,50 @@ class TokenVerifier:
         if alg not in settings.algorithms:
             raise AuthError("alg_not_allowed", f"{alg[:20]!r} not allowed for {settings.name}")
 
-        key: Any
+        if settings.required_typ:
+            typ = header.get("typ")
+            if not isinstance(typ, str) or normalise_typ(typ) not in settings.required_typ:
+                raise AuthError("bad_typ", f"typ={str(typ)[:40]!r}")
+
+        # The algorithm is the single one chosen above, never looked up again from the header.
+        signing_input = raw[: len(header_seg) + 1 + len(payload_seg)]
+        verifier = self._algorithms[alg]
+        for key in self._candidate_keys(state, alg, kid):
+            try:
+                valid = verifier.verify(signing_input, key, signature)
+            except Exception:  # a verifier that raises has not verified anything
+                valid = False
+            if valid:
+                return self._check_claims(payload, settings, kid, now)
+        raise AuthError("bad_signature", f"provider {settings.name}")
+
+    @staticmethod
+    def _candidate_keys(state: _Provider, alg: str, kid: str | None) -> list[Any]:
+        """Every key that may have signed the token, in key-set order (jwt_verify_lib, src/verify.cc
+        verifyJwtWithoutTimeChecking): a key whose kid differs from the token's is skipped, a key without
+        kid and a token without kid match any; then the key must fit the algorithm. An empty kid is none."""
+        settings = state.settings
         if alg == "HS256":
             # The configured secret is the only HMAC key; a JWKS key is never used as one.
             if settings.hs256_secret is None:  # excluded by ProviderSettings; kept for safety
                 raise AuthError("alg_not_allowed", "HS256 without a configured secret")
-            key = settings.hs256_secret
-        else:
-            key = self._select_key(state, alg, kid).key
-
-        # The algorithm is the single one chosen above, never looked up again from the header.
-        signing_input = raw[: len(header_seg) + 1 + len(payload_seg)]
-        try:
-            valid = self._algorithms[alg].verify(signing_input, key, signature)
-        except Exception as exc:  # a verifier that raises has not verified anything
-            raise AuthError("bad_signature", f"{type(exc).__name__}") from None
-        if not valid:
-            raise AuthError("bad_signature", f"provider {settings.name}")
-
-        return self._check_claims(payload, settings, kid, now)
-
-    def _select_key(self, state: _Provider, alg: str, kid: str | None) -> VerificationKey:
-        name = state.settings.name
+            if kid is not None and settings.hs256_kid is not None and kid != settings.hs256_kid:
+                # Not an UnknownKeyError: a JWKS refresh cannot bring a new shared secret.
+                raise AuthError("unknown_kid", f"kid {kid[:100]!r} is not the HS256 secret's")
+            return [settings.hs256_secret]
         keyring = state.keyring
         if keyring is None:
-            raise UnknownKeyError(name, "no keys loaded")
-        if kid is not None:
-            vkey = keyring.by_kid.get(kid)
-            if vkey is None:
-                raise UnknownKeyError(name, f"kid {kid[:100]!r}")
-        else:
-            found = keyring.sole_by_alg.get(alg)
-            if found is None:
-                if alg in keyring.ambiguous_algs:
-                    # A refresh cannot resolve this, so no UnknownKeyError (which would trigger one).
-                    raise AuthError("unknown_kid", f"no kid and several {alg} keys")
-                raise UnknownKeyError(name, f"no kid and no {alg} key")
-            vkey = found
-        if alg not in vkey.algorithms:
-            raise AuthError("key_alg_mismatch", f"{vkey.kty} key {vkey.kid!r} cannot verify {alg}")
-        return vkey
+            raise UnknownKeyError(settings.name, "no keys loaded")
+        matching = [k for k in keyring.ordered if kid is None or k.kid is None or k.kid == kid]
+        fitting = [k.key for k in matching if alg in k.algorithms]
+        if fitting:
+            return fitting
+        if kid is not None and kid not in keyring.kids:
+            # Perhaps rotated in since the last fetch: the adapter asks the key source to refresh.
+            raise UnknownKeyError(settings.name, f"kid {kid[:100]!r}")
+        if matching and kid is not None:
+            raise AuthError("key_alg_mismatch", f"key {kid[:100]!r} cannot verify {alg}")
+        raise UnknownKeyError(settings.name, f"no kid and no {alg} key")
 
     @staticmethod
     def _check_claims(
@@ -348,25 +366,29 @@ class TokenVerifier:
         iat = _numeric_claim(payload, "iat")
         if iat is not None and iat > now + leeway:
             raise AuthError("issued_in_future", f"iat={iat}")
-        # A stolen token must not be good for years: its lifetime is bounded by the provider's
-        # max_lifetime_s, measured from iat, or from now when the token has none (as Envoy's
-        # jwt_authn `max_lifetime` does; the leeway covers clock skew with the issuer).
-        if iat is not None:
-            if exp - iat > settings.max_lifetime_s:
-                raise AuthError("lifetime_too_long", f"exp-iat={exp - iat:.0f}s")
-        elif exp - now > settings.max_lifetime_s + leeway:
+        # A stolen token must not be good for years. Envoy's jwt_authn `max_lifetime` (jwks_cache.cc,
+        # isLifetimeAllowed) allows a token only while exp - now < max_lifetime, with no clock skew; we
+        # apply that same rule, and also bound exp - iat by it (a token issued long ago with a long life).
+        if exp - now >= settings.max_lifetime_s:
             raise AuthError("lifetime_too_long", f"exp-now={exp - now:.0f}s")
+        if iat is not None and exp - iat > settings.max_lifetime_s:
+            raise AuthError("lifetime_too_long", f"exp-iat={exp - iat:.0f}s")
 
         if payload.get("iss") != settings.issuer:
             raise AuthError("bad_issuer", "issuer changed after provider selection")
 
+        # jwt_verify_lib's Jwt::parseFromString refuses these types whatever the provider's settings.
+        if "jti" in payload and not isinstance(payload["jti"], str):
+            raise AuthError("bad_claim", "'jti' is not a string")
+        token_auds: list[Any] = []
+        if "aud" in payload:
+            aud = payload["aud"]
+            token_auds = [aud] if isinstance(aud, str) else aud if isinstance(aud, list) else [None]
+            if not all(isinstance(a, str) for a in token_auds):
+                raise AuthError("bad_audience", "'aud' is not a string or list of strings")
         if settings.audiences:
             if "aud" not in payload:
                 raise AuthError("missing_claim", "'aud' missing")
-            aud = payload["aud"]
-            token_auds: list[Any] = [aud] if isinstance(aud, str) else aud if isinstance(aud, list) else []
-            if not token_auds or not all(isinstance(a, str) for a in token_auds):
-                raise AuthError("bad_audience", "'aud' is not a string or list of strings")
             if not set(token_auds).intersection(settings.audiences):
                 raise AuthError("bad_audience", "no configured audience in 'aud'")
 
@@ -396,6 +418,13 @@ class TokenVerifier:
             tier = settings.default_tier
         elif not isinstance(tier, str) or not tier:
             raise AuthError("bad_claim", f"'{settings.tier_claim}' is not a non-empty string")
+
+        for name, value in (("sub", sub), (settings.email_claim, email), (settings.tier_claim, tier), *(
+                (settings.roles_claim, role) for role in roles)):
+            if value is not None and _CONTROL.search(value):
+                # Identity values become upstream headers: a CR, LF or NUL there is refused by Envoy (a 500)
+                # or splits a header; no issuer means one, so the token is refused instead.
+                raise AuthError("bad_claim", f"'{name}' contains a control character")
 
         return Identity(
             user_id=sub,

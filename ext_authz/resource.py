@@ -160,7 +160,7 @@ def provider_settings(auth: AuthConfig) -> list[ProviderSettings]:
             name=p.name, issuer=p.issuer, audiences=tuple(p.audiences), algorithms=tuple(p.algorithms),
             hs256_secret=secret or None, leeway_s=auth.leeway_s, roles_claim=p.roles_claim,
             tier_claim=p.tier_claim, email_claim=p.email_claim, default_tier=p.default_tier,
-            max_lifetime_s=p.max_lifetime_s,
+            max_lifetime_s=p.max_lifetime_s, hs256_kid=p.hs256_kid, required_typ=p.typ_values,
         ))
     return settings
 

@@ -6,7 +6,8 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from urllib.parse import quote
 
 import grpc
 from envoy.config.core.v3 import base_pb2
@@ -44,6 +45,19 @@ EXTERNAL_ADDRESS = "x-envoy-external-address"
 AUTHORIZATION = "authorization"
 
 
+# Visible ASCII but `%` (the escape), `,` (the separator): kept as is in a role; anything else is %XX-encoded.
+_ROLE_SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) not in "%,")
+
+
+def encode_roles(roles: Sequence[str]) -> str:
+    """Roles joined with `,`, each percent-encoded (RFC 3986 §2.1, its UTF-8 bytes) outside visible ASCII and
+    for `%` and `,`: a role "user,admin" arrives as "user%2Cadmin", one role that cannot pass for two, and a
+    space, non-ASCII or control character can neither be trimmed away nor break the header. Roles made of
+    visible ASCII without `%`/`,` (the usual ones) are sent unchanged; an upstream splits on `,` and
+    percent-decodes each part."""
+    return ",".join(quote(role, safe=_ROLE_SAFE) for role in roles)
+
+
 def _header(key: str, value: str) -> base_pb2.HeaderValueOption:
     return base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=key, value=value), append_action=_OVERWRITE)
 
@@ -60,7 +74,7 @@ def build_ok(decision: Decision) -> external_auth_pb2.CheckResponse:
         # Envoy's v3 API since 1.17 (envoyproxy.io/docs/envoy/v1.17.1/api-v3/service/auth/v3/external_auth.proto).
         ok.headers_to_remove.append(AUTHORIZATION)
         return response
-    roles = ",".join(identity.roles)
+    roles = encode_roles(identity.roles)
     # Overwrite, never append: whatever the client sent under these names is discarded.
     ok.headers.extend((_header("x-user-id", identity.user_id), _header("x-user-roles", roles),
                        _header("x-user-tier", identity.tier)))

@@ -226,8 +226,9 @@ DAY = 86_400.0
         ({"iat": NOW - 10, "exp": NOW - 10 + DAY + 1}, "lifetime_too_long"),
         # Issued long ago with a long life: still refused although little of it is left.
         ({"iat": NOW - 30 * DAY, "exp": NOW + 60}, "lifetime_too_long"),
-        ({"iat": DROP, "exp": NOW + DAY + LEEWAY}, None),
-        ({"iat": DROP, "exp": NOW + DAY + LEEWAY + 1}, "lifetime_too_long"),
+        # Without iat, Envoy's rule alone (jwt_authn isLifetimeAllowed): exp - now < max_lifetime, no skew.
+        ({"iat": DROP, "exp": NOW + DAY - 1}, None),
+        ({"iat": DROP, "exp": NOW + DAY}, "lifetime_too_long"),
         ({"iat": NOW - 10, "exp": NOW + 50 * 365 * DAY}, "lifetime_too_long"),
         # "An exp millions of years away" (issue 11): not a NumericDate any issuer writes.
         ({"iat": NOW - 10, "exp": NOW + 3e6 * 365 * DAY}, "bad_claim"),
@@ -237,7 +238,7 @@ DAY = 86_400.0
         ({"exp": -1}, "bad_claim"),
         ({"iat": 10**400}, "bad_claim"),
     ],
-    ids=["lifetime-24h", "lifetime-24h+1s", "old-iat-long-life", "no-iat-24h+leeway", "no-iat-24h+leeway+1s",
+    ids=["lifetime-24h", "lifetime-24h+1s", "old-iat-long-life", "no-iat-24h-1s", "no-iat-24h",
          "fifty-years", "millions-of-years", "exp-1e300", "negative-iat", "negative-nbf", "negative-exp",
          "huge-int-iat"],
 )
@@ -256,7 +257,7 @@ def test_token_lifetime_is_bounded(
 def test_max_lifetime_is_per_provider(keys: KeyRing, sign: Signer) -> None:
     hour = TokenVerifier([ProviderSettings("main", ISS, (AUD,), ("RS256",), max_lifetime_s=3600)])
     hour.set_keys("main", parse_jwks({"keys": [public_jwk(keys.rsa, "rsa-1")]}))
-    assert hour.verify(sign(claims(iat=NOW, exp=NOW + 3600), keys.rsa, "RS256", kid="rsa-1"), NOW)
+    assert hour.verify(sign(claims(iat=NOW - 1, exp=NOW + 3599), keys.rsa, "RS256", kid="rsa-1"), NOW)
     expect_reason(hour, sign(claims(iat=NOW, exp=NOW + 3601), keys.rsa, "RS256", kid="rsa-1"), "lifetime_too_long")
 
 
@@ -338,7 +339,6 @@ CASES = [
     Case("hs256-pem-secret-provider-with-hs-secret", _pem_hmac(HS_ISS, None), "bad_signature"),
     Case("hs256-pem-secret-provider-with-hs-secret-kid", _pem_hmac(HS_ISS, "rsa-1"), "bad_signature"),
     Case("unknown-kid", _signed(kid="rotated-away"), "unknown_kid"),
-    Case("no-kid-two-keys-fit-alg", _signed(alg="RS384", kid=None, key="rsa2"), "unknown_kid"),
     Case("provider-without-keys", _signed(iss="https://nokeys.example.com"), "unknown_kid"),
     # Issuer is compared exactly.
     Case("iss-prefix", _signed(iss=ISS[:-4]), "unknown_issuer"),
@@ -433,11 +433,9 @@ def test_unknown_kid_names_the_provider_for_refresh(
     assert info.value.reason == "unknown_kid"
 
 
-def test_ambiguous_kidless_token_does_not_ask_for_refresh(
-    verifier: TokenVerifier, keys: KeyRing, sign: Signer
-) -> None:
-    err = expect_reason(verifier, sign(claims(), keys.rsa2, "RS384"), "unknown_kid")
-    assert not isinstance(err, UnknownKeyError)
+def test_kidless_token_tries_every_key_that_fits(verifier: TokenVerifier, keys: KeyRing, sign: Signer) -> None:
+    # Two keys fit RS384 (rsa-1 and rsa-rs384): the second one signed it (jwt_verify_lib tries every key).
+    assert verifier.verify(sign(claims(), keys.rsa2, "RS384"), NOW).kid is None
 
 
 def test_rotation_via_set_keys(verifier: TokenVerifier, keys: KeyRing, sign: Signer) -> None:
