@@ -43,6 +43,11 @@ def _d(name: str, default: str, reason: str, *also: str) -> Setting:
     return Setting(name, default, DEFAULT_ONLY, reason, frozenset({default.lower(), *(a.lower() for a in also)}))
 
 
+def _only(name: str, default: str, reason: str, *accepted: str) -> Setting:
+    """Accepted unset or at `accepted` only: the reference's default itself behaves differently here."""
+    return Setting(name, default, DEFAULT_ONLY, reason, frozenset(a.lower() for a in accepted))
+
+
 def _dep(name: str, default: str, parent: str) -> Setting:
     return Setting(name, default, DEPENDS, parent)
 
@@ -76,7 +81,7 @@ SETTINGS: tuple[Setting, ...] = (
     _dep("GRPC_CLIENT_TLS_SAN", "", "GRPC_SERVER_USE_TLS"),
     # logging
     _s("LOG_LEVEL", "WARN", "log level (debug, info, warn, error)"),
-    _d("LOG_FORMAT", "text", "logs are JSON lines whatever LOG_FORMAT says", "json"),
+    _only("LOG_FORMAT", "text", "logs are JSON lines (LOG_FORMAT=json)", "json"),
     # config source
     _d("CONFIG_TYPE", "FILE", _NO_XDS),
     _s("FORCE_START_WITHOUT_INITIAL_CONFIG", "false",
@@ -96,7 +101,7 @@ SETTINGS: tuple[Setting, ...] = (
     _dep("XDS_CLIENT_BACKOFF_RANDOM_FACTOR", "0.5", "CONFIG_TYPE"),
     _dep("XDS_CLIENT_BACKOFF_JITTER", "true", "CONFIG_TYPE"),
     # stats
-    _d("USE_STATSD", "true", _NO_STATSD, "false"),
+    _only("USE_STATSD", "true", _NO_STATSD, "false"),
     _dep("STATSD_HOST", "localhost", "USE_STATSD"),
     _dep("STATSD_PORT", "8125", "USE_STATSD"),
     _d("USE_DOG_STATSD", "false", _NO_STATSD),
@@ -113,12 +118,12 @@ SETTINGS: tuple[Setting, ...] = (
        "RUNTIME_APPDIRECTORY, every file under it (rate_limits.files)"),
     _s("RUNTIME_SUBDIRECTORY", "", "see RUNTIME_ROOT"),
     _s("RUNTIME_APPDIRECTORY", "config", "see RUNTIME_ROOT"),
-    _d("RUNTIME_IGNOREDOTFILES", "false", "dot files and dot directories are always skipped (a Kubernetes "
+    _only("RUNTIME_IGNOREDOTFILES", "false", "dot files and dot directories are always skipped (a Kubernetes "
        "ConfigMap mount keeps a second copy of every file under `..<timestamp>/`)", "true"),
     _s("RUNTIME_WATCH_ROOT", "true", "either value: files are polled every 0.5 s, so an edit in place and a "
        "swap of the RUNTIME_ROOT symlink both reload"),
     # limits
-    _d("EXPIRATION_JITTER_MAX_SECONDS", "300", "counter expiry has no jitter here", "0"),
+    _only("EXPIRATION_JITTER_MAX_SECONDS", "300", "counter expiry has no jitter here", "0"),
     _s("LOCAL_CACHE_SIZE_IN_BYTES", "0", "rate_limits.local_cache_size_bytes"),
     _s("NEAR_LIMIT_RATIO", "0.8", "rate_limits.near_limit_ratio"),
     _s("CACHE_KEY_PREFIX", "", "rate_limits.redis.key_prefix"),
