@@ -33,7 +33,7 @@ from outrider.service_main import FileSource, counted
 from ratelimit_service import file_set, reference_env
 from ratelimit_service.app import SPEC, RateLimitRuntime
 from ratelimit_service.config import RateLimitsConfig
-from ratelimit_service.resource import payload
+from ratelimit_service.resource import PayloadError, build, payload
 from tests.harness import ROOT, example_config_dict, with_free_ports, write_config
 
 Response = rls_pb2.RateLimitResponse
@@ -126,6 +126,19 @@ def test_validate_and_the_service_give_the_same_error(tmp_path: Path) -> None:
 
     _gateway(tmp_path, ["limits"], merge_domains=True)
     assert load_config(gateway) is not None  # merged: valid
+
+
+def test_a_pushed_payload_with_a_duplicate_domain_is_refused_naming_both_files() -> None:
+    """Under the control plane the files arrive inlined; the service applies the same loadConfig rule
+    (README "File Based Configuration Loading", MERGE_DOMAIN_CONFIG) and NACKs naming both files."""
+    files = [{"name": name, "config": {"domain": "d", "descriptors": [
+        {"key": key, "rate_limit": {"unit": "second", "requests_per_unit": 1}}]}} for name, key in
+        (("a.yaml", "x"), ("b.yaml", "y"))]
+    with pytest.raises(PayloadError, match=r"b.yaml: duplicate domain 'd' in config file \(also in a.yaml\)"):
+        build({"rate_limits": None, "files": files})
+    section = RateLimitsConfig(merge_domains=True).model_dump(mode="json", exclude={"files"})
+    table = build({"rate_limits": section, "files": files}).settings.table
+    assert table.lookup("d", [("x", "1")]) is not None and table.lookup("d", [("y", "1")]) is not None
 
 
 @pytest.fixture
