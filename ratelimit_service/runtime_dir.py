@@ -63,7 +63,8 @@ class RuntimeDirSource:
         # Files added or removed change what to watch (the digest just seen stays the baseline).
         self._files.watch(file_set.watched([self._directory]))
         try:
-            payload = self.payload()
+            # Off the event loop: a file just written is waited for (file_set.read_stable), decisions are not.
+            payload = await asyncio.to_thread(self.payload)
             text = canonical_json(payload)
             if text == self._live:
                 return False

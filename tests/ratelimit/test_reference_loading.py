@@ -34,6 +34,7 @@ from ratelimit_service import file_set, reference_env
 from ratelimit_service.app import SPEC, RateLimitRuntime
 from ratelimit_service.config import RateLimitsConfig
 from ratelimit_service.resource import PayloadError, build, payload
+from ratelimit_service.runtime_dir import RuntimeDirSource
 from tests.harness import ROOT, example_config_dict, with_free_ports, write_config
 
 Response = rls_pb2.RateLimitResponse
@@ -182,6 +183,31 @@ async def test_the_set_reloads_files_added_removed_and_broken(
     assert (rpu("a"), rpu("c")) == (5, 8)
     refused = [r for r in caplog.records if "rejected" in r.getMessage()]
     assert refused and f"{config / 'd.yaml'}: duplicate domain 'a'" in str(refused[-1].__dict__["issues"])
+
+
+async def test_reference_directory_source_drops_removed_files_and_keeps_the_set_on_a_bad_edit(
+        tmp_path: Path, runtime: RateLimitRuntime, caplog: pytest.LogCaptureFixture) -> None:
+    """`--reference-env`'s source (RUNTIME_ROOT/RUNTIME_SUBDIRECTORY/RUNTIME_APPDIRECTORY): file_provider.go
+    sendEvent rebuilds the whole set on each change, so a removed file's domain goes; a set that does not load
+    keeps the running config (logged with the file and the reason)."""
+    put(tmp_path / "a.yaml", limits("a", "k", 5))
+    put(tmp_path / "b.yaml", limits("b", "k", 6))
+    source = RuntimeDirSource(tmp_path, {"merge_domains": False})
+    await source.start(counted("ratelimit", runtime.apply))
+
+    def domains() -> list[str]:
+        return sorted(runtime.service.settings.table.domains)  # the live table: each version swaps it
+
+    assert domains() == ["a", "b", "outrider"]
+    (tmp_path / "b.yaml").unlink()
+    assert await source.poll()
+    assert domains() == ["a", "outrider"]
+    put(tmp_path / "c.yaml", "domain: c\ndescriptors: [{key: k, rate_limit: {unit: fortnight}}]\n")
+    with caplog.at_level(logging.ERROR):
+        assert not await source.poll()
+    assert domains() == ["a", "outrider"]
+    issues = str([r.__dict__.get("issues") for r in caplog.records])
+    assert str(tmp_path / "c.yaml") in issues and "unit" in issues
 
 
 def test_a_file_rewritten_in_place_is_never_read_half_written(tmp_path: Path) -> None:
