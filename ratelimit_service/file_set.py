@@ -40,15 +40,18 @@ def _hidden(name: str) -> bool:
     return name.startswith(".")
 
 
-def _walk(directory: Path) -> Iterator[tuple[Path, list[Path]]]:
-    """(directory, its visible files) for the directory and each visible subdirectory, in name order."""
-    entries = sorted(os.scandir(directory), key=lambda e: e.name)
-    files = [Path(e.path) for e in entries if not _hidden(e.name) and e.is_file()]
-    yield directory, files
-    for entry in entries:
-        # Like the reference's filepath.Walk, a symlinked directory is not entered (a symlinked file is read).
-        if not _hidden(entry.name) and entry.is_dir(follow_symlinks=False):
+def _walk(directory: Path) -> Iterator[tuple[Path, bool]]:
+    """(path, is a directory) for the directory and everything visible under it, in the order of the
+    reference's filepath.Walk: lexical, a subdirectory's files where its name sorts among the files."""
+    yield directory, True
+    for entry in sorted(os.scandir(directory), key=lambda e: e.name):
+        if _hidden(entry.name):
+            continue
+        # Like filepath.Walk, a symlinked directory is not entered (a symlinked file is read).
+        if entry.is_dir(follow_symlinks=False):
             yield from _walk(Path(entry.path))
+        elif entry.is_file():
+            yield Path(entry.path), False
 
 
 def expand(paths: Sequence[Path]) -> list[Path]:
@@ -57,27 +60,13 @@ def expand(paths: Sequence[Path]) -> list[Path]:
     The reference reads every file under its runtime directory whatever its extension (goruntime's
     loader walks the tree), so a stray file there is refused, not skipped: the same here.
     """
-    found: list[Path] = []
-    for path in paths:
-        if path.is_dir():
-            for _directory, files in _walk(path):
-                found.extend(files)
-        else:
-            found.append(path)
-    return found
+    return [found for path in paths
+            for found, is_dir in (_walk(path) if path.is_dir() else [(path, False)]) if not is_dir]
 
 
 def watched(paths: Sequence[Path]) -> list[Path]:
     """What to watch for changes to the set: its files, and its directories (a file added or removed)."""
-    result: list[Path] = []
-    for path in paths:
-        if path.is_dir():
-            for directory, files in _walk(path):
-                result.append(directory)
-                result.extend(files)
-        else:
-            result.append(path)
-    return result
+    return [found for path in paths for found, _ in (_walk(path) if path.is_dir() else [(path, False)])]
 
 
 def _identity(path: Path) -> tuple[int, int, int, int]:

@@ -62,10 +62,13 @@ def test_a_directory_is_every_visible_file_under_it(tmp_path: Path) -> None:
     put(config / "a.yaml", limits("a", "k", 1))
     put(config / "team" / "b.conf", limits("b", "k", 2))
     put(config / ".hidden.yaml", limits("a", "k", 3))
-    put(config / "..2024_01_01" / "a.yaml", limits("a", "k", 4))
+    # A Kubernetes ConfigMap mount: c.yaml -> ..data/c.yaml, ..data -> ..2024_01_01, the real file inside.
+    put(config / "..2024_01_01" / "c.yaml", limits("c", "k", 4))
+    (config / "..data").symlink_to("..2024_01_01")
+    (config / "c.yaml").symlink_to("..data/c.yaml")
     loaded = file_set.load([config], merge=False)
     assert [(Path(f.name).relative_to(config).as_posix(), f.config.domain) for f in loaded] == [
-        ("a.yaml", "a"), ("team/b.conf", "b")]
+        ("a.yaml", "a"), ("c.yaml", "c"), ("team/b.conf", "b")]
 
     # A stray file is read like the others, so it is refused (naming it), never skipped silently.
     put(config / "notes.txt", "just some notes\n")
