@@ -113,7 +113,9 @@ def descriptor_files(config: GatewayConfig) -> Sequence[Path]:
     return file_set.watched(rl.files) if rl is not None else []
 
 
-SPEC = ServiceSpec(PLUGIN, "outrider rate limit service", RateLimitRuntime, watch_paths=descriptor_files)
+SPEC = ServiceSpec(PLUGIN, "outrider rate limit service (also: --reference-env alone, to run from "
+                   "envoyproxy/ratelimit's environment variables; check-config DIR, to check its files)",
+                   RateLimitRuntime, watch_paths=descriptor_files)
 
 
 def main(argv: list[str] | None = None) -> None:
