@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -11,11 +12,12 @@ from typing import Any
 import grpc
 
 from outrider.config import GatewayConfig
-from outrider.logs import DecisionLog
-from outrider.service_main import ServiceSpec, StartupSettings, cancel_tasks, run_main
+from outrider.logs import DecisionLog, setup_logging
+from outrider.service_main import ServiceSpec, StartupSettings, cancel_tasks, run_main, run_service
 from outrider.token_api import TokenApiSlot
 from outrider.workers import metrics_served_by_parent
 from outrider.xds_client import ConfigRejected
+from ratelimit_service import file_set
 from ratelimit_service.admin import AdminServer, BanView
 from ratelimit_service.backends.base import Backend
 from ratelimit_service.backends.memory import MemoryBackend
@@ -105,13 +107,30 @@ class RateLimitRuntime:
 
 
 def descriptor_files(config: GatewayConfig) -> Sequence[Path]:
-    """The envoyproxy-format files the payload carries: standalone mode watches them beside the config."""
+    """The envoyproxy-format files the payload carries, and the directories among them (a file added or
+    removed there): standalone mode watches them beside the config."""
     rl = rate_limits_of(config)
-    return list(rl.files) if rl is not None else []
+    return file_set.watched(rl.files) if rl is not None else []
 
 
-SPEC = ServiceSpec(PLUGIN, "outrider rate limit service", RateLimitRuntime, watch_paths=descriptor_files)
+SPEC = ServiceSpec(PLUGIN, "outrider rate limit service (also: --reference-env alone, to run from "
+                   "envoyproxy/ratelimit's environment variables; check-config DIR, to check its files)",
+                   RateLimitRuntime, watch_paths=descriptor_files)
 
 
 def main(argv: list[str] | None = None) -> None:
-    run_main(SPEC, argv)
+    """`--config FILE`, `--xds ...`, or `--reference-env`: envoyproxy/ratelimit's environment variables
+    (RUNTIME_ROOT, REDIS_URL, GRPC_PORT, ...; ratelimit_service/reference_env.py) and its runtime directory."""
+    args = sys.argv[1:] if argv is None else argv
+    if "--reference-env" not in args:
+        run_main(SPEC, argv)
+        return
+    if args != ["--reference-env"]:
+        raise SystemExit("--reference-env takes every setting from the environment: give no other option")
+    from ratelimit_service.runtime_dir import startup
+
+    settings, source = startup()
+    setup_logging(SPEC.name, settings.log_level)
+    import uvloop
+
+    uvloop.run(run_service(SPEC, settings, source))

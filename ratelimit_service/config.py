@@ -300,12 +300,17 @@ class RateLimitsConfig(StrictModel):
     # Plan for a tier name no plan lists (None: such callers get no tier limit).
     unknown_tier: Name | None = None
     endpoints: list[EndpointLimit] = Field(default_factory=list)
-    # envoyproxy/ratelimit YAML files, relative to the gateway config file.
+    # envoyproxy/ratelimit YAML files, relative to the gateway config file. A directory stands for every
+    # file under it (recursively, dot files and dot directories skipped), as the reference's runtime directory.
     files: list[ConfigPath] = Field(default_factory=list)
     memory: MemoryStoreConfig = MemoryStoreConfig()
     overload: OverloadConfig = OverloadConfig()
     # Domains of a mesh's Envoy (Istio, Envoy Gateway) whose descriptors map onto the plans above.
     mesh: list[MeshDomain] = Field(default_factory=list)
+    # reference settings (rlload)
+    # MERGE_DOMAIN_CONFIG: the same domain in two descriptor files is merged into one tree; off (the
+    # reference's default), such a set is refused naming both files.
+    merge_domains: bool = False
 
     @model_validator(mode="after")
     def _mesh_names(self) -> RateLimitsConfig:
@@ -381,7 +386,7 @@ def settings_of(config: GatewayConfig) -> RateLimitServiceSettings:
 
 def check_rate_limits(config: GatewayConfig) -> Iterator[Problem]:
     """Cross-reference rules of `rate_limits`: plans named, budget under Envoy's deadline, endpoints
-    served by a route, descriptor files valid and not clashing with the generated descriptors."""
+    served by a route (the descriptor files: file_set.check_files)."""
     rl = rate_limits_of(config)
     if rl is None:
         return
@@ -403,25 +408,14 @@ def check_rate_limits(config: GatewayConfig) -> Iterator[Problem]:
         if not any(route_covers(route, endpoint) for route in config.routes if route.upstream is not None):
             yield (("rate_limits", "endpoints", index),
                    f"no route with an upstream serves '{endpoint.path or endpoint.prefix}'")
-    for index, path in enumerate(rl.files):
-        try:
-            parsed = load_descriptor_file(path)
-        except ConfigError as exc:
-            yield ("rate_limits", "files", index), str(exc).replace("\n", "; ")
-            continue
-        if parsed.domain == rl.domain and rl_has_generated(rl):
-            given = {d.key + (f"_{d.value}" if d.value else "") for d in parsed.descriptors}
-            clash = _generated_keys(rl) & given | {FAILURE_MODE_KEY} & {d.key for d in parsed.descriptors}
-            if clash:
-                yield (("rate_limits", "files", index),
-                       f"{path}: descriptor '{sorted(clash)[0]}' is also generated from the tier plans")
+    # rate_limits.files: ratelimit_service/file_set.py (check_files), which parses with this module's models.
 
 
 def rl_has_generated(rl: RateLimitsConfig) -> bool:
     return bool(rl.per_ip or rl.tiers or rl.endpoints)
 
 
-def _generated_keys(rl: RateLimitsConfig) -> set[str]:
+def generated_keys(rl: RateLimitsConfig) -> set[str]:
     keys = {f"tier_{t}" for t in rl.tiers} | {f"endpoint_{e.value}" for e in rl.endpoints}
     if rl.per_ip is not None:
         keys.add("remote_address")

@@ -14,7 +14,7 @@ from outrider.plugins import CliCommand, ServicePlugin
 from outrider.process import ManagedProcess
 from outrider.service_process import service_process
 from outrider.service_resource import RATELIMIT_TYPE_URL, canonical_json
-from ratelimit_service import resource
+from ratelimit_service import file_set, resource
 from ratelimit_service.config import (
     SERVICE,
     RateLimitsConfig,
@@ -43,7 +43,7 @@ class RateLimitPlugin:
     settings: type[RateLimitServiceSettings] = RateLimitServiceSettings
 
     def check(self, config: GatewayConfig) -> list[Problem]:
-        return list(check_rate_limits(config))
+        return [*check_rate_limits(config), *file_set.check_files(rate_limits_of(config))]
 
     def payload(self, config: GatewayConfig) -> Mapping[str, Any]:
         return resource.payload(config)
@@ -68,7 +68,9 @@ class RateLimitPlugin:
                                 from_control_plane=config.services.xds.enabled)]
 
     def cli_commands(self) -> Sequence[CliCommand]:
-        return []
+        from ratelimit_service.check_config import COMMAND
+
+        return [COMMAND]
 
 
 PLUGIN: ServicePlugin = RateLimitPlugin()

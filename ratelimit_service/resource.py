@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -10,11 +10,11 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from outrider.config.model import GatewayConfig
+from ratelimit_service import file_set
 from ratelimit_service.admin import AdminSettings
 from ratelimit_service.config import (
     DescriptorFile,
     RateLimitsConfig,
-    load_descriptor_file,
     rate_limits_of,
     settings_of,
 )
@@ -83,10 +83,7 @@ def payload(config: GatewayConfig) -> dict[str, Any]:
     carried by content, under its file name (for error messages).
     """
     rl = rate_limits_of(config)
-    files = [
-        {"name": str(path), "config": load_descriptor_file(path).model_dump(mode="json", exclude_defaults=True)}
-        for path in (rl.files if rl is not None else [])
-    ]
+    files = inline_files(file_set.load(rl.files, rl.merge_domains) if rl is not None else [])
     section = rl.model_dump(mode="json", exclude={"files"}) if rl is not None else None
     service = settings_of(config)
     doc: dict[str, Any] = {"rate_limits": section, "files": files, "logging": {"decisions": config.logging.decisions},
@@ -96,6 +93,11 @@ def payload(config: GatewayConfig) -> dict[str, Any]:
                         "token_env": service.admin_token_env,
                         "token_file": str(service.admin_token_file) if service.admin_token_file else None}
     return doc
+
+
+def inline_files(loaded: Sequence[file_set.LoadedFile]) -> list[dict[str, Any]]:
+    """A loaded set as the payload's `files`: each by content, under its file name (for error messages)."""
+    return [{"name": f.name, "config": f.config.model_dump(mode="json", exclude_defaults=True)} for f in loaded]
 
 
 def _reason(exc: ValidationError, data: Mapping[str, Any]) -> str:
@@ -133,12 +135,17 @@ def parse(data: Mapping[str, Any]) -> RateLimitPayload:
 def build(data: Mapping[str, Any]) -> RateLimitResource:
     """The limit table and settings of one payload; raises PayloadError when it cannot be applied."""
     parsed = parse(data)
+    rl = parsed.rate_limits or RateLimitsConfig()
+    duplicates = [f"{name}: {reason}" for name, reason in
+                  file_set.duplicate_domains([(f.name, f.config) for f in parsed.files], rl.merge_domains)]
+    if duplicates:
+        # The same words as `outrider validate` and `check-config`, each naming its file.
+        raise PayloadError("invalid ratelimit payload: " + "; ".join(duplicates))
     try:
         table: LimitTable = compile_table(parsed.rate_limits, [f.config for f in parsed.files])
     except ValueError as exc:
         names = ", ".join(f.name for f in parsed.files)
         raise PayloadError(f"invalid ratelimit payload: files ({names}): {exc}") from None
-    rl = parsed.rate_limits or RateLimitsConfig()
     settings = Settings(table, near_ratio=rl.near_limit_ratio, failure_mode_deny=rl.failure_mode == "deny",
                         min_time_left_s=rl.min_time_left_ms(parsed.envoy_timeout_ms) / 1000,
                         max_in_flight=rl.overload.max_in_flight, mesh=MeshMaps(rl))

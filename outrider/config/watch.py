@@ -22,7 +22,11 @@ def digest_of(paths: Sequence[Path]) -> str:
     digest = hashlib.sha256()
     for path in paths:
         try:
-            digest.update(path.read_bytes())
+            if path.is_dir():
+                # A watched directory stands for its listing: a file added or removed is a change.
+                digest.update("\0".join(sorted(p.name for p in path.iterdir())).encode())
+            else:
+                digest.update(path.read_bytes())
         except OSError:
             digest.update(b"\0missing\0")
         digest.update(b"\0")
