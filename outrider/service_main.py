@@ -168,9 +168,9 @@ class FileSource:
             return False
         version = self._version()
         try:
-            config = load_config(self._path)
-            payload = self._spec.plugin.payload(config)
-            text = canonical_json(payload)
+            # Off the event loop: reading and parsing files (a descriptor file set waits for a writer to
+            # finish) must not hold the decisions this process is answering meanwhile.
+            config, payload, text = await asyncio.to_thread(self._load)
         except Exception as exc:  # a bad edit is reported; it never takes the service down
             config_reloads().labels(self._spec.name, "rejected").inc()
             self._rejected(exc)
@@ -189,6 +189,11 @@ class FileSource:
         self._live, self.version = text, version
         log.info("config reloaded", extra={"file": str(self._path), "version": version})
         return True
+
+    def _load(self) -> tuple[GatewayConfig, Mapping[str, Any], str]:
+        config = load_config(self._path)
+        payload = self._spec.plugin.payload(config)
+        return config, payload, canonical_json(payload)
 
     def _rewatch(self, paths: list[Path]) -> None:
         # The set of files may change with the config: watch the new set, keeping the digest just seen.
