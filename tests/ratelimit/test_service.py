@@ -201,9 +201,9 @@ async def test_counters_over_their_limit_are_answered_locally() -> None:
     calls = []
 
     class Counting:
-        async def evaluate(self, tag: str, checks: Sequence[Check], now_ms: int) -> list[Outcome]:
+        async def evaluate(self, tag: str, checks: Sequence[Check], now_ms: int, charge: int = 0) -> list[Outcome]:
             calls.append(now_ms)
-            return await memory.evaluate(tag, checks, now_ms)
+            return await memory.evaluate(tag, checks, now_ms, charge)
 
         async def close(self) -> None: ...
 
