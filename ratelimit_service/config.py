@@ -76,7 +76,6 @@ class YamlReplaces(StrictModel):
 # envoyproxy/ratelimit itself refuses every key outside its validKeys (src/config/config_impl.go,
 # validateYamlKeys: "config error, unknown key"); these only get a clearer message here.
 REFUSED_RATE_LIMIT_KEYS: dict[str, str] = {
-    "unit_multiplier": "windows of several units are not supported: write the window as one unit",
     "quota": "quota mode is not part of envoyproxy/ratelimit's descriptor format and is not supported",
     "quota_mode": "quota mode is not part of envoyproxy/ratelimit's descriptor format and is not supported",
 }
@@ -85,8 +84,7 @@ REFUSED_DESCRIPTOR_KEYS: dict[str, str] = {
                 "definition has none; response metadata is a service setting there): not supported",
     "quota": "quota mode is not part of envoyproxy/ratelimit's descriptor format and is not supported",
     "quota_mode": "quota mode is not part of envoyproxy/ratelimit's descriptor format and is not supported",
-    "unit_multiplier": "`unit_multiplier` belongs inside `rate_limit`, and windows of several units are "
-                       "not supported",
+    "unit_multiplier": "`unit_multiplier` belongs inside `rate_limit`",
 }
 
 
@@ -101,6 +99,8 @@ def _refuse_keys(data: Any, refused: dict[str, str]) -> Any:
 class YamlRateLimit(_LimitRules):
     name: str = ""
     replaces: list[YamlReplaces] = Field(default_factory=list)
+    # A window of this many units (5 × minute: a five-minute window, aligned on multiples of five minutes).
+    unit_multiplier: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -109,6 +109,8 @@ class YamlRateLimit(_LimitRules):
 
     @model_validator(mode="after")
     def _replaces(self) -> YamlRateLimit:
+        if self.unlimited and self.unit_multiplier is not None:
+            raise ValueError("should not specify unit_multiplier when unlimited")
         for item in self.replaces:
             if not item.name:
                 raise ValueError("should not have an empty replaces entry")

@@ -43,10 +43,12 @@ class Limit:
     key_suffix: str = ""
     # BAN only: how long a ban lasts (requests_per_unit per unit is the threshold).
     ban_ms: int = 0
+    # unit_multiplier: the window is this many units, aligned on multiples of itself.
+    multiplier: int = 1
     window_s: int = field(init=False, compare=False, default=0)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "window_s", UNIT_SECONDS[self.unit])
+        object.__setattr__(self, "window_s", UNIT_SECONDS[self.unit] * self.multiplier)
 
     @property
     def capacity(self) -> int:
@@ -188,7 +190,9 @@ def _limit(rules: WindowLimit | object, full_key: str, *, name: str = "", replac
     rpu = int(getattr(rules, "requests_per_unit", 0))
     burst = getattr(rules, "burst", None)
     shadow = shadow or bool(getattr(rules, "shadow_mode", False))
+    multiplier = getattr(rules, "unit_multiplier", None) or 1
     return Limit(full_key=full_key, requests_per_unit=rpu, unit=str(getattr(rules, "unit", None) or "second"),
+                 multiplier=int(multiplier),
                  algorithm=ALGORITHMS[algorithm], burst=int(burst) if burst is not None else rpu,
                  name=name, replaces=tuple(replaces), shadow=shadow,
                  unlimited=unlimited, detailed=detailed, key_suffix=key_suffix)
