@@ -173,12 +173,14 @@ class LimitTable:
         counter_entries = None
         if shared:
             counter_entries = tuple((k, shared.get(i, v)) for i, (k, v) in enumerate(entries))
+        # Metric keys as config_impl.go GetLimit builds them: a share_threshold level always shows its pattern;
+        # detailed_metric shows every other entry's value, value_to_metric that level's value.
         if head.detailed:
-            detailed = domain + "." + ".".join(f"{k}_{v}" for k, v in entries)
+            detailed = domain + "." + ".".join(f"{k}_{shared.get(i, v)}" for i, (k, v) in enumerate(entries))
             return Match(found, detailed, counter_entries=counter_entries)
         if any(n.value_to_metric for n in path):
-            names = [f"{k}_{v}" if n.value_to_metric else n.metric_name
-                     for n, (k, v) in zip(path, entries, strict=False)]
+            names = [(f"{k}_{v}" if v else k) if n.value_to_metric and i not in shared else n.metric_name
+                     for i, (n, (k, v)) in enumerate(zip(path, entries, strict=False))]
             return Match(found, domain + "." + ".".join(names), counter_entries=counter_entries)
         return Match(found, head.full_key, counter_entries=counter_entries)
 

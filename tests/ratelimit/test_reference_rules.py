@@ -187,13 +187,26 @@ descriptors:
         rate_limit: {unit: minute, requests_per_unit: 60}
   - key: plain
     rate_limit: {unit: minute, requests_per_unit: 60}
+  - key: svc
+    value: svc/*
+    share_threshold: true
+    value_to_metric: true
+    descriptors:
+      - key: endpoint
+        detailed_metric: true
+        rate_limit: {unit: minute, requests_per_unit: 80}
 """)
-    route = table.lookup("d", [("route", "api"), ("method", "GET")])
-    detailed = table.lookup("d", [("client", "c1"), ("path", "/x")])
-    plain = table.lookup("d", [("plain", "v")])
-    assert route is not None and route.metric_key == "d.route_api.method"
-    assert detailed is not None and detailed.metric_key == "d.client_c1.path_/x"
-    assert plain is not None and plain.metric_key == "d.plain"
+
+    def metric(*entries: tuple[str, str]) -> str:
+        found = table.lookup("d", list(entries))
+        assert found is not None
+        return found.metric_key
+
+    assert metric(("route", "api"), ("method", "GET")) == "d.route_api.method"
+    assert metric(("client", "c1"), ("path", "/x")) == "d.client_c1.path_/x"
+    assert metric(("plain", "v")) == "d.plain"
+    # share_threshold keeps the pattern in the key, over value_to_metric and detailed_metric alike.
+    assert metric(("svc", "svc/a"), ("endpoint", "e1")) == "d.svc_svc/*.endpoint_e1"
 
 
 # ---- request-level overrides -----------------------------------------------------------------------------
@@ -247,7 +260,10 @@ async def test_stop_increment_spends_nothing_when_one_descriptor_is_over(store: 
     service = service_of(table_of(TWO), store, stop_increment=True)
     remaining = [statuses(await service.decide(ask(*BOTH))) for _ in range(3)]
     assert remaining == [[(1, 0), (1, 19)], [(2, 0), (1, 18)], [(2, 0), (1, 18)]]
-    assert statuses(await service.decide(ask(BOTH[1]))) == [(1, 18)]  # nothing was spent on `big`
+    assert statuses(await service.decide(ask(BOTH[1]))) == [(1, 17)]  # nothing was spent on `big` before
+    # One descriptor alone is incremented, then compared (the check runs only for len(cacheKeys) > 1).
+    assert (await service.decide(ask(BOTH[1], hits=25))).overall_code == Response.OVER_LIMIT
+    assert (await service.decide(ask(BOTH[1]))).overall_code == Response.OVER_LIMIT
 
 
 @pytest.mark.parametrize("stop", [False, True])
