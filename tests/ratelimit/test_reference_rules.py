@@ -260,7 +260,7 @@ async def test_stop_increment_spends_nothing_when_one_descriptor_is_over(store: 
     service = service_of(table_of(TWO), store, stop_increment=True)
     remaining = [statuses(await service.decide(ask(*BOTH))) for _ in range(3)]
     assert remaining == [[(1, 0), (1, 19)], [(2, 0), (1, 18)], [(2, 0), (1, 18)]]
-    assert statuses(await service.decide(ask(BOTH[1]))) == [(1, 17)]  # nothing was spent on `big` before
+    assert statuses(await service.decide(ask(BOTH[1]))) == [(1, 18)]  # the refused two spent nothing on `big`
     # One descriptor alone is incremented, then compared (the check runs only for len(cacheKeys) > 1).
     assert (await service.decide(ask(BOTH[1], hits=25))).overall_code == Response.OVER_LIMIT
     assert (await service.decide(ask(BOTH[1]))).overall_code == Response.OVER_LIMIT
