@@ -314,7 +314,7 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
                 self._hold_ban_hits(checks)
                 outcomes = [known.get(i, (False, c.limit, c.window_ms)) for i, c in enumerate(checks)]
             else:
-                asked = [c for i, c in enumerate(checks) if i not in known]
+                asked = [c for i, c in enumerate(checks) if i not in known] if known else checks
                 if self._ban_pending:
                     asked = self._with_pending(asked)
                 fresh = await self._guard.evaluate(domain, asked, now_ms, self._charge(settings, laid_out, known))
