@@ -160,6 +160,16 @@ descriptors:
   - key: own
     value: files/*
     rate_limit: {unit: minute, requests_per_unit: 3}
+  - key: user
+    value: user/*
+    share_threshold: true
+    descriptors:
+      - key: resource
+        value: res*v2
+        share_threshold: true
+        descriptors:
+          - key: action
+            rate_limit: {unit: minute, requests_per_unit: 2}
 """)
     service = service_of(table, store)
     shared = [await service.decide(ask((("files", f"files/{n}"),))) for n in ("a", "b", "c", "d")]
@@ -167,6 +177,12 @@ descriptors:
     assert shared[3].overall_code == Response.OVER_LIMIT
     own = [await service.decide(ask((("own", f"files/{n}"),))) for n in ("a", "b")]
     assert [s.statuses[0].limit_remaining for s in own] == [2, 2]
+    # Nested levels each keep their pattern; the entry without share_threshold keeps its value.
+    nested = [await service.decide(ask((("user", f"user/{u}"), ("resource", f"res-{r}-v2"), ("action", "read"))))
+              for u, r in (("1", "a"), ("2", "b"), ("3", "c"))]
+    assert [n.overall_code for n in nested] == [Response.OK, Response.OK, Response.OVER_LIMIT]
+    other = await service.decide(ask((("user", "user/9"), ("resource", "res-z-v2"), ("action", "write"))))
+    assert other.statuses[0].limit_remaining == 1
 
 
 def test_metric_keys_follow_value_to_metric_and_detailed_metric() -> None:
