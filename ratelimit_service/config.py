@@ -134,14 +134,13 @@ def wildcard_pattern(value: str) -> re.Pattern[str] | None:
     return re.compile(".*".join(re.escape(part) for part in value.split("*")), re.DOTALL)
 
 
-def _wildcard_covers(earlier: str, later: str) -> bool:
-    """Whether every value `later` matches is matched by `earlier` too (then `later`, tried after it, never
-    applies). Exact for the usual shapes (prefix*, *suffix, a*b): `earlier` matches `later`'s own text with
-    each of its `*` read as a literal only when it matches every expansion of those `*`."""
+def wildcard_covers(earlier: str, later: str) -> bool:
+    """Whether `earlier` matches every value `later` matches (then `later`, tried after it, never applies).
+
+    Checked on three expansions of `later`: each `*` as nothing, as one character and as three characters
+    that no literal part holds; exact for the shapes in use (prefix*, *suffix, a*b, a*b*c)."""
     pattern = wildcard_pattern(earlier)
     assert pattern is not None
-    # Every expansion of `later` contains its literal parts in order; try the two extreme expansions
-    # (every `*` empty, every `*` a character no literal holds) — `earlier` must match both.
     probe = "\x00"
     return all(pattern.fullmatch(later.replace("*", fill)) is not None for fill in ("", probe, probe * 3))
 
@@ -154,7 +153,7 @@ def _unreachable_wildcards(descriptors: list[YamlDescriptor]) -> None:
         if "*" not in d.value:
             continue
         for earlier in seen:
-            if earlier.key == d.key and _wildcard_covers(earlier.value, d.value):
+            if earlier.key == d.key and wildcard_covers(earlier.value, d.value):
                 raise ValueError(f"descriptor '{d.key}_{d.value}' can never apply: the earlier wildcard "
                                  f"'{earlier.key}_{earlier.value}' matches every value it matches and is tried first")
         seen.append(d)

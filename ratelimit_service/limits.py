@@ -12,6 +12,7 @@ from ratelimit_service.config import (
     RateLimitsConfig,
     WindowLimit,
     YamlDescriptor,
+    wildcard_covers,
     wildcard_pattern,
 )
 from ratelimit_service.keys import counter_base
@@ -217,6 +218,11 @@ def _load_descriptors(parent: Node, parent_key: str, descriptors: Iterable[YamlD
         _load_descriptors(node, full_key + ".", d.descriptors)
         parent.children[child] = node
         if "*" in d.value:
+            # Within one file the model refused this already; files merged into one domain are checked here.
+            for earlier, _ in parent.wildcards:
+                if earlier.key == d.key and wildcard_covers(earlier.value, d.value):
+                    raise ValueError(f"descriptor '{parent_key}{final}' can never apply: the wildcard "
+                                     f"'{earlier.key}_{earlier.value}' loaded before it matches every value it matches")
             trailing_only = d.value.index("*") == len(d.value) - 1
             parent.wildcards.append((Wildcard(d.key, d.value, d.value[:-1] if trailing_only else None,
                                               None if trailing_only else wildcard_pattern(d.value)), node))

@@ -409,3 +409,15 @@ async def test_an_empty_domain_or_descriptor_list_is_invalid_argument(make: obje
         await server.stop(None)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert caught.value.details() == message
+
+
+def test_a_wildcard_another_file_of_the_domain_always_wins_over_is_refused() -> None:
+    """Merged files of one domain (MERGE_DOMAIN_CONFIG) load descriptors in file order, so the same rule as
+    within one file: a wildcard an earlier one covers never applies and is refused, naming it."""
+    first = parse_descriptor_file("domain: m\ndescriptors:\n  - key: k\n    value: a*\n"
+                                  "    rate_limit: {unit: second, requests_per_unit: 1}\n", "one.yaml")
+    second = parse_descriptor_file("domain: m\ndescriptors:\n  - key: k\n    value: ab*\n"
+                                   "    rate_limit: {unit: second, requests_per_unit: 2}\n", "two.yaml")
+    with pytest.raises(ValueError, match=r"'m\.k_ab\*' can never apply"):
+        compile_table(None, [first, second])
+    assert compile_table(None, [second, first]).lookup("m", [("k", "abc")]) is not None
