@@ -1,7 +1,7 @@
 """The three limit algorithms as pure arithmetic (the Redis Lua script computes exactly the same).
 
 Times are integer milliseconds. Each function returns (over, remaining, reset_ms) and the state to store
-if the request is admitted; the caller commits nothing when any non-shadow check is over.
+if the request is admitted; what the caller commits is its charging mode's (backends/base.py CHARGE_*).
 
 Sliding window (weighted two-window counter): the count in the trailing window is estimated as
     previous_window_count * (1 - elapsed_in_current / window) + current_window_count.

@@ -71,12 +71,46 @@ class YamlReplaces(StrictModel):
     name: str
 
 
+# Keys some ratelimit deployment or fork writes that this service does not take, each with the reason it
+# is refused rather than ignored (a silently ignored key would load a rule that does not do what it says).
+# envoyproxy/ratelimit itself refuses every key outside its validKeys (src/config/config_impl.go,
+# validateYamlKeys: "config error, unknown key"); these only get a clearer message here.
+REFUSED_RATE_LIMIT_KEYS: dict[str, str] = {
+    "quota": "quota mode is not part of envoyproxy/ratelimit's descriptor format and is not supported",
+    "quota_mode": "quota mode is not part of envoyproxy/ratelimit's descriptor format and is not supported",
+}
+REFUSED_DESCRIPTOR_KEYS: dict[str, str] = {
+    "metadata": "envoyproxy/ratelimit has no per-descriptor `metadata` (its README's descriptor list "
+                "definition has none; response metadata is a service setting there): not supported",
+    "quota": "quota mode is not part of envoyproxy/ratelimit's descriptor format and is not supported",
+    "quota_mode": "quota mode is not part of envoyproxy/ratelimit's descriptor format and is not supported",
+    "unit_multiplier": "`unit_multiplier` belongs inside `rate_limit`",
+}
+
+
+def _refuse_keys(data: Any, refused: dict[str, str]) -> Any:
+    if isinstance(data, dict):
+        for key, reason in refused.items():
+            if key in data:
+                raise ValueError(f"`{key}`: {reason}")
+    return data
+
+
 class YamlRateLimit(_LimitRules):
     name: str = ""
     replaces: list[YamlReplaces] = Field(default_factory=list)
+    # A window of this many units (5 × minute: a five-minute window, aligned on multiples of five minutes).
+    unit_multiplier: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refused(cls, data: Any) -> Any:
+        return _refuse_keys(data, REFUSED_RATE_LIMIT_KEYS)
 
     @model_validator(mode="after")
     def _replaces(self) -> YamlRateLimit:
+        if self.unlimited and self.unit_multiplier is not None:
+            raise ValueError("should not specify unit_multiplier when unlimited")
         for item in self.replaces:
             if not item.name:
                 raise ValueError("should not have an empty replaces entry")
@@ -92,19 +126,81 @@ def _duplicate_composite_keys(descriptors: list[YamlDescriptor]) -> None:
         raise ValueError(f"duplicate descriptor composite key '{dupes[0]}'")
 
 
+def wildcard_pattern(value: str) -> re.Pattern[str] | None:
+    """The matcher of a descriptor value holding `*` (None: an exact value). Each `*` stands for any run of
+    characters, possibly empty; a trailing `*` is envoyproxy/ratelimit's prefix match."""
+    if "*" not in value:
+        return None
+    return re.compile(".*".join(re.escape(part) for part in value.split("*")), re.DOTALL)
+
+
+def wildcard_covers(earlier: str, later: str) -> bool:
+    """Whether `earlier` matches every value `later` matches (then `later`, tried after it, never applies).
+
+    Checked on three expansions of `later`: each `*` as nothing, as one character and as three characters
+    that no literal part holds; exact for the shapes in use (prefix*, *suffix, a*b, a*b*c)."""
+    pattern = wildcard_pattern(earlier)
+    assert pattern is not None
+    probe = "\x00"
+    return all(pattern.fullmatch(later.replace("*", fill)) is not None for fill in ("", probe, probe * 3))
+
+
+def _unreachable_wildcards(descriptors: list[YamlDescriptor]) -> None:
+    """A wildcard value tried after another of the same key that matches all it matches never applies:
+    refused (envoyproxy/ratelimit tries wildcards in file order and takes the first that matches)."""
+    seen: list[YamlDescriptor] = []
+    for d in descriptors:
+        if "*" not in d.value:
+            continue
+        for earlier in seen:
+            if earlier.key == d.key and wildcard_covers(earlier.value, d.value):
+                raise ValueError(f"descriptor '{d.key}_{d.value}' can never apply: the earlier wildcard "
+                                 f"'{earlier.key}_{earlier.value}' matches every value it matches and is tried first")
+        seen.append(d)
+    # A value of `*` alone matches every value, the empty one too: a key-only sibling is never reached
+    # (envoyproxy/ratelimit tries key_value, then wildcards, then the key alone).
+    catch_all = {d.key for d in descriptors if d.value and d.value.strip("*") == ""}
+    for d in descriptors:
+        if not d.value and d.key in catch_all:
+            raise ValueError(f"descriptor '{d.key}' (no value) can never apply: the wildcard '{d.key}_*' "
+                             "matches every value and is tried first")
+
+
 class YamlDescriptor(StrictModel):
+    """One descriptor of envoyproxy/ratelimit's format (its README, "Descriptor list definition")."""
+
     key: Annotated[str, Field(min_length=1)]
     value: str = ""
     rate_limit: YamlRateLimit | None = None
     descriptors: list[YamlDescriptor] = Field(default_factory=list)
     shadow_mode: bool = False
+    # Metric key with the request's values of every entry (README "Including detailed metrics for
+    # unspecified values").
     detailed_metric: bool = False
+    # Metric key with the request's value at this level instead of the configured one (a wildcard or a
+    # key-only descriptor), README "value_to_metric".
+    value_to_metric: bool = False
+    # Every value a wildcard matches shares one counter (the key holds the pattern, not the value).
+    share_threshold: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refused(cls, data: Any) -> Any:
+        return _refuse_keys(data, REFUSED_DESCRIPTOR_KEYS)
 
     @field_validator("descriptors")
     @classmethod
     def _unique(cls, value: list[YamlDescriptor]) -> list[YamlDescriptor]:
         _duplicate_composite_keys(value)
+        _unreachable_wildcards(value)
         return value
+
+    @model_validator(mode="after")
+    def _share_needs_wildcard(self) -> YamlDescriptor:
+        if self.share_threshold and "*" not in self.value:
+            raise ValueError(f"share_threshold on '{self.key}' needs a wildcard value (one holding `*`): "
+                             "an exact value has one counter already")
+        return self
 
 
 class DescriptorFile(StrictModel):
@@ -117,6 +213,7 @@ class DescriptorFile(StrictModel):
     @classmethod
     def _unique(cls, value: list[YamlDescriptor]) -> list[YamlDescriptor]:
         _duplicate_composite_keys(value)
+        _unreachable_wildcards(value)
         return value
 
 
@@ -311,6 +408,18 @@ class RateLimitsConfig(StrictModel):
     # MERGE_DOMAIN_CONFIG: the same domain in two descriptor files is merged into one tree; off (the
     # reference's default), such a set is refused naming both files.
     merge_domains: bool = False
+    # reference settings (rldecide)
+    # STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT: a request refused by one counter charges none of the others
+    # (off: every counter counts every request, as the reference's default).
+    stop_increment_when_over_limit: bool = False
+    # SHADOW_MODE (global): every over-limit answer is OK overall (statuses still say OVER_LIMIT), counted
+    # in rate_limit_global_shadow_total.
+    shadow_mode: bool = False
+    # LIMIT_RESPONSE_HEADERS_ENABLED: RateLimit-Limit / -Remaining / -Reset on answers (on by default here).
+    response_headers: bool = True
+    # LOCAL_CACHE_SIZE_IN_BYTES: memory for remembering counters over their limit until they reset, which
+    # spares the store those round trips; never changes a decision or a reported count. 0: off.
+    local_cache_size_bytes: Annotated[int, Field(ge=0, le=1 << 34)] = 0
 
     @model_validator(mode="after")
     def _mesh_names(self) -> RateLimitsConfig:

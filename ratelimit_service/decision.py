@@ -5,8 +5,11 @@ Pure: plain values in and out, time passed in. The gRPC adapter maps protobuf to
 
 from __future__ import annotations
 
+import math
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import NamedTuple
 
 from ratelimit_service.algorithms import Outcome
@@ -50,8 +53,32 @@ class Status(NamedTuple):
     remaining: int = 0
     reset_ms: int = 0
     shadow_over: bool = False
-    near: bool = False
+    # Hits counted by the near-limit stat (rate_limit_near_limit_total; envoyproxy's `near_limit`).
+    near_hits: int = 0
     banned: bool = False  # OVER_LIMIT because the address is banned (rate_limits.per_ip.ban)
+
+
+def _f32(x: float) -> float:
+    return float(struct.unpack("f", struct.pack("f", x))[0])
+
+
+@lru_cache(maxsize=4096)
+def near_threshold(limit: int, ratio: float) -> int:
+    """floor(limit × ratio) in float32, as envoyproxy/ratelimit computes it (src/limiter/base_limiter.go,
+    GetResponseDescriptorStatus: `uint32(math.Floor(float64(float32(limit) * nearLimitRatio)))`)."""
+    return math.floor(_f32(_f32(float(limit)) * _f32(ratio)))
+
+
+def near_hits(limit: int, ratio: float, before: int, after: int, hits: int) -> int:
+    """The hits the near-limit stat counts for one check going from `before` to `after` (base_limiter.go,
+    checkNearLimitThreshold / checkOverLimitThreshold): only the part past floor(limit × ratio) and not
+    past the limit itself; a request that was already near (or over) counts whole (or not at all)."""
+    near = near_threshold(limit, ratio)
+    if after > limit:
+        return 0 if before >= limit else limit - max(near, before)
+    if after > near:
+        return hits if before >= near else after - near
+    return 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +90,8 @@ class Decision:
     retry_after_ms: int
     # Ban keys of the bans this request started (each counted once, by the call that set it).
     started_bans: tuple[str, ...] = ()
+    # Over the limit but answered OK by the global shadow mode (rate_limits.shadow_mode).
+    shadowed: bool = False
 
 
 # The counter key's prefix for some entries: injective, unlike envoyproxy/ratelimit's (see keys.py).
@@ -136,8 +165,14 @@ def plan(table: LimitTable, domain: str, descriptors: Sequence[DescriptorInput],
     return Plan(domain, planned, checks, min(ends) if ends else 2**62)
 
 
-def decide(plan: Plan, outcomes: Sequence[Outcome], near_ratio: float = 0.8) -> Decision:
-    """Outcomes (in check order) → one status per descriptor, the overall code and the header values."""
+def decide(plan: Plan, outcomes: Sequence[Outcome], near_ratio: float = 0.8,
+           global_shadow: bool = False) -> Decision:
+    """Outcomes (in check order) → one status per descriptor, the overall code and the header values.
+
+    As envoyproxy/ratelimit answers (src/limiter/base_limiter.go GetResponseDescriptorStatus,
+    src/service/ratelimit.go): an over-limit status reports limit_remaining 0; a shadow-mode rule over its
+    limit answers OK (remaining 0); with `global_shadow` (SHADOW_MODE) the statuses stay as decided and
+    only the overall code is OK."""
     statuses: list[Status] = []
     over = False
     retry_after = 0
@@ -161,9 +196,18 @@ def decide(plan: Plan, outcomes: Sequence[Outcome], near_ratio: float = 0.8) -> 
                 remaining = 0
             blocking = is_over and not limit.shadow
             capacity = limit.capacity
-            near = not is_over and capacity > 0 and (capacity - remaining) > capacity * near_ratio
-            status = Status(OVER_LIMIT if blocking else OK, limit, remaining, reset,
-                            shadow_over=is_over and limit.shadow, near=near, banned=blocking and is_ban)
+            hits = plan.checks[index].hits
+            if is_ban:
+                near = 0
+            elif is_over:
+                # `remaining` of an over outcome is what was left before this request (0: none)
+                before = capacity - remaining
+                near = near_hits(capacity, near_ratio, before, before + hits, hits) if remaining else 0
+            else:
+                after = capacity - remaining
+                near = near_hits(capacity, near_ratio, after - hits, after, hits)
+            status = Status(OVER_LIMIT if blocking else OK, limit, 0 if is_over else remaining, reset,
+                            shadow_over=is_over and limit.shadow, near_hits=near, banned=blocking and is_ban)
             # Binding window: a blocking one with the longest wait, else the one with least left.
             rank = (0, -reset, 0) if blocking else (1, remaining, -reset)
             if best_rank is None or rank < best_rank:
@@ -173,36 +217,41 @@ def decide(plan: Plan, outcomes: Sequence[Outcome], near_ratio: float = 0.8) -> 
                 retry_after = max(retry_after, reset)
             if head_rank is None or rank < head_rank:
                 head_rank = rank
-                headline = (capacity, 0 if blocking else remaining, reset)
+                headline = (capacity, 0 if is_over else remaining, reset)
         statuses.append(best if best is not None else Status(OK))
+    if over and global_shadow:
+        return Decision(False, statuses, headline, 0, tuple(started), shadowed=True)
     return Decision(over, statuses, headline, retry_after if over else 0, tuple(started))
 
 
-def locally_over(plan: Plan, until: dict[str, int], now_ms: int) -> list[Outcome] | None:
-    """Outcomes without the store when a non-shadow counter is known to be over until its reset."""
-    hit = False
-    outcomes: list[Outcome] = []
-    for check in plan.checks:
+def locally_over(plan: Plan, until: dict[str, int], now_ms: int) -> dict[int, Outcome]:
+    """Outcomes of the checks known over their limit until their reset (by index; empty: none).
+
+    Only these are answered without the store; the request's other checks still go to it, charged as
+    usual (envoyproxy/ratelimit, src/redis/fixed_cache_impl.go DoLimit: a key over in the local cache is
+    skipped, the others are incremented). The answer is the store's own: over, 0 left, the same reset."""
+    known: dict[int, Outcome] = {}
+    for index, check in enumerate(plan.checks):
+        if check.hits <= 0:
+            continue  # a zero-hit request can be admitted at exactly the limit: ask the store
         expires = until.get(check.keys[0])
-        if expires is not None and not check.shadow:
+        if expires is not None:
             if expires > now_ms:
-                hit = True
-                outcomes.append((True, 0, expires - now_ms))
-                continue
-            del until[check.keys[0]]
-        # Not consulted: the request is refused anyway, so nothing is charged; report the window as is.
-        outcomes.append((False, check.limit, check.window_ms))
-    return outcomes if hit else None
+                known[index] = (True, 0, expires - now_ms)
+            else:
+                del until[check.keys[0]]
+    return known
 
 
 def remember_over(plan: Plan, outcomes: Sequence[Outcome], until: dict[str, int], now_ms: int,
                   max_entries: int = 100_000) -> None:
     """Note counters over their limit until they reset, sparing the store their round trips."""
     for check, (is_over, remaining, reset) in zip(plan.checks, outcomes, strict=True):
-        # Only when nothing is left: then no request of this counter fits until `reset` (for a fixed
-        # window whatever its hits; for a bucket or sliding window, reset was computed for one hit).
-        # Never a ban: lifting one (admin API, any replica) must take effect at the next request.
-        if (is_over and not check.shadow and remaining == 0 and check.algorithm != BAN
+        # Only when nothing was left before the request: then no request of this counter fits until
+        # `reset` whatever the charging mode (for a fixed window whatever its hits; for a bucket or sliding
+        # window, reset was computed for one hit). Never a shadow check (its answer is OK; the store keeps
+        # its stats right). Never a ban: lifting one (admin API, any replica) must take effect at once.
+        if (is_over and not check.shadow and remaining == 0 and check.algorithm != BAN and max_entries > 0
                 and (check.algorithm == FIXED or check.hits <= 1)):
             if len(until) >= max_entries:
                 until.clear()  # a flood of distinct keys must not grow memory without bound

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from ratelimit_service.algorithms import Outcome
-from ratelimit_service.backends.base import Backend, BackendError, Check
+from ratelimit_service.backends.base import CHARGE_ALL, Backend, BackendError, Check
 from ratelimit_service.metrics import RateLimitMetrics, service_metrics
 
 log = logging.getLogger("ratelimit_service.guard")
@@ -41,10 +41,11 @@ class GuardedBackend:
     def healthy(self) -> bool:
         return self._backoff == 0.0
 
-    async def evaluate(self, tag: str, checks: Sequence[Check], now_ms: int) -> list[Outcome] | None:
+    async def evaluate(self, tag: str, checks: Sequence[Check], now_ms: int,
+                       charge: int = CHARGE_ALL) -> list[Outcome] | None:
         """The outcomes, or None when the store failed or is known down; never raises."""
         if self._infallible:
-            return await self.backend.evaluate(tag, checks, now_ms)
+            return await self.backend.evaluate(tag, checks, now_ms, charge)
         if self._backoff:
             if self._probing or self._clock() < self._retry_at:
                 self._error_children["skipped"].inc()
@@ -52,7 +53,7 @@ class GuardedBackend:
             self._probing = True
         try:
             async with asyncio.timeout(self._budget):
-                outcomes = await self.backend.evaluate(tag, checks, now_ms)
+                outcomes = await self.backend.evaluate(tag, checks, now_ms, charge)
         except TimeoutError:
             self._fail("timeout", f"no answer within {self._budget * 1000:.0f} ms")
             return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -12,6 +13,8 @@ from ratelimit_service.config import (
     RateLimitsConfig,
     WindowLimit,
     YamlDescriptor,
+    wildcard_covers,
+    wildcard_pattern,
 )
 from ratelimit_service.keys import counter_base
 
@@ -42,10 +45,12 @@ class Limit:
     key_suffix: str = ""
     # BAN only: how long a ban lasts (requests_per_unit per unit is the threshold).
     ban_ms: int = 0
+    # unit_multiplier: the window is this many units, aligned on multiples of itself.
+    multiplier: int = 1
     window_s: int = field(init=False, compare=False, default=0)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "window_s", UNIT_SECONDS[self.unit])
+        object.__setattr__(self, "window_s", UNIT_SECONDS[self.unit] * self.multiplier)
 
     @property
     def capacity(self) -> int:
@@ -59,21 +64,48 @@ class Limit:
 ChildKey = tuple[str, str | None]
 
 
+@dataclass(frozen=True, slots=True)
+class Wildcard:
+    """A descriptor value holding `*`: a trailing one is a prefix match, any other `*` any run of characters."""
+
+    key: str
+    value: str  # as configured, e.g. `foo*` or `a*b`
+    prefix: str | None  # the value without its only `*`, when that `*` ends it (the fast common case)
+    pattern: re.Pattern[str] | None  # otherwise
+
+    def matches(self, key: str, value: str) -> bool:
+        if key != self.key:
+            return False
+        if self.prefix is not None:
+            return value.startswith(self.prefix)
+        assert self.pattern is not None
+        return self.pattern.fullmatch(value) is not None
+
+
 @dataclass(slots=True)
 class Node:
     children: dict[ChildKey, Node] = field(default_factory=dict)
-    # (key, value prefix without '*', node) in config order: the first that matches wins.
-    wildcards: list[tuple[str, str, Node]] = field(default_factory=list)
+    # Wildcard values in config order: the first that matches wins (after an exact value, before the key alone).
+    wildcards: list[tuple[Wildcard, Node]] = field(default_factory=list)
     limits: tuple[Limit, ...] = ()
+    # This level's name in metric keys: `key` or `key_value` as configured (README "Statistics").
+    metric_name: str = ""
+    # value_to_metric: the request's value in the metric key instead of the configured one.
+    value_to_metric: bool = False
+    # share_threshold (wildcards only): every matched value counts on one counter, keyed by the pattern.
+    share_threshold: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class Match:
     limits: tuple[Limit, ...]
-    metric_key: str  # full_key, or with the request's values when detailed_metric is set
+    metric_key: str  # full_key, or with the request's values when detailed_metric / value_to_metric say so
     base: str = ""  # the counter key's prefix for these entries (see decision.cache_key_base)
     unlimited: bool = False
     named: bool = False  # some limit has a name, so `replaces` elsewhere may drop it
+    # The entries the counter is keyed by: the request's, with a share_threshold wildcard's pattern in
+    # place of the value it matched (None: the request's entries as they are).
+    counter_entries: tuple[Entry, ...] | None = None
 
 
 # Lookups remembered; bounded in entries and, by skipping long descriptors, in bytes (~16k × 0.5 KB).
@@ -98,7 +130,7 @@ class LimitTable:
             pass
         found = self.lookup(domain, entries)
         if found is not None:
-            base = counter_base(domain, entries)
+            base = counter_base(domain, found.counter_entries or entries)
             found = Match(found.limits, found.metric_key, base, any(x.unlimited for x in found.limits),
                           any(x.name for x in found.limits))
         if sum(len(k) + len(v) for k, v in entries) > MEMO_MAX_CHARS:
@@ -114,16 +146,23 @@ class LimitTable:
             return None
         found: tuple[Limit, ...] = ()
         last = len(entries) - 1
+        path: list[Node] = []
+        shared: dict[int, str] = {}  # entry index → the wildcard value its counter is keyed by
         for i, (key, value) in enumerate(entries):
-            # key+value, then a wildcard value of the key, then the key alone (envoyproxy's order).
+            # key+value, then a wildcard value of the key, then the key alone (src/config/config_impl.go,
+            # GetLimit: exact `key_value` first, then wildcardKeys in load order, then `key`).
             nxt = node.children.get((key, value))
             if nxt is None:
-                for wild_key, prefix, candidate in node.wildcards:
-                    if wild_key == key and value.startswith(prefix):
+                for wildcard, candidate in node.wildcards:
+                    if wildcard.matches(key, value):
                         nxt = candidate
+                        if candidate.share_threshold:
+                            shared[i] = wildcard.value
                         break
             if nxt is None:
                 nxt = node.children.get((key, None))
+            if nxt is not None:
+                path.append(nxt)
             # A limit applies only where the request's descriptor ends, at the same depth.
             if nxt is not None and nxt.limits and i == last:
                 found = nxt.limits
@@ -133,10 +172,19 @@ class LimitTable:
         if not found:
             return None
         head = found[0]
+        counter_entries = None
+        if shared:
+            counter_entries = tuple((k, shared.get(i, v)) for i, (k, v) in enumerate(entries))
+        # Metric keys as config_impl.go GetLimit builds them: a share_threshold level always shows its pattern;
+        # detailed_metric shows every other entry's value, value_to_metric that level's value.
         if head.detailed:
-            detailed = domain + "." + ".".join(f"{k}_{v}" for k, v in entries)
-            return Match(found, detailed)
-        return Match(found, head.full_key)
+            detailed = domain + "." + ".".join(f"{k}_{shared.get(i, v)}" for i, (k, v) in enumerate(entries))
+            return Match(found, detailed, counter_entries=counter_entries)
+        if any(n.value_to_metric for n in path):
+            names = [(f"{k}_{v}" if v else k) if n.value_to_metric and i not in shared else n.metric_name
+                     for i, (n, (k, v)) in enumerate(zip(path, entries, strict=False))]
+            return Match(found, domain + "." + ".".join(names), counter_entries=counter_entries)
+        return Match(found, head.full_key, counter_entries=counter_entries)
 
 
 def _limit(rules: WindowLimit | object, full_key: str, *, name: str = "", replaces: Sequence[str] = (),
@@ -146,7 +194,9 @@ def _limit(rules: WindowLimit | object, full_key: str, *, name: str = "", replac
     rpu = int(getattr(rules, "requests_per_unit", 0))
     burst = getattr(rules, "burst", None)
     shadow = shadow or bool(getattr(rules, "shadow_mode", False))
+    multiplier = getattr(rules, "unit_multiplier", None) or 1
     return Limit(full_key=full_key, requests_per_unit=rpu, unit=str(getattr(rules, "unit", None) or "second"),
+                 multiplier=int(multiplier),
                  algorithm=ALGORITHMS[algorithm], burst=int(burst) if burst is not None else rpu,
                  name=name, replaces=tuple(replaces), shadow=shadow,
                  unlimited=unlimited, detailed=detailed, key_suffix=key_suffix)
@@ -164,11 +214,19 @@ def _load_descriptors(parent: Node, parent_key: str, descriptors: Iterable[YamlD
             r = d.rate_limit
             limits = (_limit(r, full_key, name=r.name, replaces=[x.name for x in r.replaces],
                              shadow=d.shadow_mode, detailed=d.detailed_metric),)
-        node = Node(limits=limits)
+        node = Node(limits=limits, metric_name=final, value_to_metric=d.value_to_metric,
+                    share_threshold=d.share_threshold)
         _load_descriptors(node, full_key + ".", d.descriptors)
         parent.children[child] = node
-        if d.value.endswith("*"):
-            parent.wildcards.append((d.key, d.value[:-1], node))
+        if "*" in d.value:
+            # Within one file the model refused this already; files merged into one domain are checked here.
+            for earlier, _ in parent.wildcards:
+                if earlier.key == d.key and wildcard_covers(earlier.value, d.value):
+                    raise ValueError(f"descriptor '{parent_key}{final}' can never apply: the wildcard "
+                                     f"'{earlier.key}_{earlier.value}' loaded before it matches every value it matches")
+            trailing_only = d.value.index("*") == len(d.value) - 1
+            parent.wildcards.append((Wildcard(d.key, d.value, d.value[:-1] if trailing_only else None,
+                                              None if trailing_only else wildcard_pattern(d.value)), node))
 
 
 def _plan_limits(windows: Sequence[WindowLimit], full_key: str) -> tuple[Limit, ...]:

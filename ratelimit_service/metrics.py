@@ -48,6 +48,7 @@ class RateLimitMetrics:
     memory_evictions: Counter
     bans: Counter
     banned_ips: Gauge
+    global_shadow: Counter
 
 
 def _build(registry: CollectorRegistry) -> RateLimitMetrics:
@@ -57,7 +58,8 @@ def _build(registry: CollectorRegistry) -> RateLimitMetrics:
         rejections=Counter("rate_limit_rejections_total", "Descriptors answered OVER_LIMIT, by reason: "
                            "limit (a window or bucket is spent) or ban (the address is banned)",
                            [*DESCRIPTOR_LABELS, "reason"], registry=registry),
-        near_limit=Counter("rate_limit_near_limit_total", "Admitted hits above near_limit_ratio of the limit",
+        near_limit=Counter("rate_limit_near_limit_total", "Hits past near_limit_ratio of a limit and not past "
+                           "the limit itself (envoyproxy/ratelimit's near_limit stat)",
                            DESCRIPTOR_LABELS, registry=registry),
         shadow=Counter("rate_limit_shadow_total", "Over the limit in shadow mode (answered OK)",
                        DESCRIPTOR_LABELS, registry=registry),
@@ -91,6 +93,9 @@ def _build(registry: CollectorRegistry) -> RateLimitMetrics:
         # a ban lifted on another replica leaves this count at its end or at that address's next request.
         banned_ips=Gauge("rate_limit_banned_ips", "Addresses banned now, as far as this process has seen",
                          multiprocess_mode="livemax", registry=registry),
+        global_shadow=Counter("rate_limit_global_shadow_total", "Requests over a limit answered OK by the global "
+                              "shadow mode (rate_limits.shadow_mode; envoyproxy's global_shadow_mode)",
+                              registry=registry),
     )
     # Known label values get their series now: a family with no series is missing from the multiprocess
     # aggregate, and a dashboard cannot tell "none yet" from "not exported".

@@ -20,7 +20,7 @@ from ratelimit_service.config import (
 )
 from ratelimit_service.limits import LimitTable, compile_table
 from ratelimit_service.mesh import MeshMaps
-from ratelimit_service.service import Settings
+from ratelimit_service.service import Settings, local_cache_entries
 
 # Bumped when the payload's shape changes incompatibly; a service refuses a schema it does not know.
 SCHEMA = 1
@@ -148,7 +148,10 @@ def build(data: Mapping[str, Any]) -> RateLimitResource:
         raise PayloadError(f"invalid ratelimit payload: files ({names}): {exc}") from None
     settings = Settings(table, near_ratio=rl.near_limit_ratio, failure_mode_deny=rl.failure_mode == "deny",
                         min_time_left_s=rl.min_time_left_ms(parsed.envoy_timeout_ms) / 1000,
-                        max_in_flight=rl.overload.max_in_flight, mesh=MeshMaps(rl))
+                        max_in_flight=rl.overload.max_in_flight, mesh=MeshMaps(rl),
+                        stop_increment=rl.stop_increment_when_over_limit, global_shadow=rl.shadow_mode,
+                        response_headers=rl.response_headers,
+                        local_cache_entries=local_cache_entries(rl.local_cache_size_bytes))
     admin = parsed.admin
     return RateLimitResource(rl, settings, parsed.logging.decisions, None if admin is None else AdminSettings(
         admin.address, admin.port, admin.token_env, Path(admin.token_file) if admin.token_file else None))

@@ -17,7 +17,8 @@ from google.protobuf.message import DecodeError
 
 from outrider.logs import DecisionLog
 from outrider.tracing import ServiceTracer
-from ratelimit_service.backends.base import Check
+from ratelimit_service.algorithms import Outcome
+from ratelimit_service.backends.base import CHARGE_ALL, CHARGE_NONE, CHARGE_UNLESS_OVER, Check
 from ratelimit_service.config import FAILURE_MODE_KEY
 from ratelimit_service.decision import (
     OVER_LIMIT,
@@ -47,8 +48,9 @@ _JSON = base_pb2.HeaderValue(key="content-type", value="application/json")
 # distinct requests costs at most about PLAN_CACHE_ENTRIES × 2 KB.
 PLAN_CACHE_ENTRIES = 16_384
 PLAN_CACHE_MAX_BYTES = 1024
-# Counters known over their limit (envoyproxy/ratelimit's local cache is a fixed-size freecache too).
-OVER_LIMIT_ENTRIES = 16_384
+# The local over-limit cache is sized in bytes, as envoyproxy/ratelimit's LOCAL_CACHE_SIZE_IN_BYTES
+# (a freecache there): about this many bytes per remembered counter (key, expiry, dict slot).
+LOCAL_CACHE_ENTRY_BYTES = 160
 LIMIT_PROTO_ENTRIES = 4096
 # Ban counters' hits answered from the local over-limit cache, still to be added at the next store call;
 # and the bans this process saw in force (rate_limit_banned_ips). Both bounded like the caches above.
@@ -75,6 +77,20 @@ class Settings:
     max_in_flight: int = 1024
     # A mesh's domains whose descriptors are read as ours (rate_limits.mesh); empty: none.
     mesh: MeshMaps = field(default_factory=lambda: MeshMaps(None))
+    # rate_limits.stop_increment_when_over_limit (STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT): a request
+    # some counter refuses charges none of its counters (backends/base.py CHARGE_UNLESS_OVER).
+    stop_increment: bool = False
+    # rate_limits.shadow_mode (SHADOW_MODE): every over-limit answer becomes OK overall, and is counted.
+    global_shadow: bool = False
+    # rate_limits.response_headers (LIMIT_RESPONSE_HEADERS_ENABLED): RateLimit-Limit/-Remaining/-Reset.
+    response_headers: bool = True
+    # Counters the local over-limit cache remembers at most (rate_limits.local_cache_size_bytes; 0: off).
+    local_cache_entries: int = 0
+
+
+def local_cache_entries(size_bytes: int) -> int:
+    """LOCAL_CACHE_SIZE_IN_BYTES → counters remembered (0 bytes: no local cache, the reference's default)."""
+    return size_bytes // LOCAL_CACHE_ENTRY_BYTES if size_bytes > 0 else 0
 
 
 # The settings before any config version: no table yet. Calls are answered UNAVAILABLE so that Envoy
@@ -287,22 +303,33 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
     async def _decide_planned(self, settings: Settings, laid_out: Plan, now_ms: int,
                               deny: bool) -> rls_pb2.RateLimitResponse:
         domain = laid_out.domain
-        if not laid_out.checks:
-            outcomes = []
-        else:
-            cached = locally_over(laid_out, self._over_until, now_ms)
-            if cached is not None:
+        checks = laid_out.checks
+        outcomes: list[Outcome] = []
+        if checks:
+            known = locally_over(laid_out, self._over_until, now_ms) if self._over_until else {}
+            if known and all(i in known or c.algorithm == BAN for i, c in enumerate(checks)):
+                # Every counter is known over: nothing to charge, nothing to ask. Ban counts are kept for
+                # the next store call (a ban's count is not a quota: it decides nothing here).
                 self._metrics.local_cache_hits.inc()
-                outcomes = cached
-                self._hold_ban_hits(laid_out.checks)
+                self._hold_ban_hits(checks)
+                outcomes = [known.get(i, (False, c.limit, c.window_ms)) for i, c in enumerate(checks)]
             else:
-                checks = self._with_pending(laid_out.checks) if self._ban_pending else laid_out.checks
-                fresh = await self._guard.evaluate(domain, checks, now_ms)
+                asked = [c for i, c in enumerate(checks) if i not in known] if known else checks
+                if self._ban_pending:
+                    asked = self._with_pending(asked)
+                fresh = await self._guard.evaluate(domain, asked, now_ms, self._charge(settings, laid_out, known))
                 if fresh is None:
                     return self._failure_response(len(laid_out.descriptors), deny)
-                remember_over(laid_out, fresh, self._over_until, now_ms, OVER_LIMIT_ENTRIES)
+                if known:
+                    self._metrics.local_cache_hits.inc()
+                    answers = iter(fresh)
+                    fresh = [known[i] if i in known else next(answers) for i in range(len(checks))]
+                if settings.local_cache_entries:
+                    remember_over(laid_out, fresh, self._over_until, now_ms, settings.local_cache_entries)
                 outcomes = fresh
-        decision = decide(laid_out, outcomes, settings.near_ratio)
+        decision = decide(laid_out, outcomes, settings.near_ratio, settings.global_shadow)
+        if decision.shadowed:
+            self._metrics.global_shadow.inc()
         self._count(domain, laid_out, decision)
         if decision.started_bans:
             self._started(domain, decision.started_bans, laid_out.checks)
@@ -314,7 +341,20 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
                 "descriptors": [d.metric_key for d, s in zip(laid_out.descriptors, decision.statuses, strict=True)
                                 if s.code == OVER_LIMIT],
             })
-        return self._response(decision)
+        return self._response(decision, settings.response_headers)
+
+    @staticmethod
+    def _charge(settings: Settings, laid_out: Plan, known: dict[int, Outcome]) -> int:
+        """What the store charges (backends/base.py CHARGE_*). With stop-increment, as the reference's Redis
+        cache (src/redis/fixed_cache_impl.go DoLimit): a counter known over stops every increment; the
+        over-limit check before incrementing runs only when the request has more than one descriptor
+        (one counter alone is incremented, then compared)."""
+        if not settings.stop_increment:
+            return CHARGE_ALL
+        if known:
+            return CHARGE_NONE
+        counted = sum(1 for c in laid_out.checks if c.algorithm != BAN)
+        return CHARGE_UNLESS_OVER if len(laid_out.descriptors) > 1 or counted > 1 else CHARGE_ALL
 
     def _count(self, domain: str, laid_out: Plan, decision: Decision) -> None:
         for d, status in zip(laid_out.descriptors, decision.statuses, strict=True):
@@ -332,8 +372,8 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
                     row.rejections.inc()
             elif status.shadow_over:
                 row.shadow.inc()
-            elif status.near:
-                row.near_limit.inc(d.hits)
+            if status.near_hits:
+                row.near_limit.inc(status.near_hits)
 
     # ---- the automatic ban (rate_limits.per_ip.ban) ---------------------------------------------------
 
@@ -405,14 +445,14 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
                 name=limit.name, requests_per_unit=limit.requests_per_unit, unit=_UNIT_VALUES[limit.unit])
         return proto
 
-    def _response(self, decision: Decision) -> rls_pb2.RateLimitResponse:
+    def _response(self, decision: Decision, headers_on: bool = True) -> rls_pb2.RateLimitResponse:
         response = Response(overall_code=Response.OVER_LIMIT if decision.over else Response.OK)
         for st in decision.statuses:
             status = response.statuses.add(code=st.code, limit_remaining=st.remaining)
             if st.limit is not None:
                 status.current_limit.CopyFrom(self._limit_proto(st.limit))
                 status.duration_until_reset.seconds = _seconds(st.reset_ms)
-        if decision.headline is not None:
+        if decision.headline is not None and headers_on:
             limit, remaining, reset_ms = decision.headline
             headers = response.response_headers_to_add
             headers.add(key="RateLimit-Limit", value=str(limit))

@@ -27,13 +27,25 @@ class Check(NamedTuple):
     ban_ms: int = 0
 
 
+# What a request charges (envoyproxy/ratelimit, src/redis/fixed_cache_impl.go DoLimit):
+# CHARGE_ALL: every counter counts the request, whatever the others decide (the reference's default: each
+#   descriptor's INCRBY runs even when another is over). A fixed window counts even its own refused
+#   request (INCRBY then compare); a sliding window or token bucket (outrider's) only what it admits.
+# CHARGE_UNLESS_OVER: nothing is charged when any check is over, shadow ones included
+#   (STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT, rate_limits.stop_increment_when_over_limit).
+# CHARGE_NONE: read only (the same option when a counter of the request is already known over).
+# A ban check (limits.BAN) counts every request in every mode: refused requests are what a ban is for.
+CHARGE_ALL, CHARGE_UNLESS_OVER, CHARGE_NONE = 0, 1, 2
+
+
 class BackendError(Exception):
     """The store could not answer (down, slow, refused); the service answers in its failure mode."""
 
 
 class Backend(Protocol):
-    async def evaluate(self, tag: str, checks: Sequence[Check], now_ms: int) -> list[Outcome]:
-        """Outcomes in check order. Charges all checks, or none when a non-shadow check is over.
+    async def evaluate(self, tag: str, checks: Sequence[Check], now_ms: int,
+                       charge: int = CHARGE_ALL) -> list[Outcome]:
+        """Outcomes in check order (each computed before any charge); charges them as `charge` says.
 
         `tag` groups the keys of one request (the domain): a cluster backend keeps them in one slot.
         Raises BackendError.

@@ -14,7 +14,7 @@ from ratelimit_service.algorithms import (
     token_bucket,
     token_bucket_ttl_ms,
 )
-from ratelimit_service.backends.base import Check
+from ratelimit_service.backends.base import CHARGE_ALL, CHARGE_UNLESS_OVER, Check
 from ratelimit_service.limits import BAN, FIXED, SLIDING
 from ratelimit_service.metrics import RateLimitMetrics, service_metrics
 
@@ -120,14 +120,15 @@ class MemoryBackend:
             self._evicted.inc(evicted)
         self._keys_gauge.set(self._size)  # at the cap: worth saying now, whatever the clock does
 
-    async def evaluate(self, tag: str, checks: Sequence[Check], now_ms: int) -> list[Outcome]:
-        return self.evaluate_now(checks, now_ms)
+    async def evaluate(self, tag: str, checks: Sequence[Check], now_ms: int,
+                       charge: int = CHARGE_ALL) -> list[Outcome]:
+        return self.evaluate_now(checks, now_ms, charge)
 
-    def evaluate_now(self, checks: Sequence[Check], now_ms: int) -> list[Outcome]:
+    def evaluate_now(self, checks: Sequence[Check], now_ms: int, charge: int = CHARGE_ALL) -> list[Outcome]:
         self._sweep(now_ms)
         outcomes: list[Outcome] = []
         commits: list[tuple[Store, str, object, int]] = []
-        blocked = False
+        any_over = False
         for c in checks:
             if c.algorithm == FIXED:
                 store = self._store(c.window_ms)
@@ -169,12 +170,12 @@ class MemoryBackend:
                                                             c.hits, now_ms)
                 outcome = (over, remaining, reset)
                 commits.append((store, c.keys[0], (left, now_ms), now_ms + ttl))
-            if outcome[0] and not c.shadow:
-                blocked = True
+            any_over = any_over or outcome[0]
             outcomes.append(outcome)
-        if not blocked:
-            for (store, key, value, expires), c in zip(commits, checks, strict=True):
-                if c.hits and key:
+        if charge == CHARGE_ALL or (charge == CHARGE_UNLESS_OVER and not any_over):
+            for (store, key, value, expires), c, (over, _, _) in zip(commits, checks, outcomes, strict=True):
+                # A fixed window counts its own refused request too (envoyproxy's INCRBY, then compare).
+                if c.hits and key and (not over or c.algorithm == FIXED):
                     before = len(store)
                     store[key] = (value, expires)
                     store.move_to_end(key)  # write order = expiry order within the class

@@ -13,23 +13,25 @@ from redis.exceptions import NoScriptError, RedisError
 from redis.retry import Retry
 
 from ratelimit_service.algorithms import Outcome
-from ratelimit_service.backends.base import BackendError, Check
+from ratelimit_service.backends.base import CHARGE_ALL, BackendError, Check
 from ratelimit_service.backends.resp import ConnectionLost, RespClient, RespError
 from ratelimit_service.keys import cluster_tag
 from ratelimit_service.limits import BAN
 
 # KEYS: one per fixed-window / token-bucket check, two (current, previous) per sliding-window check, two
-# (ban, counter) per ban check. ARGV: now_ms, then 6 per check: algorithm, limit, window_ms, hits, extra,
-# shadow, and a 7th, ban_ms, for a ban check. A ban check counts (or bans) at once, whatever the others say.
-# Mirrors ratelimit_service/algorithms.py. Every key written gets its TTL in the same call, so no key
-# can outlive its window even if the service dies between calls.
+# (ban, counter) per ban check. ARGV: now_ms, the charge mode (backends/base.py CHARGE_*), then 6 per
+# check: algorithm, limit, window_ms, hits, extra, shadow, and a 7th, ban_ms, for a ban check. A ban check
+# counts (or bans) at once, whatever the others say. Mirrors ratelimit_service/algorithms.py and
+# MemoryBackend's charging. Every key written gets its TTL in the same call, so no key can outlive its
+# window even if the service dies between calls.
 LUA = """
 local now = tonumber(ARGV[1])
+local charge = tonumber(ARGV[2])
 local out = {}
 local commit = {}
-local blocked = false
+local any_over = false
 local k = 1
-local b = 2
+local b = 3
 while b <= #ARGV do
   local algo = tonumber(ARGV[b])
   local limit = tonumber(ARGV[b + 1])
@@ -46,7 +48,7 @@ while b <= #ARGV do
     else
       over = false; remaining = limit - count - hits
     end
-    commit[#commit + 1] = {1, KEYS[k], hits, window}
+    commit[#commit + 1] = {1, KEYS[k], hits, window, 0, true}
     k = k + 1
   elseif algo == 2 then
     local cur = tonumber(redis.call('GET', KEYS[k]) or '0')
@@ -67,7 +69,7 @@ while b <= #ARGV do
         reset = math.max(1, reset)
       end
     end
-    commit[#commit + 1] = {1, KEYS[k], hits, 2 * window}
+    commit[#commit + 1] = {1, KEYS[k], hits, 2 * window, 0, not over}
     k = k + 2
   elseif algo == 4 then
     local ban_ms = tonumber(ARGV[b + 6])
@@ -108,18 +110,18 @@ while b <= #ARGV do
       over = false; left = tokens - hits; remaining = math.floor(left)
       reset = math.ceil((extra - left) / per_ms)
     end
-    commit[#commit + 1] = {3, KEYS[k], hits, math.ceil(extra * window / limit) + 1000, left}
+    commit[#commit + 1] = {3, KEYS[k], hits, math.ceil(extra * window / limit) + 1000, left, not over}
     k = k + 1
   end
-  if over and not shadow then blocked = true end
+  if over then any_over = true end
   out[#out + 1] = over and 1 or 0
   out[#out + 1] = remaining
   out[#out + 1] = reset
   b = b + 6
 end
-if not blocked then
+if charge == 0 or (charge == 1 and not any_over) then
   for _, c in ipairs(commit) do
-    if c[3] > 0 then
+    if c[3] > 0 and c[6] then
       if c[1] == 1 then
         redis.call('INCRBY', c[2], c[3])
         redis.call('PEXPIRE', c[2], c[4])
@@ -133,9 +135,9 @@ end
 return out
 """
 
-def _encode(checks: Sequence[Check], now_ms: int, tag_prefix: str) -> list[Any]:
+def _encode(checks: Sequence[Check], now_ms: int, tag_prefix: str, charge: int) -> list[Any]:
     keys: list[str] = []
-    args: list[Any] = [now_ms]
+    args: list[Any] = [now_ms, charge]
     for c in checks:
         for key in c.keys:
             keys.append(tag_prefix + key)
@@ -170,8 +172,9 @@ class RedisBackend:
         self._client = RespClient(url, connect_timeout_s=timeout_s)
         self._sha = hashlib.sha1(LUA.encode()).hexdigest()  # noqa: S324 - Redis names scripts by SHA-1
 
-    async def evaluate(self, tag: str, checks: Sequence[Check], now_ms: int) -> list[Outcome]:
-        args = _encode(checks, now_ms, self._prefix)
+    async def evaluate(self, tag: str, checks: Sequence[Check], now_ms: int,
+                       charge: int = CHARGE_ALL) -> list[Outcome]:
+        args = _encode(checks, now_ms, self._prefix, charge)
         try:
             try:
                 raw = await self._client.call("EVALSHA", self._sha, *args)
@@ -233,8 +236,9 @@ class RedisClusterBackend:
         self._ready = False
         self._init_lock = asyncio.Lock()
 
-    async def evaluate(self, tag: str, checks: Sequence[Check], now_ms: int) -> list[Outcome]:
-        args = _encode(checks, now_ms, self._tag(tag))
+    async def evaluate(self, tag: str, checks: Sequence[Check], now_ms: int,
+                       charge: int = CHARGE_ALL) -> list[Outcome]:
+        args = _encode(checks, now_ms, self._tag(tag), charge)
         try:
             if not self._ready:
                 await self._initialize()

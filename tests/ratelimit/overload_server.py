@@ -33,11 +33,11 @@ class Burning:
         self._burn_s = burn_s
         self._memory = MemoryBackend()
 
-    async def evaluate(self, tag: str, checks: Sequence[Check], now_ms: int) -> list[Outcome]:
+    async def evaluate(self, tag: str, checks: Sequence[Check], now_ms: int, charge: int = 0) -> list[Outcome]:
         until = time.perf_counter() + self._burn_s
         while time.perf_counter() < until:
             pass
-        return self._memory.evaluate_now(checks, now_ms)
+        return self._memory.evaluate_now(checks, now_ms, charge)
 
     async def close(self) -> None: ...
 

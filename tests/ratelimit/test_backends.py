@@ -30,7 +30,9 @@ async def test_hits_addend_counts_several_hits(backend: Backend) -> None:
     assert (first.over, first.statuses[0].remaining) == (False, 3)
     too_many = await run(backend, table, "d", [desc(("k", "a"), hits=4)], T0)
     assert too_many.over
-    assert not (await run(backend, table, "d", [desc(("k", "a"), hits=3)], T0)).over
+    # A fixed window counts its own refused hits too (envoyproxy/ratelimit increments, then compares:
+    # src/redis/fixed_cache_impl.go DoLimit), so the window is spent: 11 of 10.
+    assert (await run(backend, table, "d", [desc(("k", "a"), hits=3)], T0)).over
 
 
 async def test_sliding_window_weights_the_previous_window(backend: Backend) -> None:
@@ -58,7 +60,10 @@ async def test_token_bucket_bursts_then_refills_at_its_rate(backend: Backend) ->
     assert sum(not r.over for r in refilled) == 20
 
 
-async def test_a_refused_request_charges_no_counter(backend: Backend) -> None:
+async def test_a_refused_request_still_charges_the_other_descriptors(backend: Backend) -> None:
+    """envoyproxy/ratelimit's default (src/redis/fixed_cache_impl.go DoLimit): every descriptor's counter is
+    incremented whatever the others decide; STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT is tested in
+    test_reference_rules.py."""
     table = table_of("""
 domain: d
 descriptors:
@@ -73,7 +78,7 @@ descriptors:
     refused = await run(backend, table, "d", both, T0)
     assert refused.over and [s.code for s in refused.statuses] == [OVER_LIMIT, OK]
     alone = await run(backend, table, "d", [desc(("big", "x"))], T0)
-    assert alone.statuses[0].remaining == 98  # the refused request took nothing from `big`
+    assert alone.statuses[0].remaining == 97  # the refused request counted on `big` too
 
 
 async def test_shadow_mode_answers_ok_and_still_counts(backend: Backend) -> None:
@@ -100,7 +105,9 @@ async def test_several_windows_on_one_descriptor(backend: Backend) -> None:
     first_minute = [await once(T0 + i) for i in range(4)]
     second_minute = [await once(T0 + MINUTE + i) for i in range(3)]
     assert first_minute == [False, False, False, True]
-    assert second_minute == [False, False, True]  # the hour's 5 are spent (3 + 2)
+    # The request the minute refused still counted on the hour (every counter counts, as envoyproxy's
+    # default): the hour has 1 left after 4, and its 5 are spent.
+    assert second_minute == [False, True, True]
 
 
 @pytest.mark.parametrize("algorithm", ["fixed_window", "sliding_window", "token_bucket"])

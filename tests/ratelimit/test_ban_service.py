@@ -36,7 +36,8 @@ def service_of(after: int, rate: int, burst: int) -> tuple[RateLimitService, Clo
         "ban": {"after_requests": after, "window": "minute", "duration_s": 60}}}))
     registry, clock, backend = CollectorRegistry(), Clock(), MemoryBackend()
     metrics = service_metrics(registry)
-    service = RateLimitService(Settings(table), GuardedBackend(backend, 1.0, metrics=metrics), clock=clock,
+    service = RateLimitService(Settings(table, local_cache_entries=1000), GuardedBackend(backend, 1.0, metrics=metrics),
+                               clock=clock,
                                metrics=metrics)
     return service, clock, registry, backend
 

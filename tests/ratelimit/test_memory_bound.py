@@ -17,7 +17,7 @@ from ratelimit_service.backends.memory import SWEEP_BATCH, MemoryBackend
 from ratelimit_service.guard import GuardedBackend
 from ratelimit_service.limits import FIXED, MEMO_ENTRIES, TOKEN
 from ratelimit_service.resource import build
-from ratelimit_service.service import OVER_LIMIT_ENTRIES, PLAN_CACHE_ENTRIES, RateLimitService
+from ratelimit_service.service import PLAN_CACHE_ENTRIES, RateLimitService
 
 T0 = 1_800_000_000_000
 MINUTE = 60_000
@@ -125,7 +125,8 @@ async def test_200k_distinct_clients_through_the_service_level_off() -> None:
             rss[i + 8] = _rss_mb()
     assert time.monotonic() - started < 120
     assert len(store) == cap and store.evictions == 200_000 - cap
-    assert len(service._plans) <= PLAN_CACHE_ENTRIES and len(service._over_until) <= OVER_LIMIT_ENTRIES
+    assert len(service._plans) <= PLAN_CACHE_ENTRIES
+    assert len(service._over_until) <= service.settings.local_cache_entries
     assert len(service.settings.table._memo) <= MEMO_ENTRIES
     # Every cache is full by 100k requests: the second 100k distinct clients add (next to) nothing. Unbounded,
     # they added ~60 MB; the allowance is for allocator noise of a process shared with the rest of the suite.

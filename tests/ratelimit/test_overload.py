@@ -53,7 +53,7 @@ def shed(reason: str) -> float:
 
 
 class Broken:
-    async def evaluate(self, tag: str, checks: Sequence[Check], now_ms: int) -> list[Outcome]:
+    async def evaluate(self, tag: str, checks: Sequence[Check], now_ms: int, charge: int = 0) -> list[Outcome]:
         raise BackendError("connection refused")
 
     async def close(self) -> None: ...
@@ -69,12 +69,12 @@ class Held:
         self._waiting = 0
         self._memory = MemoryBackend()
 
-    async def evaluate(self, tag: str, checks: Sequence[Check], now_ms: int) -> list[Outcome]:
+    async def evaluate(self, tag: str, checks: Sequence[Check], now_ms: int, charge: int = 0) -> list[Outcome]:
         self._waiting += 1
         if self._waiting == self._expected:
             self.all_waiting.set()
         await self.release.wait()
-        return await self._memory.evaluate(tag, checks, now_ms)
+        return await self._memory.evaluate(tag, checks, now_ms, charge)
 
     async def close(self) -> None: ...
 

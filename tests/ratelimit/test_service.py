@@ -52,7 +52,7 @@ def headers(response: rls_pb2.RateLimitResponse) -> dict[str, str]:
 class Hanging:
     """A store that never answers (a stopped Redis)."""
 
-    async def evaluate(self, tag: str, checks: Sequence[Check], now_ms: int) -> list[Outcome]:
+    async def evaluate(self, tag: str, checks: Sequence[Check], now_ms: int, charge: int = 0) -> list[Outcome]:
         await asyncio.sleep(3600)
         raise AssertionError("unreachable")
 
@@ -62,7 +62,7 @@ class Hanging:
 class Broken:
     calls = 0
 
-    async def evaluate(self, tag: str, checks: Sequence[Check], now_ms: int) -> list[Outcome]:
+    async def evaluate(self, tag: str, checks: Sequence[Check], now_ms: int, charge: int = 0) -> list[Outcome]:
         self.calls += 1
         raise BackendError("connection refused")
 
@@ -122,8 +122,8 @@ async def test_hits_addend_is_honoured(stub: rls_pb2_grpc.RateLimitServiceStub) 
     response = await stub.ShouldRateLimit(request((("user", "carol"),), hits=2))
     assert response.statuses[0].limit_remaining == 1
     assert (await stub.ShouldRateLimit(request((("user", "carol"),), hits=2))).overall_code == Response.OVER_LIMIT
-    # A descriptor's own hits_addend wins over the request's.
-    one = request((("user", "carol"),), hits=5)
+    # A descriptor's own hits_addend wins over the request's (5 would be over a limit of 3 at once).
+    one = request((("user", "carol2"),), hits=5)
     one.descriptors[0].hits_addend.value = 1
     assert (await stub.ShouldRateLimit(one)).overall_code == Response.OK
 
@@ -201,15 +201,15 @@ async def test_counters_over_their_limit_are_answered_locally() -> None:
     calls = []
 
     class Counting:
-        async def evaluate(self, tag: str, checks: Sequence[Check], now_ms: int) -> list[Outcome]:
+        async def evaluate(self, tag: str, checks: Sequence[Check], now_ms: int, charge: int = 0) -> list[Outcome]:
             calls.append(now_ms)
-            return await memory.evaluate(tag, checks, now_ms)
+            return await memory.evaluate(tag, checks, now_ms, charge)
 
         async def close(self) -> None: ...
 
     clock = [1_800_000_010.0]
-    service = RateLimitService(Settings(table_of(LIMITS)), GuardedBackend(Counting(), 1.0),
-                               clock=lambda: clock[0])
+    service = RateLimitService(Settings(table_of(LIMITS), local_cache_entries=1000),
+                               GuardedBackend(Counting(), 1.0), clock=lambda: clock[0])
     for _ in range(6):
         await service.decide(request((("user", "gina"),)))
     assert len(calls) == 4  # 3 admitted, 1 refused by the store, then 2 refused from memory
