@@ -33,6 +33,7 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -83,10 +84,8 @@ class RawReceiver(grpc.GenericRpcHandler):
 
 
 def serve_raw_receiver() -> tuple[RawReceiver, grpc.Server, int]:
-    from concurrent import futures
-
     receiver = RawReceiver()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2), handlers=[receiver])
+    server = grpc.server(ThreadPoolExecutor(max_workers=2), handlers=[receiver])
     port = free_port()
     server.add_insecure_port(f"127.0.0.1:{port}")
     server.start()
@@ -183,6 +182,8 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--percent", type=float, default=10.0)
     parser.add_argument("--all", action="store_true", help="on = access log + tracing + metrics scraped; off = none")
+    parser.add_argument("--paired", action="store_true",
+                        help="load both stacks at once in each round (steadier on a shared machine)")
     parser.add_argument("--scrape-interval", type=float, default=15.0, help="seconds between scrapes (--all)")
     args = parser.parse_args()
     seconds = min(args.seconds, MAX_SECONDS)  # bounded: the machine is shared
@@ -199,19 +200,24 @@ def main() -> None:
         for on in (True, False):  # warm-up: JWKS, first connections, Python imports on the hot path
             wrk(stacks[on].url + PATH, {}, 1.0, connections=args.connections)
         for round_ in range(args.rounds):
-            for on in (True, False) if round_ % 2 == 0 else (False, True):
-                before = stack_cpu(stacks[on])
-                collector_before = time.process_time()  # this process: the OTLP receiver (and wrk's waiting)
-                with Scraper(stacks[on], args.scrape_interval) if (on and args.all) else contextlib.nullcontext():
-                    result = wrk(stacks[on].url + PATH, {}, seconds, connections=args.connections)
-                after = stack_cpu(stacks[on])
-                after["collector"] = before["collector"] = 0.0
-                collector_us = (time.process_time() - collector_before) / max(result.requests, 1) * 1e6
-                per_request = {n: (after[n] - before[n]) / max(result.requests, 1) * 1e6 for n in after}
-                cpu[on].append({**per_request, "collector": collector_us})
-                samples[on].append((result.rps, result.requests, result.non_2xx,
-                                    sum(v for n, v in per_request.items() if n != "collector")))
-                print(f"round {round_ + 1} tracing {'on ' if on else 'off'}: {result.rps:8.0f} req/s", flush=True)
+            # Paired: both stacks loaded at once, so the other work on the machine weighs on both alike.
+            order = [(True, False)] if args.paired else [(True,), (False,)] if round_ % 2 == 0 else [(False,), (True,)]
+            for group in order:
+                before = {on: stack_cpu(stacks[on]) for on in group}
+                collector_before = time.process_time()  # this process: the OTLP receiver and the scrapes
+                with Scraper(stacks[True], args.scrape_interval) if (True in group and args.all) \
+                        else contextlib.nullcontext(), ThreadPoolExecutor(len(group)) as pool:
+                    runs = {on: pool.submit(wrk, stacks[on].url + PATH, {}, seconds, connections=args.connections)
+                            for on in group}
+                    results = {on: run.result() for on, run in runs.items()}
+                collector_s = time.process_time() - collector_before
+                for on, result in results.items():
+                    after = stack_cpu(stacks[on])
+                    count = max(result.requests, 1)
+                    per_request = {n: (after[n] - before[on][n]) / count * 1e6 for n in after}
+                    cpu[on].append({**per_request, "collector": collector_s / count * 1e6 if on else 0.0})
+                    samples[on].append((result.rps, result.requests, result.non_2xx, sum(per_request.values())))
+                    print(f"round {round_ + 1} tracing {'on ' if on else 'off'}: {result.rps:8.0f} req/s", flush=True)
     finally:
         for stack in stacks.values():
             stack.stop()
@@ -225,7 +231,8 @@ def main() -> None:
                      f"{cpu_us:.0f}", str(sum(s[2] for s in samples[on]))])
     version = tool_version([envoy_binary(), "--version"], r"/(\d+\.\d+\.\d+)/")
     what = "Access log + tracing + metrics" if args.all else "Tracing"
-    print_table(f"{what} cost, wrk -c {args.connections}, {seconds:g} s x {args.rounds} rounds "
+    print_table(f"{what} cost, wrk -c {args.connections}, {seconds:g} s x {args.rounds} rounds"
+                f"{', paired (both stacks loaded at once)' if args.paired else ''} "
                 f"(medians; Envoy {version}; {machine_summary()})",
                 ["request", "access log + tracing + scrapes" if args.all else "tracing", "req/s", "ratio to off",
                  "stack CPU µs/req", "non-2xx"], rows)
