@@ -4,7 +4,9 @@ Two stacks from examples/gateway.yaml (Envoy + ext_authz + ratelimit + ext_proc 
 identical but for tracing: the "on" stack's processes get OTEL_EXPORTER_OTLP_ENDPOINT (an in-process OTLP/gRPC
 receiver that counts spans), so Envoy samples 10 % of requests and the services add their spans to those. The
 per-IP limit is lifted so that every request goes the whole way. Only one stack is loaded at a time; rounds
-interleave the two so drift hits both alike. Per run: req/s at saturation (wrk, closed loop) and the CPU the
+interleave the two so drift hits both alike; with --paired both stacks are loaded at once in every round
+instead, so that other work on a shared machine weighs on both alike (steadier there), and --calibrate starts
+the "on" stack like the "off" one: its ratio is the method's own noise. Per run: req/s at saturation (wrk, closed loop) and the CPU the
 stack's processes (Envoy, services, control plane; not the upstream) spend per request (/proc). Medians.
 
 With --all the comparison is the issue's whole observability bill: "off" has no access log and no tracing;
@@ -20,7 +22,7 @@ bytes and decodes them after the runs, so that what it spends on the same two co
 receiving costs (the gRPC call), not a Python decode of every span. Its CPU is printed apart ("collector").
 
 Run: .venv/bin/python bench/tracing_bench.py [--seconds 10] [--rounds 3] [--connections 32] [--percent 10] [--all]
-     [--scrape-interval 15]
+     [--scrape-interval 15] [--paired] [--calibrate]
 """
 
 from __future__ import annotations
@@ -184,6 +186,8 @@ def main() -> None:
     parser.add_argument("--all", action="store_true", help="on = access log + tracing + metrics scraped; off = none")
     parser.add_argument("--paired", action="store_true",
                         help="load both stacks at once in each round (steadier on a shared machine)")
+    parser.add_argument("--calibrate", action="store_true",
+                        help="A/A: the 'on' stack is started like the 'off' one; its ratio is the method's noise")
     parser.add_argument("--scrape-interval", type=float, default=15.0, help="seconds between scrapes (--all)")
     args = parser.parse_args()
     seconds = min(args.seconds, MAX_SECONDS)  # bounded: the machine is shared
@@ -195,8 +199,9 @@ def main() -> None:
     try:
         for on in (True, False):
             (workdir / str(on)).mkdir()
-            stacks[on] = start(on, args.percent, workdir / str(on), collector, everything=args.all)
-        scrape_ms = scrape_cost_ms(stacks[True]) if args.all else {}
+            stacks[on] = start(on and not args.calibrate, args.percent, workdir / str(on), collector,
+                               everything=args.all)
+        scrape_ms = scrape_cost_ms(stacks[True]) if args.all and not args.calibrate else {}
         for on in (True, False):  # warm-up: JWKS, first connections, Python imports on the hot path
             wrk(stacks[on].url + PATH, {}, 1.0, connections=args.connections)
         for round_ in range(args.rounds):
@@ -205,7 +210,8 @@ def main() -> None:
             for group in order:
                 before = {on: stack_cpu(stacks[on]) for on in group}
                 collector_before = time.process_time()  # this process: the OTLP receiver and the scrapes
-                with Scraper(stacks[True], args.scrape_interval) if (True in group and args.all) \
+                with Scraper(stacks[True], args.scrape_interval) if (True in group and args.all
+                                                                     and not args.calibrate) \
                         else contextlib.nullcontext(), ThreadPoolExecutor(len(group)) as pool:
                     runs = {on: pool.submit(wrk, stacks[on].url + PATH, {}, seconds, connections=args.connections)
                             for on in group}
@@ -230,7 +236,8 @@ def main() -> None:
         rows.append([f"GET {PATH}", f"{args.percent:g} %" if on else "off", f"{rps:.0f}", f"{rps / off_rps:.3f}",
                      f"{cpu_us:.0f}", str(sum(s[2] for s in samples[on]))])
     version = tool_version([envoy_binary(), "--version"], r"/(\d+\.\d+\.\d+)/")
-    what = "Access log + tracing + metrics" if args.all else "Tracing"
+    what = "A/A calibration (both stacks off)" if args.calibrate else \
+        "Access log + tracing + metrics" if args.all else "Tracing"
     print_table(f"{what} cost, wrk -c {args.connections}, {seconds:g} s x {args.rounds} rounds"
                 f"{', paired (both stacks loaded at once)' if args.paired else ''} "
                 f"(medians; Envoy {version}; {machine_summary()})",
