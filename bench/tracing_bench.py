@@ -6,8 +6,9 @@ receiver that counts spans), so Envoy samples 10 % of requests and the services 
 per-IP limit is lifted so that every request goes the whole way. Only one stack is loaded at a time; rounds
 interleave the two so drift hits both alike; with --paired both stacks are loaded at once in every round
 instead, so that other work on a shared machine weighs on both alike (steadier there), and --calibrate starts
-the "on" stack like the "off" one: its ratio is the method's own noise. Per run: req/s at saturation (wrk, closed loop) and the CPU the
-stack's processes (Envoy, services, control plane; not the upstream) spend per request (/proc). Medians.
+the "on" stack like the "off" one: its ratio is the method's own noise. Per run: req/s at saturation (wrk,
+closed loop) and the CPU the stack's processes (Envoy, services, control plane; not the upstream) spend per
+request (/proc). Medians.
 
 With --all the comparison is the issue's whole observability bill: "off" has no access log and no tracing;
 "on" has the access log (to a file), tracing at --percent and the gateway metrics scraped every
@@ -233,7 +234,8 @@ def main() -> None:
     for on in (True, False):
         rps = statistics.median(s[0] for s in samples[on])
         cpu_us = statistics.median(s[3] for s in samples[on])
-        rows.append([f"GET {PATH}", f"{args.percent:g} %" if on else "off", f"{rps:.0f}", f"{rps / off_rps:.3f}",
+        label = ("off (A/A)" if args.calibrate else f"{args.percent:g} %") if on else "off"
+        rows.append([f"GET {PATH}", label, f"{rps:.0f}", f"{rps / off_rps:.3f}",
                      f"{cpu_us:.0f}", str(sum(s[2] for s in samples[on]))])
     version = tool_version([envoy_binary(), "--version"], r"/(\d+\.\d+\.\d+)/")
     what = "A/A calibration (both stacks off)" if args.calibrate else \
