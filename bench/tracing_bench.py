@@ -5,7 +5,9 @@ identical but for tracing: the "on" stack's processes get OTEL_EXPORTER_OTLP_END
 receiver that counts spans), so Envoy samples 10 % of requests and the services add their spans to those. The
 per-IP limit is lifted so that every request goes the whole way. Only one stack is loaded at a time; rounds
 interleave the two so drift hits both alike; with --paired both stacks are loaded at once in every round
-instead, so that other work on a shared machine weighs on both alike (steadier there), and --calibrate starts
+instead, so that other work on a shared machine weighs on both alike (steadier there), on new stacks each round
+started in turn "on" first and "off" first (a stack's own luck, e.g. how Envoy's workers split the
+connections, measured up to ±20 % between two identical stacks, does not stay with one side); --calibrate starts
 the "on" stack like the "off" one: its ratio is the method's own noise. Per run: req/s at saturation (wrk,
 closed loop) and the CPU the stack's processes (Envoy, services, control plane; not the upstream) spend per
 request (/proc). Medians.
@@ -186,7 +188,7 @@ def main() -> None:
     parser.add_argument("--percent", type=float, default=10.0)
     parser.add_argument("--all", action="store_true", help="on = access log + tracing + metrics scraped; off = none")
     parser.add_argument("--paired", action="store_true",
-                        help="load both stacks at once in each round (steadier on a shared machine)")
+                        help="load both stacks at once in each round, new stacks each round (shared machine)")
     parser.add_argument("--calibrate", action="store_true",
                         help="A/A: the 'on' stack is started like the 'off' one; its ratio is the method's noise")
     parser.add_argument("--scrape-interval", type=float, default=15.0, help="seconds between scrapes (--all)")
@@ -198,14 +200,22 @@ def main() -> None:
     samples: dict[bool, list[tuple[float, int, int, float]]] = {True: [], False: []}
     cpu: dict[bool, list[dict[str, float]]] = {True: [], False: []}
     try:
-        for on in (True, False):
-            (workdir / str(on)).mkdir()
-            stacks[on] = start(on and not args.calibrate, args.percent, workdir / str(on), collector,
-                               everything=args.all)
+        def start_both(first: bool) -> None:
+            for on in (first, not first):
+                for old in [stacks.pop(on)] if on in stacks else []:
+                    old.stop()
+                run_dir = Path(tempfile.mkdtemp(prefix=f"{'on' if on else 'off'}-", dir=workdir))
+                stacks[on] = start(on and not args.calibrate, args.percent, run_dir, collector, everything=args.all)
+            for on in (True, False):  # warm-up: JWKS, first connections, Python imports on the hot path
+                wrk(stacks[on].url + PATH, {}, 1.0, connections=args.connections)
+
+        start_both(True)
         scrape_ms = scrape_cost_ms(stacks[True]) if args.all and not args.calibrate else {}
-        for on in (True, False):  # warm-up: JWKS, first connections, Python imports on the hot path
-            wrk(stacks[on].url + PATH, {}, 1.0, connections=args.connections)
         for round_ in range(args.rounds):
+            if args.paired and round_ > 0:
+                # New stacks each round, started in turn first: a stack's own luck (how Envoy's workers split
+                # the connections, which process started first) does not stay with one side.
+                start_both(round_ % 2 == 0)
             # Paired: both stacks loaded at once, so the other work on the machine weighs on both alike.
             order = [(True, False)] if args.paired else [(True,), (False,)] if round_ % 2 == 0 else [(False,), (True,)]
             for group in order:
