@@ -17,7 +17,7 @@ With --all the comparison is the issue's whole observability bill: "off" has no 
 --scrape-interval seconds (the Envoy-derived collector on ext_authz's /metrics, and the other services'
 /metrics), once at the start of each run and then at that interval. The default 15 s is what Prometheus's own
 example prometheus.yml sets (its built-in default is 1 m); a 1 s scrape is no deployment's setting and made
-the scrapes ~2 % of the bill. What one scrape costs each service is measured on its own, before the runs, and
+the scrapes ~1 % of the stack's CPU. What one scrape costs each service is measured on its own, before the runs, and
 printed with what it comes to per request at 1 s and at the interval used.
 
 The OTLP receiver stands in for a collector that in production runs elsewhere: it keeps each export call's
