@@ -29,6 +29,13 @@ SYSTEM_CA_FILE = "/etc/ssl/certs/ca-certificates.crt"
 # route's decorator (Envoy's default name is the host and path); the upstream span (spawn_upstream_span) is
 # Envoy's `router <cluster> egress`.
 GATEWAY_OPERATION = "gateway_receive"
+# Envoy's OpenTelemetry tracer (one buffer per worker) sends an export call as soon as `min_flush_spans`
+# spans are buffered (Envoy's default 5: about one call per sampled request, ~5 spans each) or every flush
+# interval. Each call costs Envoy a gRPC request and the collector one more request to serve: at 700 req/s and
+# 10 % that was ~70 calls a second. 512 leaves the flush interval to set the pace (one call per worker per
+# interval under the design's load), bounds each worker's buffer, and keeps a call far below gRPC's 4 MB
+# message limit (a span is a few hundred bytes). Measured with bench/tracing_bench.py (README "Observability").
+MIN_FLUSH_SPANS = 512
 
 
 def collector_endpoint(config: GatewayConfig) -> tuple[str, int, bool] | None:
@@ -124,12 +131,13 @@ def collector_clusters(config: GatewayConfig) -> list[dict[str, Any]]:
 
 def tracing_runtime(config: GatewayConfig) -> dict[str, Any] | None:
     """The bootstrap's `layered_runtime` when tracing is on: Envoy's OpenTelemetry tracer sends its spans
-    every flush interval (runtime key, default 5 s) or once 5 are buffered. The admin layer stays, so
-    /runtime_modify still works."""
+    every flush interval (runtime key, default 5 s) or once MIN_FLUSH_SPANS are buffered (Envoy's default 5).
+    The admin layer stays, so /runtime_modify still works."""
     if collector_endpoint(config) is None:
         return None
     return {"layers": [
         {"name": "outrider", "static_layer": {
-            "tracing.opentelemetry.flush_interval_ms": config.logging.tracing.flush_interval_ms}},
+            "tracing.opentelemetry.flush_interval_ms": config.logging.tracing.flush_interval_ms,
+            "tracing.opentelemetry.min_flush_spans": MIN_FLUSH_SPANS}},
         {"name": "admin", "admin_layer": {}},
     ]}

@@ -55,7 +55,7 @@ class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
 
 
 def serve_receiver(workers: int = 4) -> tuple[Receiver, grpc.Server, int]:
-    """A started in-process OTLP/gRPC receiver on a free loopback port (bench/tracing_bench.py uses it too)."""
+    """A started in-process OTLP/gRPC receiver on a free loopback port."""
     servicer = Receiver()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers))
     trace_service_pb2_grpc.add_TraceServiceServicer_to_server(servicer, server)

@@ -40,26 +40,65 @@ def hcm_of(config: GatewayConfig) -> dict[str, Any]:
 
 
 def test_one_json_line_in_the_designs_schema_to_stdout() -> None:
-    [log] = hcm_of(load_config(EXAMPLE))["access_log"]
-    assert log["name"] == "envoy.access_loggers.file"
-    assert log["typed_config"]["path"] == "/dev/stdout"
-    fmt = log["typed_config"]["log_format"]
-    assert list(fmt["json_format"]) == SCHEMA
-    assert fmt["omit_empty_values"] is True  # user_id absent when anonymous, not null
-    fields = fmt["json_format"]
-    assert fields["timestamp"] == "%START_TIME(%Y-%m-%dT%H:%M:%S.%3fZ)%"
-    assert fields["path"].startswith("%PATH(NQ:")  # never the query string
-    assert fields["user_id"] == "%DYNAMIC_METADATA(envoy.filters.http.ext_authz:user_id)%"
-    assert CACHE_NAMESPACE in fields["cache_hit"] and CACHE_HIT_KEY in fields["cache_hit"]
+    logs = hcm_of(load_config(EXAMPLE))["access_log"]
+    assert len(logs) == 6  # one per level and cache outcome; their filters pick exactly one per request
+    for log in logs:
+        assert log["name"] == "envoy.access_loggers.file"
+        assert log["typed_config"]["path"] == "/dev/stdout"
+        fmt = log["typed_config"]["log_format"]
+        assert list(fmt["json_format"]) == SCHEMA
+        assert fmt["omit_empty_values"] is True  # user_id absent when anonymous, not null
+        fields = fmt["json_format"]
+        assert fields["timestamp"] == "%START_TIME(%Y-%m-%dT%H:%M:%S.%3fZ)%"
+        assert fields["path"].startswith("%PATH(NQ:")  # never the query string
+        assert fields["user_id"] == "%DYNAMIC_METADATA(envoy.filters.http.ext_authz:user_id)%"
+        assert fields["level"] in ("info", "warn", "error") and isinstance(fields["cache_hit"], bool)
+        assert "CEL" not in str(fields)  # constants: the loggers' filters decide, cheaper than expressions
+    assert {(log["typed_config"]["log_format"]["json_format"]["level"],
+             log["typed_config"]["log_format"]["json_format"]["cache_hit"]) for log in logs} == {
+        (level, hit) for level in ("info", "warn", "error") for hit in (False, True)}
+
+
+def _matches(log: dict[str, Any], status: int, metadata: dict[str, Any]) -> bool:
+    """A logger's and_filter of status_code_filters and one metadata_filter, as Envoy evaluates it
+    (envoy source/common/access_log/access_log_impl.cc: StatusCodeFilter, MetadataFilter)."""
+    ops = {"GE": int.__ge__, "LE": int.__le__, "EQ": int.__eq__}
+    for item in log["filter"]["and_filter"]["filters"]:
+        if "status_code_filter" in item:
+            comparison = item["status_code_filter"]["comparison"]
+            if not ops[comparison["op"]](status, comparison["value"]["default_value"]):
+                return False
+        else:
+            spec = item["metadata_filter"]
+            key = spec["matcher"]["path"][0]["key"]
+            found = metadata.get(spec["matcher"]["filter"], {}).get(key)
+            if found is None:
+                if not spec["match_if_key_not_found"]:
+                    return False
+            elif found != spec["matcher"]["value"]["bool_match"]:
+                return False
+    return True
+
+
+@pytest.mark.parametrize("status", [0, 200, 304, 399, 400, 401, 429, 499, 500, 503, 599])
+@pytest.mark.parametrize("hit", [False, True])
+def test_exactly_one_logger_writes_each_request_with_its_level(status: int, hit: bool) -> None:
+    logs = hcm_of(load_config(EXAMPLE))["access_log"]
+    metadata = {CACHE_NAMESPACE: {CACHE_HIT_KEY: True}} if hit else {}
+    [log] = [log for log in logs if _matches(log, status, metadata)]
+    fields = log["typed_config"]["log_format"]["json_format"]
+    assert fields["level"] == ("error" if status >= 500 else "warn" if status >= 400 else "info")
+    assert fields["cache_hit"] is hit
 
 
 def test_no_field_reads_a_secret() -> None:
-    fields = hcm_of(load_config(EXAMPLE))["access_log"][0]["typed_config"]["log_format"]["json_format"]
-    text = " ".join(fields.values()).lower()
-    for secret in ("authorization", "cookie", "token", "(:path)", "query"):
-        assert secret not in text
-    reads = {v for v in fields.values() if v.startswith("%REQ(")}
-    assert reads == {"%REQ(X-REQUEST-ID)%", "%REQ(:METHOD)%", "%REQ(USER-AGENT)%"}
+    for log in hcm_of(load_config(EXAMPLE))["access_log"]:
+        fields = log["typed_config"]["log_format"]["json_format"]
+        text = " ".join(str(v) for v in fields.values()).lower()
+        for secret in ("authorization", "cookie", "token", "(:path)", "query"):
+            assert secret not in text
+        reads = {v for v in fields.values() if isinstance(v, str) and v.startswith("%REQ(")}
+        assert reads == {"%REQ(X-REQUEST-ID)%", "%REQ(:METHOD)%", "%REQ(USER-AGENT)%"}
 
 
 def test_xds_listeners_get_the_same_access_log() -> None:
@@ -69,17 +108,21 @@ def test_xds_listeners_get_the_same_access_log() -> None:
     listener = listener_pb2.Listener.FromString(resource.body)
     hcm = hcm_pb2.HttpConnectionManager()
     listener.filter_chains[0].filters[-1].typed_config.Unpack(hcm)
-    [log] = hcm.access_log
-    file_log = file_pb2.FileAccessLog()
-    log.typed_config.Unpack(file_log)
-    assert sorted(file_log.log_format.json_format.fields) == sorted(SCHEMA)  # a Struct: no order
-    static = hcm_of(config)["access_log"][0]["typed_config"]["log_format"]["json_format"]
-    assert {k: v.string_value for k, v in file_log.log_format.json_format.fields.items()} == static
+    static = hcm_of(config)["access_log"]
+    assert len(hcm.access_log) == len(static)
+    for log, expected in zip(hcm.access_log, static, strict=True):
+        file_log = file_pb2.FileAccessLog()
+        log.typed_config.Unpack(file_log)
+        assert sorted(file_log.log_format.json_format.fields) == sorted(SCHEMA)  # a Struct: no order
+        fields = file_log.log_format.json_format.fields
+        assert {k: v.bool_value if k == "cache_hit" else v.string_value for k, v in fields.items()} \
+            == expected["typed_config"]["log_format"]["json_format"]
+        assert log.filter.and_filter.filters[-1].metadata_filter.matcher.filter == CACHE_NAMESPACE
 
 
 def test_path_and_off_switch() -> None:
-    assert hcm_of(with_logging(path="/var/log/outrider/access.log"))["access_log"][0]["typed_config"]["path"] \
-        == "/var/log/outrider/access.log"
+    assert {log["typed_config"]["path"] for log in hcm_of(with_logging(path="/var/log/outrider/access.log"))[
+        "access_log"]} == {"/var/log/outrider/access.log"}
     assert "access_log" not in hcm_of(with_logging(enabled=False))
 
 

@@ -55,7 +55,7 @@ def test_on_from_the_standard_variable_in_both_bootstraps_and_xds(monkeypatch: p
     bootstrap = compile_bootstrap(config)
     check_bootstrap(bootstrap)  # parses, and names only clusters it defines (the collector's)
     assert bootstrap["layered_runtime"]["layers"][0]["static_layer"] == {
-        "tracing.opentelemetry.flush_interval_ms": 1000}
+        "tracing.opentelemetry.flush_interval_ms": 1000, "tracing.opentelemetry.min_flush_spans": 512}
     to_proto(compile_ads_bootstrap(config), bootstrap_pb2.Bootstrap)
     assert compile_ads_bootstrap(config)["layered_runtime"] == bootstrap["layered_runtime"]
     collector = next(c for c in bootstrap["static_resources"]["clusters"] if c["name"] == COLLECTOR_CLUSTER)
