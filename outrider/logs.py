@@ -95,15 +95,20 @@ class DecisionLog:
         if not self._enabled:
             return
         self._buffer.append((time.time(), fields))
-        if len(self._buffer) >= self._max_buffered and not self._flush_soon:
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:  # no loop (a script, a test): flush at once
-                self.flush()
-                return
-            # Formatting a full buffer takes ~1 ms: do it in a loop turn of its own, not in this request.
-            self._flush_soon = True
-            loop.call_soon(self.flush)
+        if len(self._buffer) < self._max_buffered:
+            return
+        if self._flush_soon:
+            if len(self._buffer) >= 2 * self._max_buffered:
+                self.flush()  # the loop turn that should have flushed has not come: bound the memory anyway
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (a script, a test): flush at once
+            self.flush()
+            return
+        # Formatting a full buffer takes ~1 ms: do it in a loop turn of its own, not in this request.
+        self._flush_soon = True
+        loop.call_soon(self.flush)
 
     def flush(self) -> None:
         self._flush_soon = False

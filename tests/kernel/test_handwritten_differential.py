@@ -103,6 +103,14 @@ async def test_a_full_buffer_flushes_in_a_later_loop_turn() -> None:
     assert [json.loads(line)["i"] for line in stream.getvalue().splitlines()] == [0, 1, 2]
 
 
+async def test_the_buffer_stays_bounded_when_no_loop_turn_comes() -> None:
+    stream = io.StringIO()
+    log = DecisionLog("svc", stream=stream, max_buffered=3)
+    for i in range(6):  # no await: the scheduled flush cannot run
+        log.write({"i": i})
+    assert [json.loads(line)["i"] for line in stream.getvalue().splitlines()] == list(range(6))
+
+
 def test_json_formatter_writes_what_json_dumps_writes() -> None:
     record = logging.LogRecord("svc", logging.WARNING, __file__, 1, 'odd "msg"\n\u2028', None, None)
     record.__dict__.update({"user": "é\x00", "n": 1, "blob": b"x"})
