@@ -6,7 +6,9 @@ In process, no gRPC and no Redis (the in-memory store), so what is left is the s
 plan cache lookup, key building and planning (keys.py, decision.py plan) for requests it has not seen,
 the decision, metrics and the response. Three mixes, each timed (µs per decision, no profiler) and then
 profiled: `repeat` (one caller again and again: plan cache hits), `distinct` (a new user every request:
-plan cache misses, the key path), and `distinct` with the per-request log line on (a refusal logged).
+plan cache misses, the key path). Then the cost of a new plan kept in a plan cache the service's size,
+under Python's default GC threshold and under outrider.grpc_runtime.GC_THRESHOLD (what serve() sets):
+what survives a request is scanned by every young collection.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import gc
 import io
 import pstats
 import sys
@@ -27,11 +30,13 @@ sys.path.insert(0, str(ROOT))
 from envoy.service.ratelimit.v3 import rls_pb2
 
 from outrider.config.loader import load_config
+from outrider.grpc_runtime import GC_THRESHOLD
 from outrider.logs import DecisionLog
 from ratelimit_service.backends.memory import MemoryBackend
+from ratelimit_service.decision import plan
 from ratelimit_service.guard import GuardedBackend
 from ratelimit_service.resource import build, payload
-from ratelimit_service.service import RateLimitService
+from ratelimit_service.service import PLAN_CACHE_ENTRIES, RateLimitService, _inputs
 
 
 class _Context:
@@ -106,6 +111,36 @@ def main() -> None:
         out = io.StringIO()
         pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(args.top)
         print("\n".join(line for line in out.getvalue().splitlines() if line.strip())[:6000])
+    plan_cache_cost([request(f"user-{i}") for i in range(max(args.requests, 2 * PLAN_CACHE_ENTRIES))])
+
+
+def plan_cache_cost(bodies: list[bytes]) -> None:
+    """µs of CPU per new plan stored in a cache of the service's size, per GC threshold."""
+    table = service(False).settings.table
+    inputs = [_inputs(rls_pb2.RateLimitRequest.FromString(body)) for body in bodies]
+    now_ms = int(time.time() * 1000)
+
+    def fill() -> float:
+        cache: dict[bytes, Any] = {}
+        start = time.process_time()
+        for body, entries in zip(bodies, inputs, strict=True):
+            if len(cache) >= PLAN_CACHE_ENTRIES:
+                cache.clear()
+            cache[body] = plan(table, "outrider", entries, now_ms)
+        return (time.process_time() - start) / len(bodies) * 1e6
+
+    gc.collect()
+    gc.freeze()  # as serve() does: the inputs above are not what a request leaves behind
+    before = gc.get_threshold()
+    print("\n## a new plan kept in a plan cache of the service's size\n")
+    print("| GC threshold | µs CPU per new plan |\n|---|---|")
+    for threshold in ((700, 10, 10), GC_THRESHOLD):
+        gc.set_threshold(*threshold)
+        print(f"| {threshold} | {min(fill() for _ in range(3)):.1f} |")
+    gc.disable()
+    print(f"| GC off | {min(fill() for _ in range(3)):.1f} |")
+    gc.enable()
+    gc.set_threshold(*before)
 
 
 if __name__ == "__main__":
