@@ -22,6 +22,9 @@ SERVER_OPTIONS = [
     ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
 ]
 
+# gc.set_threshold(gen0, gen1, gen2) for the serving process (Python's default is 700, 10, 10).
+GC_THRESHOLD = (50_000, 20, 20)
+
 
 async def serve(
     register: Callable[[grpc.aio.Server], None],
@@ -63,6 +66,10 @@ async def serve(
     # Everything built at start lives until exit: keep it out of the cyclic GC's full scans.
     gc.collect()
     gc.freeze()
+    # What requests leave alive (the rate limiter's plan cache, token caches) is scanned by every young
+    # collection: at the default threshold (700) a new rate limit plan cost 40-54 µs of CPU, at this one
+    # 21-27 µs, with no GC 17 µs (bench/rls_profile.py, two runs). Cyclic garbage waits a little longer.
+    gc.set_threshold(*GC_THRESHOLD)
 
     async def serving_when_ready() -> None:
         if gated:
