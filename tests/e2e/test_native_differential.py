@@ -73,7 +73,7 @@ def _config() -> dict[str, Any]:
 class Twin:
     """The running stack and one kept-alive client (hundreds of requests: no connection per request)."""
 
-    def __init__(self, stack: Twin) -> None:
+    def __init__(self, stack: Stack) -> None:
         self.stack = stack
         self.client = stack.client()
 
