@@ -66,8 +66,15 @@ def is_native(route: RouteConfig | None, config: GatewayConfig) -> bool:
             and enforcement_of(route, config) == NATIVE)
 
 
+_ANY_NATIVE: list[Any] = [None, False]
+
+
 def any_native(config: GatewayConfig) -> bool:
-    return any(is_native(route, config) for route in config.routes)
+    """Whether some route is native (then the filters are in the chain), once per (frozen) config object: the
+    per-route hooks ask it for each of 10,000 routes."""
+    if _ANY_NATIVE[0] is not config:
+        _ANY_NATIVE[:] = [config, any(is_native(route, config) for route in config.routes)]
+    return bool(_ANY_NATIVE[1])
 
 
 # --- why not --------------------------------------------------------------------------------------------
