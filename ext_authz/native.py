@@ -172,6 +172,8 @@ def _provider(provider: JwtProviderConfig, auth: AuthConfig) -> dict[str, Any]:
         # The upstream sees the Authorization header on protected routes in python mode too.
         "forward": True,
         "payload_in_metadata": PAYLOAD_KEY,
+        # Verified tokens kept (their exp and nbf are checked again on each hit), as ext_authz's token cache.
+        **({"jwt_cache_config": {"jwt_cache_size": auth.token_cache_entries}} if auth.token_cache_entries else {}),
         "claim_to_headers": [
             {"header_name": "x-user-id", "claim_name": "sub"},
             {"header_name": "x-user-email", "claim_name": provider.email_claim},

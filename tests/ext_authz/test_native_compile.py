@@ -84,6 +84,7 @@ def test_provider_compiles_to_the_same_checks() -> None:
     # Only `Authorization: Bearer`: from_headers replaces the default locations (no access_token parameter).
     assert provider["from_headers"] == [{"name": "Authorization", "value_prefix": "Bearer "}]
     assert provider["forward"] is True
+    assert provider["jwt_cache_config"] == {"jwt_cache_size": 10_000}  # auth.token_cache_entries
     assert {c["header_name"]: c["claim_name"] for c in provider["claim_to_headers"]} == {
         "x-user-id": "sub", "x-user-email": "email", "x-user-tier": "tier"}
 
