@@ -194,3 +194,14 @@ def test_envoy_accepts_the_compiled_bootstrap(tmp_path: Path) -> None:
     result = subprocess.run([str(envoy), "--mode", "validate", "-c", str(path), "-l", "error"],
                             capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_control_plane_encodes_native_routes_as_json_format_does() -> None:
+    """xds_server's fast encoder (xds_server/fast_encode.py) on the new filters' settings: same bytes."""
+    from tests.xds.test_fast_encode import assert_same_bytes, resources_of
+
+    data = example_config_dict()
+    data["auth"]["enforcement"] = "native"
+    next(r for r in data["routes"] if r["name"] == "files")["enforcement"] = "python"
+    for resource, message in resources_of(load_config_data(data, base_dir=EXAMPLE_CONFIG.parent)):
+        assert_same_bytes(resource, message)
