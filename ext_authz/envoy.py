@@ -47,12 +47,12 @@ class ExtAuthzContribution:
         return {}
 
     def route_headers(self, route: RouteConfig, config: GatewayConfig) -> dict[str, list[dict[str, Any]]]:
-        """A native route's identity headers that jwt_authn cannot set itself (default tier, joined roles)."""
+        """A native route's identity headers that jwt_authn cannot set itself (the default tier)."""
         return native.route_headers(route, config)
 
     def companions(self) -> list[Any]:
         """The filters right before this one (kernel hook, outrider/envoy_config.py): native enforcement's."""
-        return [NativeJwtContribution(), NativeRbacContribution()]
+        return [NativeJwtContribution(), NativeRbacContribution(), NativeRolesContribution()]
 
     def request_headers_set(self, config: GatewayConfig) -> tuple[str, ...]:
         """The identity headers: only an allowed check sets them, whatever a client sent is dropped first."""
@@ -98,3 +98,20 @@ class NativeRbacContribution:
     def clusters(self, config: GatewayConfig) -> list[dict[str, Any]]:
         return []
 
+
+class NativeRolesContribution:
+    """lua: x-user-roles from the verified payload's roles (a list claim jwt_authn cannot copy), native routes."""
+
+    filter_name = native.LUA
+
+    def http_filter(self, config: GatewayConfig) -> dict[str, Any] | None:
+        return native.roles_filter(config) if native.any_native(config) else None
+
+    def per_route(self, route: RouteConfig | None, config: GatewayConfig) -> dict[str, Any] | None:
+        return native.roles_per_route(route, config) if native.any_native(config) else None
+
+    def route_fields(self, route: RouteConfig, config: GatewayConfig) -> dict[str, Any]:
+        return {}
+
+    def clusters(self, config: GatewayConfig) -> list[dict[str, Any]]:
+        return []

@@ -47,14 +47,14 @@ def filter_names(config: Any) -> list[str]:
 
 def test_python_by_default_adds_no_filter() -> None:
     config = load(native_routes=())
-    assert not {native.JWT_AUTHN, native.RBAC} & set(filter_names(config))
+    assert not {native.JWT_AUTHN, native.RBAC, native.LUA} & set(filter_names(config))
     compiled = compile_route(route(config, "users"), config)
     assert native.JWT_AUTHN not in compiled["typed_per_filter_config"]
 
 
 def test_native_filters_sit_before_ext_authz_and_the_rate_limiter() -> None:
     names = filter_names(load())
-    assert names.index(native.JWT_AUTHN) < names.index(native.RBAC) \
+    assert names.index(native.JWT_AUTHN) < names.index(native.RBAC) < names.index(native.LUA) \
         < names.index("envoy.filters.http.ext_authz") < names.index("envoy.filters.http.ratelimit")
 
 
@@ -63,11 +63,12 @@ def test_native_route_switches_ext_authz_off_and_requires_the_token() -> None:
     per_filter = compile_route(route(config, "users"), config)["typed_per_filter_config"]
     assert per_filter["envoy.filters.http.ext_authz"]["disabled"] is True
     assert per_filter[native.JWT_AUTHN] == {"@type": native.JWT_PER_ROUTE_TYPE, "requirement_name": "outrider"}
+    assert native.LUA not in per_filter  # the roles line runs here
     assert per_filter[native.RBAC]["rbac"]["rules"]["action"] == "ALLOW"
-    # A python route: ext_authz asked, jwt_authn off, no RBAC policy (the filter has none of its own).
+    # A python route: ext_authz asked, jwt_authn and the Lua line off, no RBAC policy (the filter has none).
     other = compile_route(route(config, "files"), config)["typed_per_filter_config"]
     assert "check_settings" in other["envoy.filters.http.ext_authz"]
-    assert other[native.JWT_AUTHN]["disabled"] is True
+    assert other[native.JWT_AUTHN]["disabled"] is True and other[native.LUA]["disabled"] is True
     assert native.RBAC not in other
 
 
@@ -114,19 +115,13 @@ def test_rbac_policy_is_the_grants_by_method() -> None:
                                               {"string_match": {"exact": "user"}}]
 
 
-def test_default_tier_and_joined_roles_headers() -> None:
+def test_default_tier_header_and_roles_line() -> None:
     config = load(provider={"default_tier": "bronze", "roles_claim": "groups"})
-    added = {h["header"]["key"]: h for h in compile_route(route(config, "users"), config)["request_headers_to_add"]}
-    assert added["x-user-tier"] == {"header": {"key": "x-user-tier", "value": "bronze"},
-                                    "append_action": "ADD_IF_ABSENT"}
-    roles = added["x-user-roles"]
-    assert roles["append_action"] == "OVERWRITE_IF_EXISTS_OR_ADD" and roles["keep_empty_value"] is True
-    value = roles["header"]["value"]
-    assert value.startswith("%CEL(") and value.endswith(")%")
-    assert "['outrider_payload']['groups']" in value
-    assert value.count("%CEL(") == 2 * native.MAX_HEADER_ROLES - 1  # elements and the separators between
-    # A claim name is a CEL string literal: quotes and backslashes escaped.
-    assert "['a\\'b\\\\c']" in native.roles_header_value("a'b\\c")
+    compiled = compile_route(route(config, "users"), config)
+    assert {"header": {"key": "x-user-tier", "value": "bronze"}, "append_action": "ADD_IF_ABSENT"} \
+        in compiled["request_headers_to_add"]
+    lua = compile_http_filters(config)[4]["typed_config"]["default_source_code"]["inline_string"]
+    assert 'payload["groups"]' in lua and 'table.concat(roles, ",")' in lua
 
 
 def test_rate_limit_descriptors_come_from_the_verified_payload() -> None:
