@@ -253,8 +253,11 @@ def rbac_per_route(route: RouteConfig | None, config: GatewayConfig) -> dict[str
 
 
 def _roles_lua(roles_claim: str) -> str:
-    # claim_to_headers copies no list claim, and %DYNAMIC_METADATA% prints one as JSON (["a","b"]): ext_authz
-    # sends the roles joined with commas (a string claim as is, none as an empty value), so a few lines do it.
+    # claim_to_headers copies a list claim as base64 JSON, %DYNAMIC_METADATA% prints it as JSON (["a","b"]):
+    # ext_authz sends the roles joined with commas (a string claim as is, none as an empty value), so a few
+    # lines do it. Envoy's CEL has no join() nor string concatenation: one %CEL% per element and separator
+    # did the same at ~4x this filter's Envoy CPU per request (+150 µs against +35 µs, side by side on one
+    # Envoy on this 2-core box).
     return f"""
 function envoy_on_request(handle)
   local md = handle:streamInfo():dynamicMetadata():get("{JWT_AUTHN}")
