@@ -279,6 +279,11 @@ def test_documented_mode_differences(twin: Twin) -> None:
     lower = f"bEaReR {sign(claims())}"
     py, nat = both(twin, "GET", "/users/p", lower)
     assert (py[0], nat[0]) == (200, 401)
+    # Two Authorization headers (a valid token and another credential): ext_authz answers 400 invalid_request
+    # (RFC 6750 §3.1); jwt_authn refuses the token it reads (401): both refuse, with another status.
+    two = [("authorization", f"Bearer {sign(claims())}"), ("authorization", "Basic YWxpY2U6cHc=")]
+    assert (twin.get("/py/users/p", headers=two).status_code, twin.get("/nat/users/p", headers=two).status_code) \
+        == (400, 401)
     # Refusals are answered by Envoy's filters: their text, not ext_authz's JSON and challenge.
     py_401 = twin.get("/py/users/p")
     nat_401 = twin.get("/nat/users/p")
