@@ -79,7 +79,7 @@ def any_native(config: GatewayConfig) -> bool:
 
 # --- why not --------------------------------------------------------------------------------------------
 
-def _provider_reasons(provider: JwtProviderConfig, auth: AuthConfig) -> Iterator[str]:
+def _provider_reasons(provider: JwtProviderConfig) -> Iterator[str]:
     if "HS256" in provider.algorithms:
         yield "HS256: its shared secret would have to be written into Envoy's config (keep this route python)"
     if provider.jwks_url is not None:
@@ -115,7 +115,7 @@ def why_not(config: GatewayConfig) -> list[Problem]:
     auth = auth_of(config)
     reasons = list(_shared_reasons(auth))
     for provider in auth.providers:
-        reasons.extend(f"provider '{provider.name}': {reason}" for reason in _provider_reasons(provider, auth))
+        reasons.extend(f"provider '{provider.name}': {reason}" for reason in _provider_reasons(provider))
     if not reasons:
         return []
     message = "enforcement: native cannot express this route's check: " + "; ".join(reasons)
