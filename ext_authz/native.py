@@ -1,9 +1,11 @@
-"""Native enforcement: a route's JWT check and RBAC compiled into Envoy's jwt_authn and rbac filters. Pure.
+"""Native enforcement: a route's JWT check and RBAC compiled into Envoy's jwt_authn and rbac filters.
 
-`enforcement: native` on a protected route (or `auth.enforcement: native` for every protected route) has
-Envoy verify the token (`envoy.filters.http.jwt_authn`), copy the identity into the request headers
-(`claim_to_headers`) and its payload into dynamic metadata (`payload_in_metadata`), and apply the route's
-grants (`envoy.filters.http.rbac` on that metadata); ext_authz is not asked on the route. What those
+No I/O but reading a provider's JWKS file (its keys are inlined). `enforcement: native` on a protected
+route (or `auth.enforcement: native` for every protected route) has Envoy verify the token
+(`envoy.filters.http.jwt_authn`), copy the identity into the request headers (`claim_to_headers`, the
+default tier by the route, `x-user-roles` by a Lua line) and its payload into dynamic metadata
+(`payload_in_metadata`), and apply the route's grants (`envoy.filters.http.rbac` on that metadata);
+ext_authz is not asked on the route. What those
 filters cannot evaluate as ext_authz does is refused by `why_not` (so by `outrider validate`), naming the
 reason: a native route never silently checks less than its Python twin, except for the differences the
 README lists under "Native enforcement" (mode differences).
