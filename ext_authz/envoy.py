@@ -78,7 +78,8 @@ class NativeJwtContribution:
         return {}
 
     def clusters(self, config: GatewayConfig) -> list[dict[str, Any]]:
-        return []  # keys are inline (jwks_file); no JWKS cluster
+        # A jwks_url provider's host (a jwks_file is inlined).
+        return native.jwks_clusters(config) if native.any_native(config) else []
 
 
 class NativeRbacContribution:

@@ -17,14 +17,18 @@ import json
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import RootModel
 
 from ext_authz.config import AuthConfig, JwtProviderConfig, RbacConfig, auth_of, rbac_of
 from ext_authz.jwks import JwksError, parse_jwks
+from outrider.addresses import is_ip_address
 from outrider.config.errors import Problem
 from outrider.config.extensions import section
 from outrider.config.model import GatewayConfig, RouteConfig
+from outrider.envoy_contribution import load_assignment
+from outrider.envoy_tracing import SYSTEM_CA_FILE
 
 Enforcement = Literal["python", "native"]
 NATIVE: Enforcement = "native"
@@ -84,9 +88,6 @@ def any_native(config: GatewayConfig) -> bool:
 def _provider_reasons(provider: JwtProviderConfig) -> Iterator[str]:
     if "HS256" in provider.algorithms:
         yield "HS256: its shared secret would have to be written into Envoy's config (keep this route python)"
-    if provider.jwks_url is not None:
-        yield ("jwks_url: native routes read keys from jwks_file only (jwt_authn's remote_jwks has no "
-               "jwks_max_bytes cap nor unknown-kid cooldown; not compiled)")
     for name in ("tier_claim", "email_claim"):
         claim = getattr(provider, name)
         if "." in claim:
@@ -157,6 +158,53 @@ def _inline_jwks(provider: JwtProviderConfig) -> str:
     return json.dumps({"keys": out}, sort_keys=True, separators=(",", ":"))
 
 
+def jwks_cluster_name(provider: JwtProviderConfig) -> str:
+    return f"outrider_jwks_{provider.name}"
+
+
+def _keys(provider: JwtProviderConfig) -> dict[str, Any]:
+    """local_jwks (the file, inlined and pinned) or remote_jwks (the URL, through its own cluster)."""
+    if provider.jwks_url is None:
+        return {"local_jwks": {"inline_string": _inline_jwks(provider)}}
+    return {"remote_jwks": {
+        "http_uri": {"uri": provider.jwks_url, "cluster": jwks_cluster_name(provider), "timeout": "5s"},
+        "cache_duration": f"{provider.jwks_refresh_s:.3f}s",
+        # Fetched on the main thread before the listener takes requests (as ext_authz is ready only with keys).
+        "async_fetch": {},
+        "retry_policy": {"num_retries": 3},
+    }}
+
+
+def jwks_clusters(config: GatewayConfig) -> list[dict[str, Any]]:
+    """One cluster per provider with a jwks_url: its host, over TLS checked against the system CAs (by name)
+    unless the URL is plain http:// (allow_insecure, DEVELOPMENT ONLY)."""
+    clusters = []
+    for provider in auth_of(config).providers:
+        if provider.jwks_url is None:
+            continue
+        url = urlsplit(provider.jwks_url)
+        host = url.hostname or ""
+        tls = url.scheme == "https"
+        name = jwks_cluster_name(provider)
+        cluster: dict[str, Any] = {
+            "name": name,
+            "type": "STATIC" if is_ip_address(host) else "STRICT_DNS",
+            "connect_timeout": "2s",
+            "load_assignment": load_assignment(name, [(host, url.port or (443 if tls else 80), 1)]),
+        }
+        if tls:
+            cluster["transport_socket"] = {"name": "envoy.transport_sockets.tls", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                "sni": host,
+                "common_tls_context": {"validation_context": {
+                    "trusted_ca": {"filename": SYSTEM_CA_FILE},
+                    "match_typed_subject_alt_names": [{"san_type": "DNS", "matcher": {"exact": host}}],
+                }},
+            }}
+        clusters.append(cluster)
+    return clusters
+
+
 def _provider(provider: JwtProviderConfig, auth: AuthConfig) -> dict[str, Any]:
     leeway = int(auth.leeway_s)
     return {
@@ -168,7 +216,7 @@ def _provider(provider: JwtProviderConfig, auth: AuthConfig) -> dict[str, Any]:
         # jwt_authn bounds exp - now (ext_authz: exp - iat when iat is given; README "Native enforcement").
         "max_lifetime": f"{provider.max_lifetime_s + leeway:.3f}s",
         "clock_skew_seconds": leeway,
-        "local_jwks": {"inline_string": _inline_jwks(provider)},
+        **_keys(provider),
         # Only `Authorization: Bearer`, as ext_authz: never the access_token query parameter (the default).
         "from_headers": [{"name": "Authorization", "value_prefix": "Bearer "}],
         # The upstream sees the Authorization header on protected routes in python mode too.

@@ -18,8 +18,11 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +30,8 @@ import httpx
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from jwt.algorithms import RSAAlgorithm
 
 from tests.conftest import start_stack
 from tests.harness import KEYS_DIR, Stack, example_config_dict
@@ -55,8 +59,48 @@ def _routes() -> list[dict[str, Any]]:
     return routes
 
 
-def _config() -> dict[str, Any]:
+# A second provider whose keys come from a URL (jwt_authn's remote_jwks through its own cluster; ext_authz's
+# fetcher): plain http on loopback, allow_insecure — DEVELOPMENT ONLY, as in any test.
+REMOTE_ISSUER = "https://remote.example"
+REMOTE_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+REMOTE_KID = "remote-1"
+
+
+def _remote_jwks() -> bytes:
+    jwk = json.loads(RSAAlgorithm.to_jwk(REMOTE_KEY.public_key()))
+    return json.dumps({"keys": [{**jwk, "kid": REMOTE_KID, "alg": "RS256"}]}).encode()
+
+
+@contextmanager
+def jwks_server() -> Iterator[str]:
+    body = _remote_jwks()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/jwks.json"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _config(jwks_url: str | None = None) -> dict[str, Any]:
     data = example_config_dict()
+    if jwks_url is not None:
+        data["auth"]["providers"].append({"name": "remote", "issuer": REMOTE_ISSUER, "audiences": ["outrider"],
+                                          "algorithms": ["RS256"], "jwks_url": jwks_url, "allow_insecure": True})
     for key in ("transformations", "cache", "validation"):
         data.pop(key, None)
     data["routes"] = _routes()
@@ -86,11 +130,12 @@ class Twin:
 
 @pytest.fixture(scope="module")
 def twin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Twin]:
-    running = start_stack(tmp_path_factory.mktemp("native"), _config())
-    pair = Twin(running)
-    yield pair
-    pair.client.close()
-    running.stop()
+    with jwks_server() as url:
+        running = start_stack(tmp_path_factory.mktemp("native"), _config(url))
+        pair = Twin(running)
+        yield pair
+        pair.client.close()
+        running.stop()
 
 
 def _b64(data: bytes) -> str:
@@ -164,6 +209,11 @@ def corpus() -> dict[str, str | None]:
         "no kid": sign(claims(), kid=None),
         "tampered payload": _tamper_payload(valid),
         "tampered signature": _tamper_signature(valid),
+        "remote provider": sign(claims(iss=REMOTE_ISSUER, sub="remote-user"), key=REMOTE_KEY, kid=REMOTE_KID),
+        "remote provider, unknown kid": sign(claims(iss=REMOTE_ISSUER), key=REMOTE_KEY, kid="remote-2"),
+        "remote provider, dev key": sign(claims(iss=REMOTE_ISSUER), kid=REMOTE_KID),
+        "remote provider, expired": sign(claims(iss=REMOTE_ISSUER, exp=now - 100, iat=now - 700, nbf=now - 700),
+                                         key=REMOTE_KEY, kid=REMOTE_KID),
         "missing": None,
         "malformed": "Bearer not.a.jwt",
         "two segments": "Bearer abc.def",
@@ -206,14 +256,16 @@ def both(stack: Twin, method: str, path: str, authorization: str | None) -> tupl
 
 def test_token_corpus_same_status_and_identity(twin: Twin) -> None:
     differences = []
-    statuses = set()
+    statuses = {}
     for name, authorization in corpus().items():
         py, nat = both(twin, "GET", "/users/profile", authorization)
-        statuses.add(py[0])
+        statuses[name] = py[0]
         if py != nat:
             differences.append(f"{name}: python {py} native {nat}")
     assert not differences, "\n".join(differences)
-    assert statuses == {200, 401, 403}  # the corpus exercises every outcome
+    assert set(statuses.values()) == {200, 401, 403}  # the corpus exercises every outcome
+    # Both providers' keys are in use (the remote one fetched by jwt_authn and by ext_authz).
+    assert statuses["valid"] == statuses["remote provider"] == 200
 
 
 @pytest.mark.parametrize("method", ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"])

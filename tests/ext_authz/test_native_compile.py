@@ -150,7 +150,6 @@ def test_gateway_default_with_a_python_route() -> None:
 @pytest.mark.parametrize(("changes", "provider", "reason"), [
     ({"leeway_s": 2.5}, None, "clock_skew_seconds is whole seconds"),
     (None, {"tier_claim": "plan.tier"}, "reads a dotted name as a nested claim"),
-    (None, {"jwks_file": None, "jwks_url": "https://keys.example/jwks.json"}, "jwks_url: native routes read keys"),
 ])
 def test_validate_refuses_what_native_cannot_express(changes: dict[str, Any] | None,
                                                       provider: dict[str, Any] | None, reason: str) -> None:
@@ -158,6 +157,30 @@ def test_validate_refuses_what_native_cannot_express(changes: dict[str, Any] | N
         load(changes, provider=provider)
     assert "enforcement: native cannot express" in str(raised.value) and reason in str(raised.value)
     load(changes, native_routes=(), provider=provider)  # the same settings are fine in python mode
+
+
+def test_jwks_url_becomes_remote_jwks_through_its_own_cluster() -> None:
+    config = load(provider={"jwks_file": None, "jwks_url": "https://keys.example:8443/jwks.json",
+                            "jwks_refresh_s": 120})
+    provider = compile_http_filters(config)[2]["typed_config"]["providers"]["dev"]
+    assert "local_jwks" not in provider
+    remote = provider["remote_jwks"]
+    assert remote["http_uri"] == {"uri": "https://keys.example:8443/jwks.json", "cluster": "outrider_jwks_dev",
+                                  "timeout": "5s"}
+    assert remote["cache_duration"] == "120.000s" and remote["async_fetch"] == {}
+    cluster = next(c for c in compile_bootstrap(config)["static_resources"]["clusters"]
+                   if c["name"] == "outrider_jwks_dev")
+    assert cluster["type"] == "STRICT_DNS"
+    endpoint = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+    assert endpoint == {"socket_address": {"address": "keys.example", "port_value": 8443}}
+    tls = cluster["transport_socket"]["typed_config"]
+    assert tls["sni"] == "keys.example"
+    assert tls["common_tls_context"]["validation_context"]["match_typed_subject_alt_names"] == [
+        {"san_type": "DNS", "matcher": {"exact": "keys.example"}}]
+    # No native route: no JWKS cluster either.
+    assert not any(c["name"].startswith("outrider_jwks_") for c in compile_bootstrap(load(
+        native_routes=(), provider={"jwks_file": None, "jwks_url": "https://keys.example/jwks.json"})
+    )["static_resources"]["clusters"])
 
 
 def test_refuses_a_key_two_allowed_algorithms_fit(tmp_path: Path) -> None:
@@ -196,12 +219,16 @@ def test_envoy_accepts_the_compiled_bootstrap(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_the_control_plane_encodes_native_routes_as_json_format_does() -> None:
+@pytest.mark.parametrize("remote", [False, True])
+def test_the_control_plane_encodes_native_routes_as_json_format_does(remote: bool) -> None:
     """xds_server's fast encoder (xds_server/fast_encode.py) on the new filters' settings: same bytes."""
     from tests.xds.test_fast_encode import assert_same_bytes, resources_of
 
     data = example_config_dict()
     data["auth"]["enforcement"] = "native"
+    if remote:
+        data["auth"]["providers"][0].pop("jwks_file")
+        data["auth"]["providers"][0]["jwks_url"] = "https://keys.example/jwks.json"
     next(r for r in data["routes"] if r["name"] == "files")["enforcement"] = "python"
     for resource, message in resources_of(load_config_data(data, base_dir=EXAMPLE_CONFIG.parent)):
         assert_same_bytes(resource, message)
