@@ -207,9 +207,13 @@ def test_refuses_hs256_and_providers_that_disagree(monkeypatch: pytest.MonkeyPat
         load_config_data(data, base_dir=EXAMPLE_CONFIG.parent)
 
 
-def test_envoy_accepts_the_compiled_bootstrap(tmp_path: Path) -> None:
+@pytest.mark.parametrize("remote", [False, True])
+def test_envoy_accepts_the_compiled_bootstrap(tmp_path: Path, remote: bool) -> None:
     data = example_config_dict()
     data["auth"]["enforcement"] = "native"
+    if remote:
+        data["auth"]["providers"][0].pop("jwks_file")
+        data["auth"]["providers"][0]["jwks_url"] = "https://keys.example/jwks.json"
     bootstrap = compile_bootstrap(load_config_data(data, base_dir=EXAMPLE_CONFIG.parent))
     path = tmp_path / "bootstrap.yaml"
     path.write_text(yaml.safe_dump(bootstrap))
