@@ -2,7 +2,8 @@
 
 Each protected route exists twice, `/py/...` checked by ext_authz and `/nat/...` with `enforcement: native`
 (Envoy's jwt_authn + rbac, ext_authz/native.py), same resource, same upstream (the echo demo upstream),
-same ratelimit_service. Every case must give the same status code and the same identity headers upstream;
+same ratelimit_service, two providers (the example's, keys from a file; a second one, keys from a URL, so
+jwt_authn's requirement is `requires_any`). Every case must give the same status code and identity headers;
 rate limits must answer 429 after the same count. The differences that remain are the README's list
 ("Native enforcement", mode differences); `test_documented_mode_differences` keeps that list true.
 
