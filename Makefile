@@ -91,6 +91,7 @@ bench-services: install bench-deps
 	$(BIN)/python bench/authz_failure_bench.py
 	$(BIN)/python bench/protos_bench.py
 	$(BIN)/python bench/handwritten_bench.py
+	$(BIN)/python bench/native_bench.py
 
 # 1,000 simulated ADS clients on one control-plane replica: push time p50/p99, memory per client.
 bench-scale: install

@@ -105,6 +105,10 @@ class AuthConfig(StrictModel):
     negative_cache_entries: Annotated[int, Field(ge=0, le=1_000_000)] = 10_000
     negative_cache_ttl_s: Annotated[float, Field(ge=0, le=3600)] = 60.0
     failure_budget: FailureBudgetConfig = FailureBudgetConfig()
+    # native enforcement (native helper)
+    # How protected routes without their own `enforcement` are checked: python (ext_authz) or native (Envoy's
+    # jwt_authn + rbac filters; ext_authz/native.py, README "Native enforcement").
+    enforcement: Literal["python", "native"] = "python"
 
 
 class Grant(StrictModel):

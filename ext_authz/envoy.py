@@ -1,9 +1,11 @@
-"""What ext_authz adds to the Envoy config: the filter, per-route context_extensions, its cluster."""
+"""What ext_authz adds to the Envoy config: the filter, per-route context_extensions, its cluster; and, when
+some route has `enforcement: native`, the jwt_authn and rbac filters before it (ext_authz/native.py)."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from ext_authz import native
 from ext_authz.config import settings_of
 from outrider.config.model import GatewayConfig, RouteConfig
 from outrider.envoy_contribution import grpc_service_cluster
@@ -35,7 +37,7 @@ class ExtAuthzContribution:
         }
 
     def per_route(self, route: RouteConfig | None, config: GatewayConfig) -> dict[str, Any]:
-        if route is None or route.resource is None:
+        if route is None or route.resource is None or native.is_native(route, config):
             return {"@type": PER_ROUTE_TYPE, "disabled": True}
         # The route carries its policy: ext_authz needs no copy of the route table.
         return {"@type": PER_ROUTE_TYPE,
@@ -44,6 +46,14 @@ class ExtAuthzContribution:
     def route_fields(self, route: RouteConfig, config: GatewayConfig) -> dict[str, Any]:
         return {}
 
+    def route_headers(self, route: RouteConfig, config: GatewayConfig) -> dict[str, list[dict[str, Any]]]:
+        """A native route's identity headers that jwt_authn cannot set itself (the default tier)."""
+        return native.route_headers(route, config)
+
+    def companions(self) -> list[Any]:
+        """The filters right before this one (kernel hook, outrider/envoy_config.py): native enforcement's."""
+        return [NativeJwtContribution(), NativeRbacContribution(), NativeRolesContribution()]
+
     def request_headers_set(self, config: GatewayConfig) -> tuple[str, ...]:
         """The identity headers: only an allowed check sets them, whatever a client sent is dropped first."""
         return IDENTITY_HEADERS
@@ -51,3 +61,58 @@ class ExtAuthzContribution:
     def clusters(self, config: GatewayConfig) -> list[dict[str, Any]]:
         authz = settings_of(config)
         return [grpc_service_cluster(EXT_AUTHZ_CLUSTER, authz.address, authz.port, authz.workers)]
+
+
+class NativeJwtContribution:
+    """jwt_authn: verifies the token on native routes only (in the chain only when some route is native)."""
+
+    filter_name = native.JWT_AUTHN
+
+    def http_filter(self, config: GatewayConfig) -> dict[str, Any] | None:
+        return native.jwt_authn_filter(config) if native.any_native(config) else None
+
+    def per_route(self, route: RouteConfig | None, config: GatewayConfig) -> dict[str, Any] | None:
+        return native.jwt_per_route(route, config) if native.any_native(config) else None
+
+    def route_fields(self, route: RouteConfig, config: GatewayConfig) -> dict[str, Any]:
+        return {}
+
+    def clusters(self, config: GatewayConfig) -> list[dict[str, Any]]:
+        # A jwks_url provider's host (a jwks_file is inlined).
+        return native.jwks_clusters(config) if native.any_native(config) else []
+
+
+class NativeRbacContribution:
+    """rbac: a native route's grants on the verified payload; no rules of its own elsewhere."""
+
+    filter_name = native.RBAC
+
+    def http_filter(self, config: GatewayConfig) -> dict[str, Any] | None:
+        return native.rbac_filter() if native.any_native(config) else None
+
+    def per_route(self, route: RouteConfig | None, config: GatewayConfig) -> dict[str, Any] | None:
+        return native.rbac_per_route(route, config) if native.any_native(config) else None
+
+    def route_fields(self, route: RouteConfig, config: GatewayConfig) -> dict[str, Any]:
+        return {}
+
+    def clusters(self, config: GatewayConfig) -> list[dict[str, Any]]:
+        return []
+
+
+class NativeRolesContribution:
+    """lua: x-user-roles from the verified payload's roles (a list claim jwt_authn cannot copy), native routes."""
+
+    filter_name = native.LUA
+
+    def http_filter(self, config: GatewayConfig) -> dict[str, Any] | None:
+        return native.roles_filter(config) if native.any_native(config) else None
+
+    def per_route(self, route: RouteConfig | None, config: GatewayConfig) -> dict[str, Any] | None:
+        return native.roles_per_route(route, config) if native.any_native(config) else None
+
+    def route_fields(self, route: RouteConfig, config: GatewayConfig) -> dict[str, Any]:
+        return {}
+
+    def clusters(self, config: GatewayConfig) -> list[dict[str, Any]]:
+        return []

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ext_authz import devcli, resource
+from ext_authz import devcli, native, resource
 from ext_authz.config import (
     SERVICE,
     AuthConfig,
@@ -40,14 +40,16 @@ class ExtAuthzPlugin:
         "auth": Section(AuthConfig, required=True),
         "rbac": Section(RbacConfig, required=True),
     })
-    # A route's `public` / `resource` are the kernel's (every service keys on whether a route is protected).
-    route_fields: Mapping[str, Section] = field(default_factory=dict)
+    # A route's `public` / `resource` are the kernel's (every service keys on whether a route is protected);
+    # `enforcement: native` has Envoy's own filters check it (ext_authz/native.py).
+    route_fields: Mapping[str, Section] = field(
+        default_factory=lambda: {"enforcement": Section(native.RouteEnforcement)})
     settings: type[ExtAuthzService] = ExtAuthzService
     # Reuses each unchanged route's JSON between versions (10,000 routes: see resource.PayloadJson).
     _payload_json: resource.PayloadJson = field(default_factory=resource.PayloadJson, repr=False, compare=False)
 
     def check(self, config: GatewayConfig) -> list[Problem]:
-        return list(check_auth(config))
+        return [*check_auth(config), *native.why_not(config)]
 
     def warnings(self, config: GatewayConfig) -> list[str]:
         return auth_warnings(config)

@@ -40,7 +40,15 @@ HCM_TYPE = ("type.googleapis.com/envoy.extensions.filters.network.http_connectio
 def contributions() -> list[FilterContribution]:
     """In HTTP filter order: CORS (the kernel's) first, then the service plugins' by their filter_order."""
     # CORS first: a preflight is answered by Envoy before any check runs.
-    return [CorsContribution(), *(plugin.contribution() for plugin in ordered_plugins())]
+    parts: list[FilterContribution] = [CorsContribution()]
+    for plugin in ordered_plugins():
+        contribution = plugin.contribution()
+        # Optional hook: filters a service puts right before its own (ext_authz's native jwt_authn + rbac).
+        companions = getattr(contribution, "companions", None)
+        if companions is not None:
+            parts.extend(companions())
+        parts.append(contribution)
+    return parts
 
 
 _LB_POLICY = {

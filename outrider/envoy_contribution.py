@@ -35,8 +35,10 @@ class FilterContribution(Protocol):
     `route_options(route, config) -> dict[str, Any]`, fields set on the Envoy route itself (e.g. its
     request_body_buffer_limit); `request_headers_set(config) -> Iterable[str]`, the request headers the
     service sets for the upstream, which the kernel removes from client input before routing
-    (outrider/envoy_edge.py); and `network_filters(config) -> list[dict]`, network filters placed before the
-    HTTP connection manager on every listener (e.g. a per-connection rate limit).
+    (outrider/envoy_edge.py); `network_filters(config) -> list[dict]`, network filters placed before the
+    HTTP connection manager on every listener (e.g. a per-connection rate limit); and
+    `companions() -> list[FilterContribution]`: more filters of the same service, put right before its own
+    in the chain (ext_authz's jwt_authn and rbac for native enforcement).
     """
 
     @property

@@ -2,7 +2,8 @@
 
 Descriptors (domain `rate_limits.domain`) that ratelimit_service's compiled table expects:
   [remote_address=<client ip>]                       per-IP plan (public routes, or all with apply_to: all)
-  [tier=<tier>, user_id=<user>]                      tier plans; both from ext_authz's dynamic metadata
+  [tier=<tier>, user_id=<user>]                      tier plans; both from ext_authz's dynamic metadata, or
+                                                     on a native route from jwt_authn's verified payload
   [endpoint=<path, or prefix + '*'>]                 endpoint limits, shared by every caller
   [outrider_failure_mode=allow|deny]                 a route whose failure policy is not the gateway's
   [connection_address=<peer ip>]                     new connections per second per address (network filter)
@@ -30,6 +31,12 @@ AUTHZ_NAMESPACE = "envoy.filters.http.ext_authz"
 ANONYMOUS = "anonymous"
 
 
+# A route ext_authz enforces natively (its `enforcement: native`, ext_authz/native.py) is checked by Envoy's
+# jwt_authn, which files the verified token's payload under its namespace at this key.
+JWT_NAMESPACE = "envoy.filters.http.jwt_authn"
+JWT_PAYLOAD_KEY = "outrider_payload"
+
+
 def _metadata(descriptor_key: str, key: str) -> dict[str, Any]:
     return {"metadata": {
         "descriptor_key": descriptor_key,
@@ -37,6 +44,31 @@ def _metadata(descriptor_key: str, key: str) -> dict[str, Any]:
         "source": "DYNAMIC",
         "default_value": ANONYMOUS,
     }}
+
+
+def _payload(descriptor_key: str, claim: str, default: str) -> dict[str, Any]:
+    return {"metadata": {
+        "descriptor_key": descriptor_key,
+        "metadata_key": {"key": JWT_NAMESPACE, "path": [{"key": JWT_PAYLOAD_KEY}, {"key": claim}]},
+        "source": "DYNAMIC",
+        "default_value": default,
+    }}
+
+
+def native_identity(route: RouteConfig, config: GatewayConfig) -> tuple[str, str] | None:
+    """(tier claim, default tier) when Envoy's jwt_authn, not ext_authz, checks this route's token.
+
+    Read by name from ext_authz's settings (route `enforcement`, else `auth.enforcement`; the tier claim and
+    default tier every provider shares, which ext_authz's validation requires of native routes): services
+    never import each other.
+    """
+    own = getattr(route, "enforcement", None)
+    auth = getattr(config, "auth", None)
+    mode = getattr(own, "root", None) or getattr(auth, "enforcement", "python")
+    if mode != "native" or auth is None or route.resource is None:
+        return None
+    provider = auth.providers[0]
+    return str(provider.tier_claim), str(provider.default_tier)
 
 
 def _path_regex(endpoint: EndpointLimit) -> str:
@@ -108,8 +140,15 @@ class RateLimitContribution:
         if rl.per_ip is not None and (route.public or rl.per_ip.apply_to == "all"):
             limits.append({"actions": [{"remote_address": {}}]})
         if route.resource is not None and (rl.tiers or rl.unknown_tier):
-            # ext_authz ran before us on this route and left the caller's tier and id in its metadata.
-            limits.append({"actions": [_metadata("tier", "tier"), _metadata("user_id", "user_id")]})
+            native = native_identity(route, config)
+            if native is None:
+                # ext_authz ran before us on this route and left the caller's tier and id in its metadata.
+                limits.append({"actions": [_metadata("tier", "tier"), _metadata("user_id", "user_id")]})
+            else:
+                # The same descriptor from the verified claims jwt_authn left (the default tier as ext_authz's).
+                tier_claim, default_tier = native
+                limits.append({"actions": [_payload("tier", tier_claim, default_tier),
+                                           _payload("user_id", "sub", ANONYMOUS)]})
         for endpoint in rl.endpoints:
             if route_covers(route, endpoint):
                 limits.append({"actions": [{"header_value_match": {

@@ -81,3 +81,15 @@ def test_cli_unknown_route_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
         main(["explain-route", "all", str(EXAMPLE_CONFIG)])
     assert exit_info.value.code == 0
     assert capsys.readouterr().out.count("\nroute ") == 7
+
+
+def test_a_native_route_takes_no_ext_authz_hop() -> None:
+    data = copy.deepcopy(example_config_dict())
+    for route in data["routes"]:
+        if route["name"] == "admin":
+            route["enforcement"] = "native"
+    config = _config(data)
+    route = next(r for r in config.routes if r.name == "admin")
+    text = "\n".join(explain_route(config, route, ordered_plugins()))
+    assert "  ext_authz: skipped\n    - enforcement: native" in text
+    assert "ratelimit: hop, descriptors (tier, user_id)" in text

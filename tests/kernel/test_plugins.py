@@ -74,10 +74,14 @@ def test_unknown_section_is_an_error_with_field_and_line() -> None:
 
 def test_envoy_filters_come_from_the_plugins_in_their_order() -> None:
     names = [c.filter_name for c in contributions()]
-    assert names == ["envoy.filters.http.cors", "envoy.filters.http.ext_authz", "envoy.filters.http.ratelimit",
-                     "envoy.filters.http.ext_proc"]
+    # ext_authz's companions (jwt_authn, rbac, lua: native enforcement) come right before its own filter.
+    native = ["envoy.filters.http.jwt_authn", "envoy.filters.http.rbac", "envoy.filters.http.lua"]
+    assert names == ["envoy.filters.http.cors", *native, "envoy.filters.http.ext_authz",
+                     "envoy.filters.http.ratelimit", "envoy.filters.http.ext_proc"]
+    # No route of the example is native: those three stay out of the chain.
     chain = [f["name"] for f in compile_http_filters(load_config(EXAMPLE))]
-    assert chain == ["envoy.filters.http.health_check", *names, "envoy.filters.http.router"]
+    assert chain == ["envoy.filters.http.health_check", *[n for n in names if n not in native],
+                     "envoy.filters.http.router"]
 
 
 def test_outrider_run_starts_what_the_plugins_ask_for(tmp_path: Path) -> None:
