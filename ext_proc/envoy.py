@@ -49,6 +49,32 @@ REQUEST_BODY_MODE = "BUFFERED"
 # the response on or answers 502 (oversize_body). The price: Envoy drops content-length from responses on
 # routes whose response bodies ext_proc reads (they go out chunked, or framed by HTTP/2).
 RESPONSE_BODY_MODE = "BUFFERED_PARTIAL"
+# Routes that only edit JSON response bodies skip the response headers message (two messages per request):
+# the processor still needs the response's content-type to leave non-JSON bodies alone. Envoy 1.40 does not
+# evaluate response-header attributes (`response.headers[...]`) when response_header_mode is SKIP
+# (envoyproxy/envoy#43981; checked on the venv's Envoy), but dynamic metadata is there: header_to_metadata,
+# placed after ext_proc in the chain, sees the response headers first (encoder filters run in reverse
+# order) and copies content-type into RESPONSE_NAMESPACE, which ext_proc forwards with the body message
+# (metadata_options.forwarding_namespaces → ProcessingRequest.metadata_context). A response without the
+# header gets NO_CONTENT_TYPE, so that a missing namespace (no such filter: someone else's Envoy config)
+# is told apart from a missing header, and refused rather than passed on untransformed (ext_proc/session.py).
+RESPONSE_NAMESPACE = "outrider.response"
+CONTENT_TYPE_KEY = "content_type"
+NO_CONTENT_TYPE = "-"
+HEADER_TO_METADATA_TYPE = "type.googleapis.com/envoy.extensions.filters.http.header_to_metadata.v3.Config"
+
+
+def response_metadata_filter() -> dict[str, Any]:
+    """The header_to_metadata filter that hands the response's content-type to ext_proc's body message."""
+    target = {"metadata_namespace": RESPONSE_NAMESPACE, "key": CONTENT_TYPE_KEY, "type": "STRING"}
+    return {
+        "name": "envoy.filters.http.header_to_metadata",
+        "typed_config": {
+            "@type": HEADER_TO_METADATA_TYPE,
+            "response_rules": [{"header": "content-type", "on_header_present": target,
+                                "on_header_missing": {**target, "value": NO_CONTENT_TYPE}, "remove": False}],
+        },
+    }
 
 
 def processing_mode(phases: Phases) -> dict[str, str]:
@@ -74,6 +100,13 @@ def _settings(route: RouteConfig, config: GatewayConfig) -> RouteSettings:
     return settings
 
 
+def _body_only(route: RouteConfig, config: GatewayConfig) -> bool:
+    if route.direct_response is not None:
+        return False
+    phases = route_phases(_settings(route, config))
+    return phases.response_body and not phases.response_headers
+
+
 def route_uses_ext_proc(route: RouteConfig, config: GatewayConfig) -> bool:
     return route_phases(route_settings(route, config)).any
 
@@ -90,6 +123,7 @@ def request_buffer_limit(settings: RouteSettings) -> int | None:
 
 
 _ENABLED: list[Any] = [None, False]
+_BODY_ONLY: list[Any] = [None, False]
 
 
 def ext_proc_enabled(config: GatewayConfig) -> bool:
@@ -191,7 +225,8 @@ class ExtProcContribution:
                 "message_timeout": timeout,
                 "request_attributes": [CLIENT_ADDRESS_ATTRIBUTE],
                 # Dynamic metadata the processor may set: only the access log's cache_hit namespace.
-                "metadata_options": {"receiving_namespaces": {"untyped": [CACHE_NAMESPACE]}},
+                "metadata_options": {"receiving_namespaces": {"untyped": [CACHE_NAMESPACE]},
+                                     "forwarding_namespaces": {"untyped": [RESPONSE_NAMESPACE]}},
                 "allow_mode_override": True,  # a request may need fewer phases than its route (never more)
                 "mutation_rules": {
                     "allow_all_routing": True,  # :path, to add query parameters; the regex forbids the rest
@@ -200,6 +235,12 @@ class ExtProcContribution:
                 },
             },
         }
+
+    def http_filters_after(self, config: GatewayConfig) -> list[dict[str, Any]]:
+        """Filters placed right after ext_proc's: the response content-type for body-only routes."""
+        if _BODY_ONLY[0] is not config:  # once per (frozen) config object, as ext_proc_enabled
+            _BODY_ONLY[:] = [config, ext_proc_enabled(config) and any(_body_only(r, config) for r in config.routes)]
+        return [response_metadata_filter()] if _BODY_ONLY[1] else []
 
     def per_route(self, route: RouteConfig | None, config: GatewayConfig) -> dict[str, Any] | None:
         if not ext_proc_enabled(config):

@@ -240,7 +240,12 @@ def compile_http_filters(config: GatewayConfig) -> list[dict[str, Any]]:
         "name": "envoy.filters.http.router",
         "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
     }
-    middle = [f for c in contributions() if (f := c.http_filter(config)) is not None]
+    middle: list[dict[str, Any]] = []
+    for c in contributions():
+        if (f := c.http_filter(config)) is not None:
+            middle.append(f)
+        # Optional hook: filters a service needs right after its own (e.g. ext_proc's header_to_metadata).
+        middle.extend(getattr(c, "http_filters_after", lambda _: [])(config))
     return [health, *middle, router]
 
 

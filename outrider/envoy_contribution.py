@@ -36,7 +36,8 @@ class FilterContribution(Protocol):
     request_body_buffer_limit); `request_headers_set(config) -> Iterable[str]`, the request headers the
     service sets for the upstream, which the kernel removes from client input before routing
     (outrider/envoy_edge.py); and `network_filters(config) -> list[dict]`, network filters placed before the
-    HTTP connection manager on every listener (e.g. a per-connection rate limit).
+    HTTP connection manager on every listener (e.g. a per-connection rate limit); and
+    `http_filters_after(config) -> list[dict]`, HTTP filters placed right after the service's own.
     """
 
     @property
