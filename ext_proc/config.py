@@ -567,7 +567,12 @@ def route_phases(settings: RouteSettings, why: list[str] | None = None) -> Phase
             response_body = True
             note("response body: remove_json_fields / add_json_fields (JSON responses only; the content "
                  "type comes with the body, no response headers message)")
-            if _uses(resp.add_json_fields.values(), {"response_time_ms"}, RESPONSE_VARS):
+            if t.oversize_body == "reject":
+                # A declared length above max_body_bytes is refused (502) at the headers, before any of the
+                # response has gone out; without them a refusal could only reset a response already begun.
+                response_headers = True
+                note("response headers: oversize_body reject (a declared oversize response is refused whole)")
+            elif _uses(resp.add_json_fields.values(), {"response_time_ms"}, RESPONSE_VARS):
                 # The time to the response headers, as measured when they arrive.
                 response_headers = True
                 note("response headers: a response template uses response_time_ms")

@@ -64,15 +64,52 @@ NO_CONTENT_TYPE = "-"
 HEADER_TO_METADATA_TYPE = "type.googleapis.com/envoy.extensions.filters.http.header_to_metadata.v3.Config"
 
 
+# Without a response headers message Envoy sends the headers on at once, and an answer to the body that
+# refuses it (502: unreadable JSON) can only reset a response already begun (seen with Envoy 1.40). A Lua
+# filter before ext_proc in the chain (encoder filters run in reverse order: after it) holds the response
+# until its body is complete (handle:body(): "yield the script until the entire body has been buffered",
+# Envoy Lua filter docs), so that ext_proc's immediate response still replaces the whole response. Only on
+# routes marked so in their metadata (route_options), and only a body of declared length within the mark's
+# limit (the route's max_body_bytes, at most the connection buffer): a larger or chunked one is not held,
+# as Envoy could not buffer it (its own 500), and goes out as before, cut short by a reset if refused.
+# The declared length is header_to_metadata's copy: ext_proc has removed content-length (BUFFERED_PARTIAL)
+# before the Lua filter sees the headers.
+LUA_FILTER = "envoy.filters.http.lua"
+LUA_TYPE = "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua"
+HOLD_KEY = "hold_response_bytes"
+CONTENT_LENGTH_KEY = "content_length"
+HOLD_SCRIPT = f"""function envoy_on_response(handle)
+  local limit = handle:metadata():get("{HOLD_KEY}")
+  if limit then
+    local seen = handle:streamInfo():dynamicMetadata():get("{{namespace}}")
+    local length = seen and tonumber(seen["{CONTENT_LENGTH_KEY}"])
+    if length and length <= limit then
+      handle:body()
+    end
+  end
+end
+"""
+
+
+def response_hold_filter() -> dict[str, Any]:
+    """The Lua filter that holds a body-only route's response until ext_proc has answered its body."""
+    script = HOLD_SCRIPT.replace("{namespace}", RESPONSE_NAMESPACE)
+    return {"name": LUA_FILTER, "typed_config": {"@type": LUA_TYPE,
+                                                 "default_source_code": {"inline_string": script}}}
+
+
 def response_metadata_filter() -> dict[str, Any]:
     """The header_to_metadata filter that hands the response's content-type to ext_proc's body message."""
     target = {"metadata_namespace": RESPONSE_NAMESPACE, "key": CONTENT_TYPE_KEY, "type": "STRING"}
+    length = {"metadata_namespace": RESPONSE_NAMESPACE, "key": CONTENT_LENGTH_KEY, "type": "STRING"}
     return {
         "name": "envoy.filters.http.header_to_metadata",
         "typed_config": {
             "@type": HEADER_TO_METADATA_TYPE,
             "response_rules": [{"header": "content-type", "on_header_present": target,
-                                "on_header_missing": {**target, "value": NO_CONTENT_TYPE}, "remove": False}],
+                                "on_header_missing": {**target, "value": NO_CONTENT_TYPE}, "remove": False},
+                               # For the response hold (HOLD_SCRIPT) only.
+                               {"header": "content-length", "on_header_present": length, "remove": False}],
         },
     }
 
@@ -105,6 +142,12 @@ def _body_only(route: RouteConfig, config: GatewayConfig) -> bool:
         return False
     phases = route_phases(_settings(route, config))
     return phases.response_body and not phases.response_headers
+
+
+def _any_body_only(config: GatewayConfig) -> bool:
+    if _BODY_ONLY[0] is not config:  # once per (frozen) config object, as ext_proc_enabled
+        _BODY_ONLY[:] = [config, ext_proc_enabled(config) and any(_body_only(r, config) for r in config.routes)]
+    return bool(_BODY_ONLY[1])
 
 
 def route_uses_ext_proc(route: RouteConfig, config: GatewayConfig) -> bool:
@@ -236,11 +279,13 @@ class ExtProcContribution:
             },
         }
 
+    def http_filters_before(self, config: GatewayConfig) -> list[dict[str, Any]]:
+        """Filters placed right before ext_proc's: the response hold of body-only routes."""
+        return [response_hold_filter()] if _any_body_only(config) else []
+
     def http_filters_after(self, config: GatewayConfig) -> list[dict[str, Any]]:
         """Filters placed right after ext_proc's: the response content-type for body-only routes."""
-        if _BODY_ONLY[0] is not config:  # once per (frozen) config object, as ext_proc_enabled
-            _BODY_ONLY[:] = [config, ext_proc_enabled(config) and any(_body_only(r, config) for r in config.routes)]
-        return [response_metadata_filter()] if _BODY_ONLY[1] else []
+        return [response_metadata_filter()] if _any_body_only(config) else []
 
     def per_route(self, route: RouteConfig | None, config: GatewayConfig) -> dict[str, Any] | None:
         if not ext_proc_enabled(config):
@@ -257,11 +302,20 @@ class ExtProcContribution:
         return {}
 
     def route_options(self, route: RouteConfig, config: GatewayConfig) -> dict[str, Any]:
-        """Fields of the Envoy route itself: its request body buffer limit (see request_buffer_limit)."""
+        """Fields of the Envoy route itself: its request body buffer limit (see request_buffer_limit), and
+        the mark that holds a body-only route's response (HOLD_SCRIPT)."""
         if not ext_proc_enabled(config):
             return {}
+        out: dict[str, Any] = {}
         limit = request_buffer_limit(_settings(route, config))
-        return {} if limit is None else {"request_body_buffer_limit": limit}
+        if limit is not None:
+            out["request_body_buffer_limit"] = limit
+        if _body_only(route, config):
+            rules = _settings(route, config).transformations
+            assert rules is not None  # a body-only route is one with response body rules
+            hold = min(rules.max_body_bytes, config.edge.connection_buffer_bytes)
+            out["metadata"] = {"filter_metadata": {LUA_FILTER: {HOLD_KEY: hold}}}
+        return out
 
     def route_headers(self, route: RouteConfig, config: GatewayConfig) -> dict[str, list[Any]]:
         """Static header edits compiled into the Envoy route (applied by the router, after every filter)."""

@@ -242,9 +242,11 @@ def compile_http_filters(config: GatewayConfig) -> list[dict[str, Any]]:
     }
     middle: list[dict[str, Any]] = []
     for c in contributions():
+        # Optional hooks: filters a service needs right before / after its own (ext_proc's response hold
+        # and header_to_metadata).
+        middle.extend(getattr(c, "http_filters_before", lambda _: [])(config))
         if (f := c.http_filter(config)) is not None:
             middle.append(f)
-        # Optional hook: filters a service needs right after its own (e.g. ext_proc's header_to_metadata).
         middle.extend(getattr(c, "http_filters_after", lambda _: [])(config))
     return [health, *middle, router]
 

@@ -37,7 +37,8 @@ class FilterContribution(Protocol):
     service sets for the upstream, which the kernel removes from client input before routing
     (outrider/envoy_edge.py); and `network_filters(config) -> list[dict]`, network filters placed before the
     HTTP connection manager on every listener (e.g. a per-connection rate limit); and
-    `http_filters_after(config) -> list[dict]`, HTTP filters placed right after the service's own.
+    `http_filters_before(config)` / `http_filters_after(config) -> list[dict]`, HTTP filters placed right
+    before / after the service's own.
     """
 
     @property
