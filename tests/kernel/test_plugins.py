@@ -77,7 +77,10 @@ def test_envoy_filters_come_from_the_plugins_in_their_order() -> None:
     assert names == ["envoy.filters.http.cors", "envoy.filters.http.ext_authz", "envoy.filters.http.ratelimit",
                      "envoy.filters.http.ext_proc"]
     chain = [f["name"] for f in compile_http_filters(load_config(EXAMPLE))]
-    assert chain == ["envoy.filters.http.health_check", *names, "envoy.filters.http.router"]
+    # ext_proc's companions for routes without a response headers message (ext_proc/envoy.py): the Lua
+    # response hold right before it, header_to_metadata (the content type) right after.
+    assert chain == ["envoy.filters.http.health_check", *names[:3], "envoy.filters.http.lua", names[3],
+                     "envoy.filters.http.header_to_metadata", "envoy.filters.http.router"]
 
 
 def test_outrider_run_starts_what_the_plugins_ask_for(tmp_path: Path) -> None:
