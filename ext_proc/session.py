@@ -49,6 +49,15 @@ def _int(value: str | None) -> int | None:
         return None
 
 
+STREAM_TYPES = ("text/event-stream", "application/grpc")
+
+
+def _asks_for_a_stream(headers: Mapping[str, str]) -> bool:
+    """Whether a request asks for a response that streams (server-sent events, gRPC, gRPC-Web)."""
+    accept, content_type = headers.get("accept", "").lower(), headers.get("content-type", "").lower()
+    return any(kind in accept for kind in STREAM_TYPES) or content_type.startswith("application/grpc")
+
+
 class ProtocolError(Exception):
     """Envoy sent a message this session cannot be in (a bug on one side); the adapter maps it."""
 
@@ -175,10 +184,14 @@ class Session:
             response_headers = True
         phases = plan.phases
         # Only ever fewer phases than the route's: a header-only request never buffers a body, and a route
-        # whose body message carries what the headers would (ext_proc/envoy.py) never gets them back.
+        # whose body message carries what the headers would (ext_proc/envoy.py) never gets them back...
         request_body = self.request_json and phases.request_body
         response_headers = response_headers and phases.response_headers
         response_body = response_body and phases.response_body
+        if response_body and not response_headers and _asks_for_a_stream(self.request_headers):
+            # ...but for a stream: without its headers message its body would be buffered (BUFFERED_PARTIAL,
+            # up to Envoy's limit) before the processor could tell it is no JSON, holding every event back.
+            response_headers = True
         mode = None
         if (request_body != phases.request_body or response_headers != phases.response_headers
                 or response_body != phases.response_body or self.request_partial):

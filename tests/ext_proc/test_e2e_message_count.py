@@ -13,12 +13,60 @@ on the gRPC stream"), the processor's its own message histogram.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
 import httpx
+import pytest
 
 from ext_proc.envoy import HOLD_KEY, LUA_FILTER
 from outrider.envoy_config import compile_http_filters, compile_route_configuration
+from tests.conftest import start_stack
 from tests.ext_proc.conftest import config_from, ext_proc_config_dict
 from tests.harness import Stack
+
+RELEASE = threading.Event()  # the event stream's second event waits for it
+
+
+class EventStream(BaseHTTPRequestHandler):
+    """An upstream that sends one server-sent event, then holds the stream open until RELEASE."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("content-type", "text/event-stream")
+        self.send_header("transfer-encoding", "chunked")
+        self.end_headers()
+        for event in (b"data: one\n\n", b"data: two\n\n"):
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(event), event))
+            self.wfile.flush()
+            RELEASE.wait(10)
+        self.wfile.write(b"0\r\n\r\n")
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def ep_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """The ext_proc lab config plus a body-only route whose upstream streams events."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), EventStream)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    data: dict[str, Any] = ext_proc_config_dict()
+    data["upstreams"].append({"name": "events", "endpoints": [{"address": "127.0.0.1",
+                                                               "port": server.server_address[1]}]})
+    data["routes"].insert(0, {"name": "lab-events", "match": {"prefix": "/api/v1/lab/events/"},
+                              "upstream": "events", "public": True, "validation": {"enabled": False},
+                              "transformations": {"response": {"remove_json_fields": ["password"]}}})
+    running = start_stack(tmp_path_factory.mktemp("ep-count"), data)
+    yield running
+    running.stop()
+    RELEASE.set()
+    server.shutdown()
 
 
 def envoy_messages(stack: Stack) -> int:
@@ -103,3 +151,21 @@ def test_cached_route_keeps_its_response_headers_message(ep_stack: Stack) -> Non
     response, envoy, _ = counted(ep_stack, "GET", "/api/v1/public/count-me-once")
     assert response.status_code == 200 and response.headers["x-cache-status"] in ("MISS", "BYPASS")
     assert envoy == 3  # request headers (lookup), response headers (X-Cache-Status), response body (store)
+
+
+def test_a_request_for_events_streams_them_as_they_come(ep_stack: Stack) -> None:
+    # Without its headers message a body-only route's response body would sit in Envoy's buffer
+    # (BUFFERED_PARTIAL) until the processor could tell it is no JSON: the request's `accept` brings the
+    # headers message back for it, and its answer (not JSON) switches the body phase off.
+    RELEASE.clear()
+    before = envoy_messages(ep_stack)
+    with httpx.Client(base_url=ep_stack.url, timeout=5) as client, client.stream(
+            "GET", "/api/v1/lab/events/live", headers={"accept": "text/event-stream"}) as response:
+        assert response.status_code == 200
+        chunks = response.iter_raw()
+        first = next(chunks)  # before the upstream sends its second event
+        assert first.startswith(b"data: one")
+        RELEASE.set()
+        rest = b"".join(chunks)
+    assert (first + rest) == b"data: one\n\ndata: two\n\n"
+    assert envoy_messages(ep_stack) - before == 2  # request headers, response headers

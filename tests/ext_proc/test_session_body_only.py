@@ -71,3 +71,11 @@ def test_content_type_is_read_from_the_forwarded_metadata() -> None:
     assert to_event(message, "response_body") == ResponseBody(b"{}", True, "application/json")
     message.metadata_context.filter_metadata[RESPONSE_NAMESPACE].update({CONTENT_TYPE_KEY: NO_CONTENT_TYPE})
     assert to_event(message, "response_body") == ResponseBody(b"{}", True, "")
+
+
+def test_a_request_for_a_stream_gets_its_response_headers_message(example_plans: dict[str, RoutePlan]) -> None:
+    # Server-sent events: the headers message tells the processor it is no JSON, so the events are never
+    # buffered behind a body phase (the pre-existing path: mode_override drops the body then).
+    session = Session(example_plans["messages"])
+    reply = only(session.handle(req("/api/v1/messages/live", accept="text/event-stream"), T0), Reply)
+    assert reply.mode is not None and reply.mode.response_headers and reply.mode.response_body
