@@ -69,13 +69,17 @@ HEADER_TO_METADATA_TYPE = "type.googleapis.com/envoy.extensions.filters.http.hea
 # filter before ext_proc in the chain (encoder filters run in reverse order: after it) holds the response
 # until its body is complete (handle:body(): "yield the script until the entire body has been buffered",
 # Envoy Lua filter docs), so that ext_proc's immediate response still replaces the whole response. Only on
-# routes marked so in their metadata (route_options), and only a body of declared length within the mark's
-# limit (the route's max_body_bytes, at most the connection buffer): a larger or chunked one is not held,
-# as Envoy could not buffer it (its own 500), and goes out as before, cut short by a reset if refused.
+# body-only routes (the filter is off elsewhere; its limit is in the route's metadata, route_options), and
+# only a body of declared length within that limit (the route's max_body_bytes, at most the connection
+# buffer): a larger or chunked one is not held, as Envoy could not buffer it (its own 500), and goes out as
+# before, cut short by a reset if refused.
 # The declared length is header_to_metadata's copy: ext_proc has removed content-length (BUFFERED_PARTIAL)
 # before the Lua filter sees the headers.
 LUA_FILTER = "envoy.filters.http.lua"
 LUA_TYPE = "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua"
+LUA_PER_ROUTE_TYPE = "type.googleapis.com/envoy.extensions.filters.http.lua.v3.LuaPerRoute"
+FILTER_CONFIG_TYPE = "type.googleapis.com/envoy.config.route.v3.FilterConfig"
+HOLD_SCRIPT_NAME = "outrider_hold_response"
 HOLD_KEY = "hold_response_bytes"
 CONTENT_LENGTH_KEY = "content_length"
 HOLD_SCRIPT = f"""function envoy_on_response(handle)
@@ -92,10 +96,15 @@ end
 
 
 def response_hold_filter() -> dict[str, Any]:
-    """The Lua filter that holds a body-only route's response until ext_proc has answered its body."""
+    """The Lua filter that holds a body-only route's response until ext_proc has answered its body. Off
+    unless a route turns it on (HttpFilter.disabled): a Lua call costs every other route's requests CPU."""
     script = HOLD_SCRIPT.replace("{namespace}", RESPONSE_NAMESPACE)
-    return {"name": LUA_FILTER, "typed_config": {"@type": LUA_TYPE,
-                                                 "default_source_code": {"inline_string": script}}}
+    return {"name": LUA_FILTER, "disabled": True,
+            "typed_config": {"@type": LUA_TYPE, "source_codes": {HOLD_SCRIPT_NAME: {"inline_string": script}}}}
+
+
+# A route's switch for the hold (FilterConfig enables a filter that is off by default).
+HOLD_ON = {"@type": FILTER_CONFIG_TYPE, "config": {"@type": LUA_PER_ROUTE_TYPE, "name": HOLD_SCRIPT_NAME}}
 
 
 def response_metadata_filter() -> dict[str, Any]:
@@ -286,6 +295,10 @@ class ExtProcContribution:
     def http_filters_after(self, config: GatewayConfig) -> list[dict[str, Any]]:
         """Filters placed right after ext_proc's: the response content-type for body-only routes."""
         return [response_metadata_filter()] if _any_body_only(config) else []
+
+    def companion_per_route(self, route: RouteConfig, config: GatewayConfig) -> dict[str, Any]:
+        """The response hold, on for body-only routes (their limit is in the route's metadata)."""
+        return {LUA_FILTER: HOLD_ON} if _any_body_only(config) and _body_only(route, config) else {}
 
     def per_route(self, route: RouteConfig | None, config: GatewayConfig) -> dict[str, Any] | None:
         if not ext_proc_enabled(config):

@@ -38,7 +38,8 @@ class FilterContribution(Protocol):
     (outrider/envoy_edge.py); and `network_filters(config) -> list[dict]`, network filters placed before the
     HTTP connection manager on every listener (e.g. a per-connection rate limit); and
     `http_filters_before(config)` / `http_filters_after(config) -> list[dict]`, HTTP filters placed right
-    before / after the service's own.
+    before / after the service's own, with `companion_per_route(route, config) -> dict[str, Any]`, their
+    typed_per_filter_config entries for a route (by filter name).
     """
 
     @property
