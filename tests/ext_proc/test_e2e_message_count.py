@@ -106,9 +106,14 @@ def test_the_envoy_config_skips_the_response_headers_of_body_only_routes() -> No
     assert public["processing_mode"]["response_header_mode"] == "SEND" and "metadata" not in routes["public"]
     # Encoder filters run in reverse order: header_to_metadata sees the response before ext_proc, and the
     # Lua hold after it.
-    names = [f["name"] for f in compile_http_filters(config)]
+    filters = compile_http_filters(config)
+    names = [f["name"] for f in filters]
     at = names.index("envoy.filters.http.ext_proc")
     assert names[at - 1] == LUA_FILTER and names[at + 1] == "envoy.filters.http.header_to_metadata"
+    # The hold costs a Lua call: off unless a route turns it on.
+    assert filters[at - 1]["disabled"] is True
+    assert LUA_FILTER in routes["messages"]["typed_per_filter_config"]
+    assert LUA_FILTER not in routes["public"]["typed_per_filter_config"]
 
 
 def test_get_on_a_body_only_route_takes_two_messages(ep_stack: Stack) -> None:
