@@ -43,7 +43,8 @@ JWT_TYPE = "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAu
 JWT_PER_ROUTE_TYPE = "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.PerRouteConfig"
 RBAC_TYPE = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"
 RBAC_PER_ROUTE_TYPE = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBACPerRoute"
-LUA = "envoy.filters.http.lua"
+# A name of its own (not the extension's): ext_proc has a Lua filter too, and per-route configs go by name.
+LUA = "outrider.native_roles"
 LUA_TYPE = "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua"
 LUA_PER_ROUTE_TYPE = "type.googleapis.com/envoy.extensions.filters.http.lua.v3.LuaPerRoute"
 # ext_authz/rbac.py's method → action map, as Envoy sees methods (case-sensitive, RFC 9110 §9.1).

@@ -561,8 +561,21 @@ def route_phases(settings: RouteSettings, why: list[str] | None = None) -> Phase
             if why is not None:
                 why.append("response headers: header values Envoy cannot render: " + ", ".join(sorted(resp_adds)))
         if resp.remove_json_fields or resp.add_json_fields:
-            response_headers = response_body = True
-            note("response headers and body: remove_json_fields / add_json_fields (JSON responses only)")
+            # The body message alone: Envoy copies the response's content-type into dynamic metadata
+            # (header_to_metadata, ext_proc/envoy.py) and forwards it with the body, so the JSON-only
+            # decision needs no response headers message (two messages per request, not three).
+            response_body = True
+            note("response body: remove_json_fields / add_json_fields (JSON responses only; the content "
+                 "type comes with the body, no response headers message)")
+            if t.oversize_body == "reject":
+                # A declared length above max_body_bytes is refused (502) at the headers, before any of the
+                # response has gone out; without them a refusal could only reset a response already begun.
+                response_headers = True
+                note("response headers: oversize_body reject (a declared oversize response is refused whole)")
+            elif _uses(resp.add_json_fields.values(), {"response_time_ms"}, RESPONSE_VARS):
+                # The time to the response headers, as measured when they arrive.
+                response_headers = True
+                note("response headers: a response template uses response_time_ms")
         # Response templates that need what only the request headers carry.
         needs_request = {"client_ip", "request_id", "response_time_ms"}
         if (resp_adds and _uses(resp_adds.values(), needs_request, RESPONSE_VARS)) or _uses(

@@ -49,6 +49,80 @@ REQUEST_BODY_MODE = "BUFFERED"
 # the response on or answers 502 (oversize_body). The price: Envoy drops content-length from responses on
 # routes whose response bodies ext_proc reads (they go out chunked, or framed by HTTP/2).
 RESPONSE_BODY_MODE = "BUFFERED_PARTIAL"
+# Routes that only edit JSON response bodies skip the response headers message (two messages per request):
+# the processor still needs the response's content-type to leave non-JSON bodies alone. Envoy 1.40 does not
+# evaluate response-header attributes (`response.headers[...]`) when response_header_mode is SKIP
+# (envoyproxy/envoy#43981; checked on the venv's Envoy), but dynamic metadata is there: header_to_metadata,
+# placed after ext_proc in the chain, sees the response headers first (encoder filters run in reverse
+# order) and copies content-type into RESPONSE_NAMESPACE, which ext_proc forwards with the body message
+# (metadata_options.forwarding_namespaces → ProcessingRequest.metadata_context). A response without the
+# header gets NO_CONTENT_TYPE, so that a missing namespace (no such filter: someone else's Envoy config)
+# is told apart from a missing header, and refused rather than passed on untransformed (ext_proc/session.py).
+RESPONSE_NAMESPACE = "outrider.response"
+CONTENT_TYPE_KEY = "content_type"
+NO_CONTENT_TYPE = "-"
+HEADER_TO_METADATA_TYPE = "type.googleapis.com/envoy.extensions.filters.http.header_to_metadata.v3.Config"
+
+
+# Without a response headers message Envoy sends the headers on at once, and an answer to the body that
+# refuses it (502: unreadable JSON) can only reset a response already begun (seen with Envoy 1.40). A Lua
+# filter before ext_proc in the chain (encoder filters run in reverse order: after it) holds the response
+# until its body is complete (handle:body(): "yield the script until the entire body has been buffered",
+# Envoy Lua filter docs), so that ext_proc's immediate response still replaces the whole response. Only on
+# body-only routes (the filter is off elsewhere; its limit is in the route's metadata, route_options), and
+# only a body of declared length within that limit (the route's max_body_bytes, at most the connection
+# buffer): a larger or chunked one is not held, as Envoy could not buffer it (its own 500), and goes out as
+# before, cut short by a reset if refused.
+# The declared length is header_to_metadata's copy: ext_proc has removed content-length (BUFFERED_PARTIAL)
+# before the Lua filter sees the headers.
+# A name of its own (not the extension's): native enforcement has a Lua filter too; per-route configs and the
+# route metadata the script reads go by this name.
+LUA_FILTER = "outrider.ext_proc_response_hold"
+LUA_TYPE = "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua"
+LUA_PER_ROUTE_TYPE = "type.googleapis.com/envoy.extensions.filters.http.lua.v3.LuaPerRoute"
+FILTER_CONFIG_TYPE = "type.googleapis.com/envoy.config.route.v3.FilterConfig"
+HOLD_SCRIPT_NAME = "outrider_hold_response"
+HOLD_KEY = "hold_response_bytes"
+CONTENT_LENGTH_KEY = "content_length"
+HOLD_SCRIPT = f"""function envoy_on_response(handle)
+  local limit = handle:metadata():get("{HOLD_KEY}")
+  if limit then
+    local seen = handle:streamInfo():dynamicMetadata():get("{{namespace}}")
+    local length = seen and tonumber(seen["{CONTENT_LENGTH_KEY}"])
+    if length and length <= limit then
+      handle:body()
+    end
+  end
+end
+"""
+
+
+def response_hold_filter() -> dict[str, Any]:
+    """The Lua filter that holds a body-only route's response until ext_proc has answered its body. Off
+    unless a route turns it on (HttpFilter.disabled): a Lua call costs every other route's requests CPU."""
+    script = HOLD_SCRIPT.replace("{namespace}", RESPONSE_NAMESPACE)
+    return {"name": LUA_FILTER, "disabled": True,
+            "typed_config": {"@type": LUA_TYPE, "source_codes": {HOLD_SCRIPT_NAME: {"inline_string": script}}}}
+
+
+# A route's switch for the hold (FilterConfig enables a filter that is off by default).
+HOLD_ON = {"@type": FILTER_CONFIG_TYPE, "config": {"@type": LUA_PER_ROUTE_TYPE, "name": HOLD_SCRIPT_NAME}}
+
+
+def response_metadata_filter() -> dict[str, Any]:
+    """The header_to_metadata filter that hands the response's content-type to ext_proc's body message."""
+    target = {"metadata_namespace": RESPONSE_NAMESPACE, "key": CONTENT_TYPE_KEY, "type": "STRING"}
+    length = {"metadata_namespace": RESPONSE_NAMESPACE, "key": CONTENT_LENGTH_KEY, "type": "STRING"}
+    return {
+        "name": "envoy.filters.http.header_to_metadata",
+        "typed_config": {
+            "@type": HEADER_TO_METADATA_TYPE,
+            "response_rules": [{"header": "content-type", "on_header_present": target,
+                                "on_header_missing": {**target, "value": NO_CONTENT_TYPE}, "remove": False},
+                               # For the response hold (HOLD_SCRIPT) only.
+                               {"header": "content-length", "on_header_present": length, "remove": False}],
+        },
+    }
 
 
 def processing_mode(phases: Phases) -> dict[str, str]:
@@ -74,6 +148,19 @@ def _settings(route: RouteConfig, config: GatewayConfig) -> RouteSettings:
     return settings
 
 
+def _body_only(route: RouteConfig, config: GatewayConfig) -> bool:
+    if route.direct_response is not None:
+        return False
+    phases = route_phases(_settings(route, config))
+    return phases.response_body and not phases.response_headers
+
+
+def _any_body_only(config: GatewayConfig) -> bool:
+    if _BODY_ONLY[0] is not config:  # once per (frozen) config object, as ext_proc_enabled
+        _BODY_ONLY[:] = [config, ext_proc_enabled(config) and any(_body_only(r, config) for r in config.routes)]
+    return bool(_BODY_ONLY[1])
+
+
 def route_uses_ext_proc(route: RouteConfig, config: GatewayConfig) -> bool:
     return route_phases(route_settings(route, config)).any
 
@@ -90,6 +177,7 @@ def request_buffer_limit(settings: RouteSettings) -> int | None:
 
 
 _ENABLED: list[Any] = [None, False]
+_BODY_ONLY: list[Any] = [None, False]
 
 
 def ext_proc_enabled(config: GatewayConfig) -> bool:
@@ -191,7 +279,8 @@ class ExtProcContribution:
                 "message_timeout": timeout,
                 "request_attributes": [CLIENT_ADDRESS_ATTRIBUTE],
                 # Dynamic metadata the processor may set: only the access log's cache_hit namespace.
-                "metadata_options": {"receiving_namespaces": {"untyped": [CACHE_NAMESPACE]}},
+                "metadata_options": {"receiving_namespaces": {"untyped": [CACHE_NAMESPACE]},
+                                     "forwarding_namespaces": {"untyped": [RESPONSE_NAMESPACE]}},
                 "allow_mode_override": True,  # a request may need fewer phases than its route (never more)
                 "mutation_rules": {
                     "allow_all_routing": True,  # :path, to add query parameters; the regex forbids the rest
@@ -200,6 +289,18 @@ class ExtProcContribution:
                 },
             },
         }
+
+    def http_filters_before(self, config: GatewayConfig) -> list[dict[str, Any]]:
+        """Filters placed right before ext_proc's: the response hold of body-only routes."""
+        return [response_hold_filter()] if _any_body_only(config) else []
+
+    def http_filters_after(self, config: GatewayConfig) -> list[dict[str, Any]]:
+        """Filters placed right after ext_proc's: the response content-type for body-only routes."""
+        return [response_metadata_filter()] if _any_body_only(config) else []
+
+    def companion_per_route(self, route: RouteConfig, config: GatewayConfig) -> dict[str, Any]:
+        """The response hold, on for body-only routes (their limit is in the route's metadata)."""
+        return {LUA_FILTER: HOLD_ON} if _any_body_only(config) and _body_only(route, config) else {}
 
     def per_route(self, route: RouteConfig | None, config: GatewayConfig) -> dict[str, Any] | None:
         if not ext_proc_enabled(config):
@@ -216,11 +317,20 @@ class ExtProcContribution:
         return {}
 
     def route_options(self, route: RouteConfig, config: GatewayConfig) -> dict[str, Any]:
-        """Fields of the Envoy route itself: its request body buffer limit (see request_buffer_limit)."""
+        """Fields of the Envoy route itself: its request body buffer limit (see request_buffer_limit), and
+        the mark that holds a body-only route's response (HOLD_SCRIPT)."""
         if not ext_proc_enabled(config):
             return {}
+        out: dict[str, Any] = {}
         limit = request_buffer_limit(_settings(route, config))
-        return {} if limit is None else {"request_body_buffer_limit": limit}
+        if limit is not None:
+            out["request_body_buffer_limit"] = limit
+        if _body_only(route, config):
+            rules = _settings(route, config).transformations
+            assert rules is not None  # a body-only route is one with response body rules
+            hold = min(rules.max_body_bytes, config.edge.connection_buffer_bytes)
+            out["metadata"] = {"filter_metadata": {LUA_FILTER: {HOLD_KEY: hold}}}
+        return out
 
     def route_headers(self, route: RouteConfig, config: GatewayConfig) -> dict[str, list[Any]]:
         """Static header edits compiled into the Envoy route (applied by the router, after every filter)."""

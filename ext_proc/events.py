@@ -36,6 +36,9 @@ class ResponseHeaders:
 class ResponseBody:
     body: bytes
     end_of_stream: bool
+    # The response's content-type as Envoy forwarded it with the body (ext_proc/envoy.py, RESPONSE_NAMESPACE):
+    # read when the route skips the response headers message; None if Envoy forwarded none.
+    content_type: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ext_proc.cache import CachePolicy
@@ -50,9 +50,14 @@ def compile_plan(name: str, settings: RouteSettings, native: bool) -> RoutePlan:
     exclude = [n for n, _, _ in native_headers(t).response_add] if native else []
     request = RequestTransformer(t.request, native) if t is not None else None
     response = ResponseTransformer(t.response, native) if t is not None else None
+    phases = route_phases(settings)
+    if not native and phases.response_body:
+        # Requests of routes we did not compile (an Envoy config of your own, a mesh's) come without the
+        # content type forwarded with the body (ext_proc/envoy.py): their responses' headers stay a message.
+        phases = replace(phases, response_headers=True)
     return RoutePlan(
         name=name,
-        phases=route_phases(settings),
+        phases=phases,
         request=request if request is not None and (request.edits_headers or request.field_rules) else None,
         response=response if response is not None and (response.header_rules or response.edits_body
                                                          or response.all_header_rules) else None,

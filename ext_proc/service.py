@@ -15,6 +15,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc
 
 from ext_proc.cache_backends import CacheBackend, CacheUnavailable
+from ext_proc.envoy import CONTENT_TYPE_KEY, NO_CONTENT_TYPE, RESPONSE_NAMESPACE
 from ext_proc.events import (
     Action,
     CacheResult,
@@ -93,6 +94,20 @@ def client_ip_of(message: pb.ProcessingRequest) -> str:
     return ""
 
 
+def forwarded_content_type(message: pb.ProcessingRequest) -> str | None:
+    """The response's content-type Envoy forwarded with a body message (header_to_metadata's copy, see
+    RESPONSE_NAMESPACE in ext_proc/envoy.py: the `metadata_options.forwarding_namespaces` of the filter, sent
+    in ProcessingRequest.metadata_context); "" for a response without one, None if nothing was forwarded."""
+    namespace = message.metadata_context.filter_metadata.get(RESPONSE_NAMESPACE)
+    if namespace is None:
+        return None
+    value = namespace.fields.get(CONTENT_TYPE_KEY)
+    if value is None:
+        return None
+    text = value.string_value
+    return "" if text == NO_CONTENT_TYPE else text
+
+
 def to_event(message: pb.ProcessingRequest, which: str) -> Event:
     if which == "request_headers":
         return RequestHeaders(headers_of(message.request_headers.headers), message.request_headers.end_of_stream,
@@ -102,7 +117,8 @@ def to_event(message: pb.ProcessingRequest, which: str) -> Event:
     if which == "request_body":
         return RequestBody(message.request_body.body, message.request_body.end_of_stream)
     if which == "response_body":
-        return ResponseBody(message.response_body.body, message.response_body.end_of_stream)
+        return ResponseBody(message.response_body.body, message.response_body.end_of_stream,
+                            forwarded_content_type(message))
     return Trailers(which)  # type: ignore[arg-type]
 
 

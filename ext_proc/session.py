@@ -49,6 +49,15 @@ def _int(value: str | None) -> int | None:
         return None
 
 
+STREAM_TYPES = ("text/event-stream", "application/grpc")
+
+
+def _asks_for_a_stream(headers: Mapping[str, str]) -> bool:
+    """Whether a request asks for a response that streams (server-sent events, gRPC, gRPC-Web)."""
+    accept, content_type = headers.get("accept", "").lower(), headers.get("content-type", "").lower()
+    return any(kind in accept for kind in STREAM_TYPES) or content_type.startswith("application/grpc")
+
+
 class ProtocolError(Exception):
     """Envoy sent a message this session cannot be in (a bug on one side); the adapter maps it."""
 
@@ -74,6 +83,7 @@ class Session:
         self.response_json = False
         self.store_ttl: int | None = None
         self.wants_response_body = False
+        self.headers_sent = False  # the response headers went to the client without us (no headers message)
 
     # ---- dispatch ----
 
@@ -173,13 +183,19 @@ class Session:
         if self.invalidate is not None:
             response_headers = True
         phases = plan.phases
+        # Only ever fewer phases than the route's: a header-only request never buffers a body, and a route
+        # whose body message carries what the headers would (ext_proc/envoy.py) never gets them back...
+        request_body = self.request_json and phases.request_body
+        response_headers = response_headers and phases.response_headers
+        response_body = response_body and phases.response_body
+        if response_body and not response_headers and _asks_for_a_stream(self.request_headers):
+            # ...but for a stream: without its headers message its body would be buffered (BUFFERED_PARTIAL,
+            # up to Envoy's limit) before the processor could tell it is no JSON, holding every event back.
+            response_headers = True
         mode = None
-        if (self.request_json != phases.request_body or response_headers != phases.response_headers
+        if (request_body != phases.request_body or response_headers != phases.response_headers
                 or response_body != phases.response_body or self.request_partial):
-            # Only ever fewer phases than the route's: a header-only request never buffers a body.
-            mode = ModeOverride(self.request_json and phases.request_body,
-                                response_headers and phases.response_headers,
-                                response_body and phases.response_body,
+            mode = ModeOverride(request_body, response_headers, response_body,
                                 request_partial=self.request_partial)
         self.wants_response_body = response_body
         return Reply("request_headers", sets, removes, mode=mode)
@@ -296,7 +312,35 @@ class Session:
         entry = self.plan.cache.entry(self.response_status, self.response_headers, body, now)
         return StoreCache(self.lookup.key, self.lookup.resource, self.lookup.path, entry.encode(), ttl)
 
+    def _body_without_headers(self, event: ResponseBody, now: float) -> list[Action] | None:
+        """A response body whose headers message the route skips (ext_proc/config.py route_phases): what the
+        headers would have decided, from what Envoy forwards with the body; None to go on with the body."""
+        if self.state == "request_headers":
+            # The request never reached us: a reply an earlier filter made (ext_authz, rate limit).
+            self.state = "done"
+            return [Note("local_reply_untouched"), Reply("response_body")]
+        self._expect("request_body", "response_headers")
+        self.state = "response_body"
+        self.headers_sent = True
+        self.ctx = self._response_ctx(now)
+        response = self.plan.response
+        if response is None or not response.edits_body:
+            self.response_json = False
+            return None
+        if event.content_type is None:
+            # No content type came with the body: this Envoy lacks the filter that forwards it (not a config
+            # of ours). Never passed on untransformed: the route's removals may hide a secret.
+            self.state = "done"
+            return [Note("response_content_type_unknown", log=True),
+                    error_response(502, "bad_gateway", self.ctx.request_id, "response_content_type_unknown")]
+        self.response_json = jsonbody.is_json(event.content_type)
+        return None
+
     def _response_body(self, event: ResponseBody, now: float) -> list[Action]:
+        if self.state != "response_body":
+            early = self._body_without_headers(event, now)
+            if early is not None:
+                return early
         self._expect("response_body")
         self.state = "done"
         self.ctx = replace(self.ctx, now=now)  # response_time_ms stays the time to the response headers
@@ -322,7 +366,9 @@ class Session:
                     return [Note("response_json_invalid", exc.reason, log=True),
                             error_response(502, "bad_gateway", self.ctx.request_id, f"response_json_{exc.reason}")]
         sets: list[tuple[str, str, bool]] = []
-        if body is not None:
+        if body is not None and not self.headers_sent:
+            # Without a headers message Envoy has sent the headers on already (and dropped content-length:
+            # BUFFERED_PARTIAL); a header edit here would be ignored.
             sets.append(("content-length", str(len(body)), False))
         if self.store_ttl is not None:
             final = body if body is not None else event.body

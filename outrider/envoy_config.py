@@ -99,7 +99,8 @@ def _match(route: RouteConfig) -> dict[str, Any]:
 _HOOKS: list[Any] = [None, None]
 
 
-def _route_hooks(config: GatewayConfig) -> tuple[list[tuple[str, Any]], list[Any], list[Any], list[Any]]:
+def _route_hooks(config: GatewayConfig) -> tuple[list[tuple[str, Any]], list[Any], list[Any], list[Any],
+                                                 list[Any]]:
     """The contributions' per-route hooks, bound once per (frozen) config object: compile_route runs per
     route, 10,000 times for a big config. [xds_server perf fix] Each list keeps contribution order, and the
     hooks see only (route, config), so calling them hook by hook gives what contribution by contribution did.
@@ -111,8 +112,9 @@ def _route_hooks(config: GatewayConfig) -> tuple[list[tuple[str, Any]], list[Any
             [c.route_fields for c in parts],
             [h for c in parts if (h := getattr(c, "route_headers", None)) is not None],
             [h for c in parts if (h := getattr(c, "route_options", None)) is not None],
+            [h for c in parts if (h := getattr(c, "companion_per_route", None)) is not None],
         )]
-    hooks: tuple[list[tuple[str, Any]], list[Any], list[Any], list[Any]] = _HOOKS[1]
+    hooks: tuple[list[tuple[str, Any]], list[Any], list[Any], list[Any], list[Any]] = _HOOKS[1]
     return hooks
 
 
@@ -140,11 +142,15 @@ def compile_route(route: RouteConfig, config: GatewayConfig) -> dict[str, Any]:
         # No check runs here, so nobody sets identity: a client must not be able to claim one.
         out["request_headers_to_remove"] = list(IDENTITY_HEADERS)
     per_filter: dict[str, Any] = {}
-    per_route_hooks, route_fields_hooks, route_headers_hooks, route_options_hooks = _route_hooks(config)
+    per_route_hooks, route_fields_hooks, route_headers_hooks, route_options_hooks, companion_hooks = \
+        _route_hooks(config)
     for filter_name, per_route in per_route_hooks:
         settings = per_route(route, config)
         if settings is not None:
             per_filter[filter_name] = settings
+    # Optional hook: per-route settings of the filters a service adds beside its own (http_filters_before/after).
+    for companion in companion_hooks:
+        per_filter.update(companion(route, config))
     if "route" in out:
         for route_fields in route_fields_hooks:
             fields = route_fields(route, config)
@@ -248,7 +254,14 @@ def compile_http_filters(config: GatewayConfig) -> list[dict[str, Any]]:
         "name": "envoy.filters.http.router",
         "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
     }
-    middle = [f for c in contributions() if (f := c.http_filter(config)) is not None]
+    middle: list[dict[str, Any]] = []
+    for c in contributions():
+        # Optional hooks: filters a service needs right before / after its own (ext_proc's response hold
+        # and header_to_metadata).
+        middle.extend(getattr(c, "http_filters_before", lambda _: [])(config))
+        if (f := c.http_filter(config)) is not None:
+            middle.append(f)
+        middle.extend(getattr(c, "http_filters_after", lambda _: [])(config))
     return [health, *middle, router]
 
 

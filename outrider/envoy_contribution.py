@@ -36,9 +36,12 @@ class FilterContribution(Protocol):
     request_body_buffer_limit); `request_headers_set(config) -> Iterable[str]`, the request headers the
     service sets for the upstream, which the kernel removes from client input before routing
     (outrider/envoy_edge.py); `network_filters(config) -> list[dict]`, network filters placed before the
-    HTTP connection manager on every listener (e.g. a per-connection rate limit); and
+    HTTP connection manager on every listener (e.g. a per-connection rate limit);
     `companions() -> list[FilterContribution]`: more filters of the same service, put right before its own
-    in the chain (ext_authz's jwt_authn and rbac for native enforcement).
+    in the chain (ext_authz's jwt_authn and rbac for native enforcement); and
+    `http_filters_before(config)` / `http_filters_after(config) -> list[dict]`, HTTP filters placed right
+    before / after the service's own, with `companion_per_route(route, config) -> dict[str, Any]`, their
+    typed_per_filter_config entries for a route (by filter name).
     """
 
     @property

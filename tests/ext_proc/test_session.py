@@ -77,8 +77,9 @@ def test_non_json_body_skips_the_body_phase(example_plans: dict[str, RoutePlan])
     session = Session(example_plans["messages"])
     reply = only(session.handle(req("/api/v1/messages/1", "POST", body=True,
                                     content_type="multipart/form-data; boundary=b"), T0), Reply)
-    # The response phases stay: the design's response transform reads every route's JSON responses.
-    assert reply.mode == ModeOverride(request_body=False, response_headers=True, response_body=True)
+    # The response body phase stays: the design's response transform reads every route's JSON responses
+    # (its content type comes with the body: no response headers message on this route).
+    assert reply.mode == ModeOverride(request_body=False, response_headers=False, response_body=True)
 
 
 def test_attack_in_json_body_is_refused_naming_the_rule(example_plans: dict[str, RoutePlan]) -> None:
@@ -108,7 +109,7 @@ def test_body_of_unknown_length_is_asked_for_partial(example_plans: dict[str, Ro
     # short instead of stalling the stream (ext_proc/envoy.py); the rest of the route's phases unchanged.
     session = Session(example_plans["messages"])
     reply = only(session.handle(req("/api/v1/messages/1", "POST", body=True, **JSON), T0), Reply)
-    assert reply.mode == ModeOverride(request_body=True, response_headers=True, response_body=True,
+    assert reply.mode == ModeOverride(request_body=True, response_headers=False, response_body=True,
                                       request_partial=True)
 
 

@@ -67,7 +67,7 @@ def test_response_only_phases_are_read_from_envoy_route() -> None:
     config = _config(data)
     route = next(r for r in config.routes if r.name == "admin")
     assert hop_state(EXT_PROC, compile_route(route, config)) == (
-        "messages: request headers, response headers, response body")
+        "messages: request headers, response body")  # the content type comes with the body (ext_proc/envoy.py)
     text = "\n".join(explain_route(config, route, ordered_plugins()))
     assert "request headers: to tell the upstream's responses from Envoy's own replies" in text
 

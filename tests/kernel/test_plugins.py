@@ -75,13 +75,16 @@ def test_unknown_section_is_an_error_with_field_and_line() -> None:
 def test_envoy_filters_come_from_the_plugins_in_their_order() -> None:
     names = [c.filter_name for c in contributions()]
     # ext_authz's companions (jwt_authn, rbac, lua: native enforcement) come right before its own filter.
-    native = ["envoy.filters.http.jwt_authn", "envoy.filters.http.rbac", "envoy.filters.http.lua"]
+    native = ["envoy.filters.http.jwt_authn", "envoy.filters.http.rbac", "outrider.native_roles"]
     assert names == ["envoy.filters.http.cors", *native, "envoy.filters.http.ext_authz",
                      "envoy.filters.http.ratelimit", "envoy.filters.http.ext_proc"]
     # No route of the example is native: those three stay out of the chain.
     chain = [f["name"] for f in compile_http_filters(load_config(EXAMPLE))]
-    assert chain == ["envoy.filters.http.health_check", *[n for n in names if n not in native],
-                     "envoy.filters.http.router"]
+    # ext_proc's companions for routes without a response headers message (ext_proc/envoy.py): the Lua
+    # response hold right before it, header_to_metadata (the content type) right after.
+    plain = [n for n in names if n not in native]
+    assert chain == ["envoy.filters.http.health_check", *plain[:3], "outrider.ext_proc_response_hold", plain[3],
+                     "envoy.filters.http.header_to_metadata", "envoy.filters.http.router"]
 
 
 def test_outrider_run_starts_what_the_plugins_ask_for(tmp_path: Path) -> None:
@@ -167,3 +170,17 @@ def test_one_entry_point_seen_twice_counts_once_and_a_name_clash_is_refused(monk
 
 GREETER = Greeter()
 OTHER = Greeter(name="other")
+
+
+def test_filter_names_stay_unique_with_every_companion() -> None:
+    """Per-route configs and a Lua script's route metadata go by filter name: native enforcement's Lua filter
+    and ext_proc's response hold (both Lua) must not share one."""
+    import yaml
+
+    from outrider.config import load_config_data
+
+    data = yaml.safe_load(EXAMPLE.read_text())
+    next(r for r in data["routes"] if r["name"] == "messages")["enforcement"] = "native"
+    names = [f["name"] for f in compile_http_filters(load_config_data(data, str(EXAMPLE), EXAMPLE.parent))]
+    assert "outrider.native_roles" in names and "outrider.ext_proc_response_hold" in names
+    assert len(names) == len(set(names)), names
