@@ -94,11 +94,18 @@ class Bench:
             ready=tcp_ready("127.0.0.1", self.ports.redis), log_path=workdir / "redis.log")
         self.token = mint_dev_token(ROOT / "examples" / "keys", "https://auth.outrider.dev", "outrider",
                                     subject="bench-user", roles=["user"], tier="free", ttl_s=3600)
+        self.tokens: dict[str, str] = {"free": self.token}
         self.samples: dict[tuple[str, str], list[Sample]] = {}
         self.memory: dict[str, list[Sample]] = {}
 
+    def token_of(self, tier: str) -> str:
+        if tier not in self.tokens:
+            self.tokens[tier] = mint_dev_token(ROOT / "examples" / "keys", "https://auth.outrider.dev", "outrider",
+                                               subject="bench-user", roles=["user"], tier=tier, ttl_s=3600)
+        return self.tokens[tier]
+
     def headers(self, scenario: Scenario) -> dict[str, str]:
-        auth = {"authorization": f"Bearer {self.token}"} if scenario.auth else {}
+        auth = {"authorization": f"Bearer {self.token_of(scenario.tier)}"} if scenario.auth else {}
         return {**scenario.headers, **auth}
 
     def base(self, variant: str) -> str:
@@ -184,6 +191,8 @@ def tables(bench: Bench, variants: Sequence[str], demo: tuple[float, float] | No
     out = []
     rate = bench.rate
     rows, cpu_rows, sat_rows = [], [], []
+    proxied = bench.samples.get(("Envoy → origin (no filters)", "-"))
+    proxy_rps = med(proxied, "rps") if proxied else None
     for scenario in SCENARIOS:
         for variant in variants if scenario.services else ["-"]:
             samples = bench.samples.get((scenario.name, variant))
@@ -193,6 +202,7 @@ def tables(bench: Bench, variants: Sequence[str], demo: tuple[float, float] | No
             label = VARIANT_LABEL[variant] if scenario.services else "—"
             rps = med(samples, "rps")
             rows.append([scenario.name, label, f"{rps:,.0f}{ratio(rps, med(floor, 'rps') if floor else None)}",
+                         f"{rps / proxy_rps:.3f}" if proxy_rps else "—",
                          f"{med(samples, 'p50'):.2f}", f"{med(samples, 'p90'):.2f}", f"{med(samples, 'p99'):.2f}",
                          f"{sum(s['non2xx'] for s in samples):.0f}"])
             cpu_cells = []
@@ -210,7 +220,8 @@ def tables(bench: Bench, variants: Sequence[str], demo: tuple[float, float] | No
                              f"{sum(sat_cells):.0f}"])
     out.append(print_table(
         "Throughput and latency",
-        ["scenario", "gRPC servers", "req/s at saturation (× floor)", f"p50 ms @{rate}/s", f"p90 ms @{rate}/s",
+        ["scenario", "gRPC servers", "req/s at saturation (× floor)", "× Envoy → origin", f"p50 ms @{rate}/s",
+         f"p90 ms @{rate}/s",
          f"p99 ms @{rate}/s", "non-2xx"], rows))
     out.append(print_table(
         f"CPU µs per request at {rate} req/s, per process tree (× the trivial floor's)",
@@ -227,7 +238,7 @@ def tables(bench: Bench, variants: Sequence[str], demo: tuple[float, float] | No
                              *[f"{max(s[name] for s in samples):.0f}" for name in (*SERVICES, "envoy", "redis")]])
     out.append(print_table("Peak memory (VmHWM, MiB; a service's processes summed: parent + workers)",
                            ["gRPC servers", "ext_authz", "ratelimit", "ext_proc", "Envoy", "Redis"], mem_rows))
-    full = SCENARIOS[-2].name
+    full = next(s.name for s in SCENARIOS if s.name.startswith("full pipeline"))
     costs = {v: sum(med(bench.samples[(full, v)], f"cpu_sat_{name}") for name in (*SERVICES, "envoy", "redis"))
              for v in variants if (full, v) in bench.samples}
     if costs:

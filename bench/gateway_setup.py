@@ -43,6 +43,7 @@ class Scenario:
     auth: bool = False
     body: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    tier: str = "free"  # the token's tier when `auth`
 
 
 SCENARIOS = (
@@ -53,6 +54,12 @@ SCENARIOS = (
     Scenario("+ ext_proc, request headers only", "/bench/proc-headers/x", ("ext_proc",)),
     Scenario("+ ext_proc, JSON request body", "/bench/proc-json/x", ("ext_proc",),
              body=JSON_BODY, headers={"content-type": "application/json"}),
+    # Issue 15's target request, through the example's own `messages` route, then the same policy with
+    # `enforcement: native` (Envoy's jwt_authn + rbac instead of ext_authz).
+    Scenario("GET /api/v1/messages/inbox, enterprise token (python)", "/api/v1/messages/inbox", SERVICES,
+             auth=True, tier="enterprise"),
+    Scenario("GET …/messages/inbox, enterprise token (enforcement: native)", "/bench/native/messages/inbox",
+             ("ratelimit", "ext_proc"), auth=True, tier="enterprise"),
     Scenario("full pipeline, every seed policy (GET /api/v1/users/profile)", "/api/v1/users/profile",
              SERVICES, auth=True),
     Scenario("cache hit (GET /api/v1/public/catalog/…)", "/api/v1/public/catalog/items",
@@ -113,6 +120,9 @@ def gateway_data(ports: Ports, workers: int) -> dict[str, Any]:
          "validation": {"enabled": False}, "cache": {"enabled": False},
          "transformations": {"request": {"json_body": {"user_id": "$.request.userId", "timestamp": "${now()}"}},
                              "response": {"add_headers": {}}}},
+        # The example's `messages` route as it is, but checked by Envoy's own filters.
+        {"name": "bench-native", "match": {"prefix": "/bench/native/"}, "upstream": "demo", "resource": "messages",
+         "enforcement": "native"},
         *data["routes"],
     ]
     return data
