@@ -104,6 +104,12 @@ def gateway_data(ports: Ports, workers: int) -> dict[str, Any]:
     rl = data["rate_limits"]
     rl["redis"] = {"url": f"redis://127.0.0.1:{ports.redis}/0"}
     rl["per_ip"] = _scale(rl["per_ip"])
+    # The ban and the connection rate are per address too, and every request of the bench comes from 127.0.0.1.
+    if "ban" in rl["per_ip"]:
+        ban = rl["per_ip"]["ban"]
+        rl["per_ip"]["ban"] = {**ban, "after_requests": min(ban["after_requests"] * LIMIT_SCALE, LIMIT_MAX)}
+    if "new_connections_per_second" in rl["per_ip"]:
+        rl["per_ip"]["new_connections_per_second"] = 1_000_000
     rl["tiers"] = {tier: [_scale(w) for w in windows] for tier, windows in rl["tiers"].items()}
     rl["endpoints"] = [{**e, "limit": _scale(e["limit"])} for e in rl["endpoints"]]
     now_header = {"add_headers": {"X-Seen-At": "${now()}"}}  # a value only the processor can compute
