@@ -27,8 +27,7 @@ from outrider.addresses import is_ip_address
 from outrider.config.errors import Problem
 from outrider.config.extensions import section
 from outrider.config.model import GatewayConfig, RouteConfig
-from outrider.envoy_contribution import load_assignment
-from outrider.envoy_tracing import SYSTEM_CA_FILE
+from outrider.envoy_contribution import load_assignment, verified_tls_socket
 
 Enforcement = Literal["python", "native"]
 NATIVE: Enforcement = "native"
@@ -194,14 +193,7 @@ def jwks_clusters(config: GatewayConfig) -> list[dict[str, Any]]:
             "load_assignment": load_assignment(name, [(host, url.port or (443 if tls else 80), 1)]),
         }
         if tls:
-            cluster["transport_socket"] = {"name": "envoy.transport_sockets.tls", "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
-                "sni": host,
-                "common_tls_context": {"validation_context": {
-                    "trusted_ca": {"filename": SYSTEM_CA_FILE},
-                    "match_typed_subject_alt_names": [{"san_type": "DNS", "matcher": {"exact": host}}],
-                }},
-            }}
+            cluster["transport_socket"] = verified_tls_socket(host)
         clusters.append(cluster)
     return clusters
 

@@ -91,3 +91,20 @@ def grpc_service_cluster(name: str, address: str, port: int, workers: int = 1) -
             "grpc_health_check": {},
         }],
     }
+
+
+# Debian's (and the image's) bundle of the system's trusted CAs.
+SYSTEM_CA_FILE = "/etc/ssl/certs/ca-certificates.crt"
+
+
+def verified_tls_socket(host: str) -> dict[str, Any]:
+    """An upstream TLS transport socket that checks the server's certificate against the system CAs and its
+    name against `host` (SNI too): for clusters to services outside the gateway (a JWKS URL, a collector)."""
+    return {"name": "envoy.transport_sockets.tls", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+        "sni": host,
+        "common_tls_context": {"validation_context": {
+            "trusted_ca": {"filename": SYSTEM_CA_FILE},
+            "match_typed_subject_alt_names": [{"san_type": "DNS", "matcher": {"exact": host}}],
+        }},
+    }}

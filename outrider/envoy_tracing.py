@@ -16,7 +16,7 @@ from typing import Any
 
 from outrider.addresses import is_ip_address
 from outrider.config.model import GatewayConfig
-from outrider.envoy_contribution import HTTP2_OPTIONS, load_assignment
+from outrider.envoy_contribution import HTTP2_OPTIONS, load_assignment, verified_tls_socket
 from outrider.tracing import ENDPOINT_ENV, parse_endpoint
 
 COLLECTOR_CLUSTER = "outrider_otel_collector"
@@ -24,7 +24,6 @@ SERVICE_NAME = "outrider-gateway"
 OTEL_CONFIG_TYPE = "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig"
 SAMPLERS_TYPE = "type.googleapis.com/envoy.extensions.tracers.opentelemetry.samplers.v3."
 # The system CA bundle (Debian/Ubuntu path) for an https:// collector.
-SYSTEM_CA_FILE = "/etc/ssl/certs/ca-certificates.crt"
 # Envoy's own span names mapped to the design's stages: the downstream span of a request is named by its
 # route's decorator (Envoy's default name is the host and path); the upstream span (spawn_upstream_span) is
 # Envoy's `router <cluster> egress`.
@@ -118,14 +117,7 @@ def collector_clusters(config: GatewayConfig) -> list[dict[str, Any]]:
         "load_assignment": load_assignment(COLLECTOR_CLUSTER, [(host, port, 1)]),
     }
     if tls:
-        cluster["transport_socket"] = {"name": "envoy.transport_sockets.tls", "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
-            "sni": host,
-            "common_tls_context": {"validation_context": {
-                "trusted_ca": {"filename": SYSTEM_CA_FILE},
-                "match_typed_subject_alt_names": [{"san_type": "DNS", "matcher": {"exact": host}}],
-            }},
-        }}
+        cluster["transport_socket"] = verified_tls_socket(host)
     return [cluster]
 
 

@@ -126,6 +126,16 @@ def _issues_of(exc: BaseException) -> list[dict[str, Any]]:
     return [{"field": None, "line": None, "reason": reason_of(exc)}]
 
 
+async def poll_forever(poll: Callable[[], Coroutine[Any, Any, bool]], interval_s: float) -> None:
+    """A config source's watch loop: `poll` every interval; a failed poll is logged and the loop goes on."""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            await poll()
+        except Exception:  # a watcher that dies silently would be worse than a logged failure
+            log.exception("config poll failed")
+
+
 class FileSource:
     """Standalone mode: the payload comes from a config file, re-read when it (or a file it names) changes.
 
@@ -206,12 +216,7 @@ class FileSource:
                          "kept": self.version})
 
     async def run(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval_s)
-            try:
-                await self.poll()
-            except Exception:  # a watcher that dies silently would be worse than a logged failure
-                log.exception("config poll failed")
+        await poll_forever(self.poll, self._interval_s)
 
 
 class XdsSource:

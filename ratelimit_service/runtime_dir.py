@@ -11,7 +11,7 @@ from typing import Any
 
 from outrider.config.watch import FileChangeDetector
 from outrider.metrics import config_reloads
-from outrider.service_main import WATCH_INTERVAL_S, StartupSettings
+from outrider.service_main import WATCH_INTERVAL_S, StartupSettings, poll_forever
 from outrider.service_resource import canonical_json
 from outrider.xds_client import ApplyFn, reason_of
 from ratelimit_service import file_set, reference_env
@@ -80,12 +80,7 @@ class RuntimeDirSource:
         return True
 
     async def run(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval_s)
-            try:
-                await self.poll()
-            except Exception:  # a watcher that dies silently would be worse than a logged failure
-                log.exception("config poll failed")
+        await poll_forever(self.poll, self._interval_s)
 
 
 def startup(env: Mapping[str, str] | None = None) -> tuple[StartupSettings, RuntimeDirSource]:
