@@ -3,6 +3,8 @@ some route has `enforcement: native`, the jwt_authn and rbac filters before it (
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from ext_authz import native
@@ -52,7 +54,7 @@ class ExtAuthzContribution:
 
     def companions(self) -> list[Any]:
         """The filters right before this one (kernel hook, outrider/envoy_config.py): native enforcement's."""
-        return [NativeJwtContribution(), NativeRbacContribution(), NativeRolesContribution()]
+        return list(NATIVE_CONTRIBUTIONS)
 
     def request_headers_set(self, config: GatewayConfig) -> tuple[str, ...]:
         """The identity headers: only an allowed check sets them, whatever a client sent is dropped first."""
@@ -63,56 +65,35 @@ class ExtAuthzContribution:
         return [grpc_service_cluster(EXT_AUTHZ_CLUSTER, authz.address, authz.port, authz.workers)]
 
 
-class NativeJwtContribution:
-    """jwt_authn: verifies the token on native routes only (in the chain only when some route is native)."""
+@dataclass(frozen=True)
+class NativeContribution:
+    """One of native enforcement's filters (jwt_authn, rbac, the roles Lua line): in the chain, with its
+    per-route config and clusters, only when some route is native."""
 
-    filter_name = native.JWT_AUTHN
+    filter_name: str
+    filter_of: Callable[[GatewayConfig], dict[str, Any]]
+    per_route_of: Callable[[RouteConfig | None, GatewayConfig], dict[str, Any] | None]
+    clusters_of: Callable[[GatewayConfig], list[dict[str, Any]]] = lambda _config: []
 
     def http_filter(self, config: GatewayConfig) -> dict[str, Any] | None:
-        return native.jwt_authn_filter(config) if native.any_native(config) else None
+        return self.filter_of(config) if native.any_native(config) else None
 
     def per_route(self, route: RouteConfig | None, config: GatewayConfig) -> dict[str, Any] | None:
-        return native.jwt_per_route(route, config) if native.any_native(config) else None
+        return self.per_route_of(route, config) if native.any_native(config) else None
 
     def route_fields(self, route: RouteConfig, config: GatewayConfig) -> dict[str, Any]:
         return {}
 
     def clusters(self, config: GatewayConfig) -> list[dict[str, Any]]:
-        # A jwks_url provider's host (a jwks_file is inlined).
-        return native.jwks_clusters(config) if native.any_native(config) else []
+        return self.clusters_of(config) if native.any_native(config) else []
 
 
-class NativeRbacContribution:
-    """rbac: a native route's grants on the verified payload; no rules of its own elsewhere."""
-
-    filter_name = native.RBAC
-
-    def http_filter(self, config: GatewayConfig) -> dict[str, Any] | None:
-        return native.rbac_filter() if native.any_native(config) else None
-
-    def per_route(self, route: RouteConfig | None, config: GatewayConfig) -> dict[str, Any] | None:
-        return native.rbac_per_route(route, config) if native.any_native(config) else None
-
-    def route_fields(self, route: RouteConfig, config: GatewayConfig) -> dict[str, Any]:
-        return {}
-
-    def clusters(self, config: GatewayConfig) -> list[dict[str, Any]]:
-        return []
-
-
-class NativeRolesContribution:
-    """lua: x-user-roles from the verified payload's roles (a list claim jwt_authn cannot copy), native routes."""
-
-    filter_name = native.LUA
-
-    def http_filter(self, config: GatewayConfig) -> dict[str, Any] | None:
-        return native.roles_filter(config) if native.any_native(config) else None
-
-    def per_route(self, route: RouteConfig | None, config: GatewayConfig) -> dict[str, Any] | None:
-        return native.roles_per_route(route, config) if native.any_native(config) else None
-
-    def route_fields(self, route: RouteConfig, config: GatewayConfig) -> dict[str, Any]:
-        return {}
-
-    def clusters(self, config: GatewayConfig) -> list[dict[str, Any]]:
-        return []
+NATIVE_CONTRIBUTIONS = (
+    # jwt_authn verifies the token on native routes only; a jwks_url provider's host gets a cluster (a
+    # jwks_file is inlined).
+    NativeContribution(native.JWT_AUTHN, native.jwt_authn_filter, native.jwt_per_route, native.jwks_clusters),
+    # rbac: a native route's grants on the verified payload; no rules of its own elsewhere.
+    NativeContribution(native.RBAC, lambda _config: native.rbac_filter(), native.rbac_per_route),
+    # lua: x-user-roles from the verified payload's roles (a list claim jwt_authn cannot copy).
+    NativeContribution(native.LUA, native.roles_filter, native.roles_per_route),
+)
