@@ -26,9 +26,9 @@ from ratelimit_service.backends.base import Backend, BackendError, Check
 from ratelimit_service.backends.memory import MemoryBackend
 from ratelimit_service.config import FAILURE_MODE_KEY
 from ratelimit_service.guard import GuardedBackend
-from ratelimit_service.service import SERVICE, RateLimitService, Settings, add_to_server
+from ratelimit_service.service import SERVICE, RateLimitService, Settings
 from tests.harness import ROOT
-from tests.ratelimit.helpers import table_of
+from tests.ratelimit.helpers import serving_stub, table_of
 
 Response = rls_pb2.RateLimitResponse
 LIMITS = """
@@ -82,15 +82,8 @@ class Held:
 async def serving(backend: Backend, **settings: object) -> AsyncIterator[rls_pb2_grpc.RateLimitServiceStub]:
     service = RateLimitService(Settings(table_of(LIMITS), **settings),  # type: ignore[arg-type]
                                GuardedBackend(backend, 5.0))
-    server = grpc.aio.server()
-    add_to_server(service, server)
-    port = server.add_insecure_port(f"127.0.0.1:{free_port()}")
-    await server.start()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            yield rls_pb2_grpc.RateLimitServiceStub(channel)
-    finally:
-        await server.stop(None)
+    async for stub in serving_stub(service):
+        yield stub
 
 
 async def test_each_route_gets_its_own_failure_policy_when_the_store_fails() -> None:

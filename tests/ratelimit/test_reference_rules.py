@@ -14,11 +14,11 @@ from pathlib import Path
 
 import grpc
 import pytest
-from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
+from envoy.service.ratelimit.v3 import rls_pb2
 from prometheus_client import CollectorRegistry
 
 from outrider.config.errors import ConfigError
-from outrider.process import ManagedProcess, free_port
+from outrider.process import ManagedProcess
 from ratelimit_service.backends.base import Backend
 from ratelimit_service.backends.memory import MemoryBackend
 from ratelimit_service.backends.redis_backend import RedisBackend
@@ -27,8 +27,8 @@ from ratelimit_service.decision import near_hits, near_threshold
 from ratelimit_service.guard import GuardedBackend
 from ratelimit_service.limits import LimitTable, compile_table
 from ratelimit_service.metrics import service_metrics
-from ratelimit_service.service import RateLimitService, Settings, add_to_server, local_cache_entries
-from tests.ratelimit.helpers import table_of
+from ratelimit_service.service import RateLimitService, Settings, local_cache_entries
+from tests.ratelimit.helpers import rls_request, serving_stub, table_of
 from tests.redis_harness import redis_url
 
 Response = rls_pb2.RateLimitResponse
@@ -51,12 +51,7 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
 
 
 def ask(*descriptors: tuple[tuple[str, str], ...], domain: str = "d", hits: int = 0) -> rls_pb2.RateLimitRequest:
-    out = rls_pb2.RateLimitRequest(domain=domain, hits_addend=hits)
-    for entries in descriptors:
-        d = out.descriptors.add()
-        for key, value in entries:
-            d.entries.add(key=key, value=value)
-    return out
+    return rls_request(*descriptors, domain=domain, hits=hits)
 
 
 def service_of(table: LimitTable, backend: Backend, registry: CollectorRegistry | None = None,
@@ -396,17 +391,9 @@ async def test_the_near_limit_stat_is_counted_per_descriptor() -> None:
 async def test_an_empty_domain_or_descriptor_list_is_invalid_argument(make: object, message: str) -> None:
     """ratelimit.go shouldRateLimitWorker: checkServiceErr on an empty domain and an empty descriptor list;
     an RPC error (INVALID_ARGUMENT here), not an answer."""
-    service = service_of(table_of(DETAILS), MemoryBackend())
-    server = grpc.aio.server()
-    add_to_server(service, server)
-    port = server.add_insecure_port(f"127.0.0.1:{free_port()}")
-    await server.start()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            with pytest.raises(grpc.aio.AioRpcError) as caught:
-                await rls_pb2_grpc.RateLimitServiceStub(channel).ShouldRateLimit(make(), timeout=5)  # type: ignore[operator]
-    finally:
-        await server.stop(None)
+    async for stub in serving_stub(service_of(table_of(DETAILS), MemoryBackend())):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.ShouldRateLimit(make(), timeout=5)  # type: ignore[operator]
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert caught.value.details() == message
 

@@ -18,7 +18,7 @@ from ratelimit_service.backends.base import Backend, BackendError, Check
 from ratelimit_service.backends.memory import MemoryBackend
 from ratelimit_service.guard import GuardedBackend
 from ratelimit_service.service import RateLimitService, Settings, add_to_server
-from tests.ratelimit.helpers import table_of
+from tests.ratelimit.helpers import rls_request, table_of
 
 Response = rls_pb2.RateLimitResponse
 LIMITS = """
@@ -37,12 +37,7 @@ descriptors:
 
 
 def request(*descriptors: tuple[tuple[str, str], ...], hits: int = 0, domain: str = "svc") -> rls_pb2.RateLimitRequest:
-    out = rls_pb2.RateLimitRequest(domain=domain, hits_addend=hits)
-    for entries in descriptors:
-        d = out.descriptors.add()
-        for key, value in entries:
-            d.entries.add(key=key, value=value)
-    return out
+    return rls_request(*descriptors, domain=domain, hits=hits)
 
 
 def headers(response: rls_pb2.RateLimitResponse) -> dict[str, str]:
