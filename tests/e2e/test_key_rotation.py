@@ -4,10 +4,8 @@ not ready until the keys are there."""
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +20,7 @@ from outrider.process import grpc_serving
 from outrider.supervisor import plan_processes
 from tests.conftest import start_stack
 from tests.harness import KEYS_DIR, ROOT, Stack, example_config_dict, with_free_ports, write_config
+from tests.jwks_endpoint import JwksEndpoint
 
 PROFILE = "/api/v1/users/profile"
 
@@ -71,56 +70,15 @@ def test_jwks_file_rotation(tmp_path: Path) -> None:
         stack.stop()
 
 
-class _JwksServer:
-    """A JWKS endpoint whose document (and status) the test changes; counts fetches."""
-
-    def __init__(self, document: dict[str, Any]) -> None:
-        self.document = document
-        self.status = 200
-        self.fetches = 0
-        self.fetched = threading.Condition()
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                with outer.fetched:
-                    outer.fetches += 1
-                    outer.fetched.notify_all()
-                if outer.status != 200:
-                    self.send_error(outer.status)
-                    return
-                body = json.dumps(outer.document).encode()
-                self.send_response(200)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/jwks.json"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def wait_fetches(self, count: int, timeout_s: float = 30.0) -> None:
-        with self.fetched:
-            assert self.fetched.wait_for(lambda: self.fetches >= count, timeout_s), f"{self.fetches} fetches"
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
-def jwks_server() -> Iterator[_JwksServer]:
+def jwks_server() -> Iterator[JwksEndpoint]:
     dev = json.loads((KEYS_DIR / "jwks.json").read_text())
-    server = _JwksServer({"keys": dev["keys"]})
+    server = JwksEndpoint({"keys": dev["keys"]})
     yield server
     server.close()
 
 
-def url_config(jwks_server: _JwksServer, **provider_settings: Any) -> dict[str, Any]:
+def url_config(jwks_server: JwksEndpoint, **provider_settings: Any) -> dict[str, Any]:
     data = example_config_dict()
     provider = data["auth"]["providers"][0]
     provider.pop("jwks_file")
@@ -129,7 +87,7 @@ def url_config(jwks_server: _JwksServer, **provider_settings: Any) -> dict[str, 
     return data
 
 
-def test_jwks_url_unknown_kid_triggers_refresh(tmp_path: Path, jwks_server: _JwksServer) -> None:
+def test_jwks_url_unknown_kid_triggers_refresh(tmp_path: Path, jwks_server: JwksEndpoint) -> None:
     data = url_config(jwks_server, jwks_refresh_s=3600, jwks_cooldown_s=1)
     stack = start_stack(tmp_path, data)
     try:
@@ -154,7 +112,7 @@ def test_jwks_url_unknown_kid_triggers_refresh(tmp_path: Path, jwks_server: _Jwk
         stack.stop()
 
 
-def test_not_ready_until_the_jwks_url_answers(tmp_path: Path, jwks_server: _JwksServer) -> None:
+def test_not_ready_until_the_jwks_url_answers(tmp_path: Path, jwks_server: JwksEndpoint) -> None:
     # Envoy's jwt_authn activates its listener only after the initial JWKS fetch (RemoteJwks.async_fetch);
     # here ext_authz says NOT_SERVING on gRPC health until every provider has keys, so Envoy's
     # /health/ready (and `outrider run`, which waits for the service's health) stays red meanwhile.

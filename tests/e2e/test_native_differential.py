@@ -19,11 +19,8 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +33,7 @@ from jwt.algorithms import RSAAlgorithm
 
 from tests.conftest import start_stack
 from tests.harness import KEYS_DIR, Stack, example_config_dict
+from tests.jwks_endpoint import JwksEndpoint
 
 IDENTITY = ("x-user-id", "x-user-email", "x-user-roles", "x-user-tier")
 ISSUER = "https://auth.outrider.dev"
@@ -67,34 +65,9 @@ REMOTE_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 REMOTE_KID = "remote-1"
 
 
-def _remote_jwks() -> bytes:
+def _remote_jwks() -> dict[str, Any]:
     jwk = json.loads(RSAAlgorithm.to_jwk(REMOTE_KEY.public_key()))
-    return json.dumps({"keys": [{**jwk, "kid": REMOTE_KID, "alg": "RS256"}]}).encode()
-
-
-@contextmanager
-def jwks_server() -> Iterator[str]:
-    body = _remote_jwks()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(200)
-            self.send_header("content-type", "application/json")
-            self.send_header("content-length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/jwks.json"
-    finally:
-        server.shutdown()
-        server.server_close()
+    return {"keys": [{**jwk, "kid": REMOTE_KID, "alg": "RS256"}]}
 
 
 def _config(jwks_url: str | None = None) -> dict[str, Any]:
@@ -131,12 +104,15 @@ class Twin:
 
 @pytest.fixture(scope="module")
 def twin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Twin]:
-    with jwks_server() as url:
-        running = start_stack(tmp_path_factory.mktemp("native"), _config(url))
+    endpoint = JwksEndpoint(_remote_jwks())
+    try:
+        running = start_stack(tmp_path_factory.mktemp("native"), _config(endpoint.url))
         pair = Twin(running)
         yield pair
         pair.client.close()
         running.stop()
+    finally:
+        endpoint.close()
 
 
 def _b64(data: bytes) -> str:
