@@ -76,16 +76,19 @@ def explain_route(config: GatewayConfig, route: RouteConfig, plugins: Iterable[A
         if edits:
             lines.append(f"  Envoy edits {direction} headers itself (no hop): " + "; ".join(edits))
     in_chain = {http_filter["name"] for http_filter in compile_http_filters(config)}
+    hops = 0
     for plugin in plugins:
         name = plugin.contribution().filter_name
-        state = hop_state(name, envoy_route) if name in in_chain else None
+        state = hop_state(name, envoy_route)
         hook = getattr(plugin, "explain", None)
         reasons = list(hook(route, config)) if hook is not None else []
-        verdict = f"hop, {state}" if state is not None else "skipped"
         if name not in in_chain:
             verdict = "skipped (its filter is not in Envoy's chain: no route needs it)"
+        elif state is None:
+            verdict = "skipped"
+        else:
+            verdict, hops = f"hop, {state}", hops + 1
         lines.append(f"  {plugin.name}: {verdict}")
         lines.extend(f"    - {reason}" for reason in reasons)
-    hops = sum(1 for line in lines if ": hop" in line)
     lines.append(f"  {hops} service hop{'s' if hops != 1 else ''} per request")
     return lines
