@@ -420,6 +420,14 @@ class RateLimitsConfig(StrictModel):
     # LOCAL_CACHE_SIZE_IN_BYTES: memory for remembering counters over their limit until they reset, which
     # spares the store those round trips; never changes a decision or a reported count. 0: off.
     local_cache_size_bytes: Annotated[int, Field(ge=0, le=1 << 34)] = 0
+    # Where the limits are counted: `service` (ratelimit_service, Envoy's rate limit filter asks it per
+    # request) or `local` (compiled into Envoy's local_ratelimit filter, ratelimit_service/local_limits.py:
+    # no gRPC hop and no service process; counted per Envoy instance, token buckets instead of windows).
+    # `outrider validate` refuses what local mode cannot express (check_local_mode).
+    enforcement: Literal["service", "local"] = "service"
+    # local mode: buckets kept per wildcard descriptor (one per user and window, one per client address),
+    # least recently used dropped first (Envoy's max_dynamic_descriptors); a dropped bucket starts full again.
+    local_max_dynamic_descriptors: Annotated[int, Field(ge=1, le=10_000_000)] = 100_000
 
     @model_validator(mode="after")
     def _mesh_names(self) -> RateLimitsConfig:
@@ -518,6 +526,63 @@ def check_rate_limits(config: GatewayConfig) -> Iterator[Problem]:
             yield (("rate_limits", "endpoints", index),
                    f"no route with an upstream serves '{endpoint.path or endpoint.prefix}'")
     # rate_limits.files: ratelimit_service/file_set.py (check_files), which parses with this module's models.
+    if rl.enforcement == "local":
+        yield from check_local_mode(rl, config)
+
+
+def _windows(rl: RateLimitsConfig) -> Iterator[tuple[tuple[str | int, ...], WindowLimit]]:
+    """Every limit of the section with its field path."""
+    if rl.per_ip is not None:
+        yield ("rate_limits", "per_ip"), rl.per_ip
+    for tier, windows in rl.tiers.items():
+        for index, window in enumerate(windows):
+            yield ("rate_limits", "tiers", tier, index), window
+    for index, endpoint in enumerate(rl.endpoints):
+        yield ("rate_limits", "endpoints", index, "limit"), endpoint.limit
+
+
+def check_local_mode(rl: RateLimitsConfig, config: GatewayConfig) -> Iterator[Problem]:
+    """What `enforcement: local` cannot express: refused with the field, never silently dropped.
+
+    Envoy's local_ratelimit has token buckets per Envoy instance and nothing else
+    (api/envoy/extensions/filters/http/local_ratelimit/v3/local_rate_limit.proto): no store, no shadow
+    answer per descriptor, no ban, no other domain's descriptors, no per-connection call.
+    """
+    base = ("rate_limits",)
+    why = "not expressible in enforcement: local (Envoy's local_ratelimit)"
+    if rl.redis is not None:
+        yield (*base, "redis"), (f"{why}: counters live in each Envoy, not in a store; use enforcement: "
+                                 "service to share counters between replicas")
+    if rl.files:
+        yield (*base, "files"), (f"{why}: descriptor files are answered by ratelimit_service only; put tier, "
+                                 "per-IP and endpoint limits in rate_limits.tiers / per_ip / endpoints")
+    if rl.mesh:
+        yield (*base, "mesh"), f"{why}: a mesh's descriptors are answered by ratelimit_service only"
+    if rl.shadow_mode:
+        yield (*base, "shadow_mode"), f"{why}: local_ratelimit has no shadow answer"
+    if rl.local_cache_size_bytes:
+        yield (*base, "local_cache_size_bytes"), f"{why}: a cache of the service's store"
+    if rl.per_ip is not None:
+        if rl.per_ip.ban is not None:
+            yield (*base, "per_ip", "ban"), f"{why}: the automatic ban needs the service's store"
+        if rl.per_ip.new_connections_per_second is not None:
+            yield ((*base, "per_ip", "new_connections_per_second"),
+                   f"{why}: Envoy's network local_ratelimit has one bucket per listener, not per address")
+    for path, window in _windows(rl):
+        if window.unlimited:
+            continue
+        if window.shadow_mode:
+            yield (*path, "shadow_mode"), f"{why}: local_ratelimit has no shadow answer per limit"
+        if window.algorithm == "sliding_window":
+            yield ((*path, "algorithm"), f"{why}: local_ratelimit counts in token buckets; use fixed_window "
+                   "(a bucket of the window's size, refilled over the window) or token_bucket")
+        if window.requests_per_unit == 0:
+            yield (*path, "requests_per_unit"), f"{why}: a bucket needs at least one token (max_tokens > 0)"
+    for index, route in enumerate(config.routes):
+        own = section(route, "rate_limit", RouteRateLimit)
+        if own is not None and own.failure_mode is not None:
+            yield (("routes", index, "rate_limit", "failure_mode"),
+                   f"{why}: nothing can fail in Envoy's own buckets (no service, no store)")
 
 
 def rl_has_generated(rl: RateLimitsConfig) -> bool:

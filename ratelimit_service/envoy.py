@@ -7,6 +7,9 @@ Descriptors (domain `rate_limits.domain`) that ratelimit_service's compiled tabl
   [endpoint=<path, or prefix + '*'>]                 endpoint limits, shared by every caller
   [outrider_failure_mode=allow|deny]                 a route whose failure policy is not the gateway's
   [connection_address=<peer ip>]                     new connections per second per address (network filter)
+
+With `rate_limits.enforcement: local` the same actions feed Envoy's local_ratelimit filter instead
+(ratelimit_service/local_limits.py): no rate limit filter, no cluster, no call.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from ratelimit_service.config import (
     route_failure_mode,
     settings_of,
 )
+from ratelimit_service.local_limits import http_filter as local_http_filter
+from ratelimit_service.local_limits import is_local, tier_action_lists
 
 RATELIMIT_CLUSTER = "outrider_ratelimit"
 AUTHZ_NAMESPACE = "envoy.filters.http.ext_authz"
@@ -87,6 +92,9 @@ class RateLimitContribution:
         rl = rate_limits_of(config)
         if rl is None:
             return None
+        if is_local(rl):
+            # Counted in Envoy: its local_ratelimit filter, at the same place in the chain.
+            return local_http_filter(rl)
         service = settings_of(config)
         return {
             "name": self.filter_name,
@@ -112,7 +120,7 @@ class RateLimitContribution:
         descriptor's value is a substitution format (envoyproxy/envoy#19875, network RateLimit descriptors):
         the peer's address, which no client header can change."""
         rl = rate_limits_of(config)
-        if rl is None or rl.per_ip is None or rl.per_ip.new_connections_per_second is None:
+        if rl is None or is_local(rl) or rl.per_ip is None or rl.per_ip.new_connections_per_second is None:
             return []
         service = settings_of(config)
         return [{
@@ -143,12 +151,16 @@ class RateLimitContribution:
             native = native_identity(route, config)
             if native is None:
                 # ext_authz ran before us on this route and left the caller's tier and id in its metadata.
-                limits.append({"actions": [_metadata("tier", "tier"), _metadata("user_id", "user_id")]})
+                tier, user = _metadata("tier", "tier"), _metadata("user_id", "user_id")
             else:
                 # The same descriptor from the verified claims jwt_authn left (the default tier as ext_authz's).
                 tier_claim, default_tier = native
-                limits.append({"actions": [_payload("tier", tier_claim, default_tier),
-                                           _payload("user_id", "sub", ANONYMOUS)]})
+                tier, user = _payload("tier", tier_claim, default_tier), _payload("user_id", "sub", ANONYMOUS)
+            if is_local(rl):
+                # Envoy's buckets are matched on every entry: one descriptor per window of the plans.
+                limits.extend(tier_action_lists(rl, tier, user))
+            else:
+                limits.append({"actions": [tier, user]})
         for endpoint in rl.endpoints:
             if route_covers(route, endpoint):
                 limits.append({"actions": [{"header_value_match": {
@@ -157,7 +169,7 @@ class RateLimitContribution:
                     "headers": [{"name": ":path",
                                  "string_match": {"safe_regex": {"regex": _path_regex(endpoint)}}}],
                 }}]})
-        if limits and route_failure_mode(route, rl) != rl.failure_mode:
+        if limits and not is_local(rl) and route_failure_mode(route, rl) != rl.failure_mode:
             # Envoy's failure_mode_deny is one per filter: a route that fails otherwise tells the service,
             # which answers this route's undecidable requests (store down, load shed) by its policy.
             limits.append({"actions": [{"generic_key": {
@@ -165,7 +177,8 @@ class RateLimitContribution:
         return {"rate_limits": limits} if limits else {}
 
     def clusters(self, config: GatewayConfig) -> list[dict[str, Any]]:
-        if rate_limits_of(config) is None:
-            return []
+        rl = rate_limits_of(config)
+        if rl is None or is_local(rl):
+            return []  # local mode: nothing to call
         service = settings_of(config)
         return [grpc_service_cluster(RATELIMIT_CLUSTER, service.address, service.port, service.workers)]

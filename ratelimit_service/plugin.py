@@ -62,8 +62,9 @@ class RateLimitPlugin:
         return RateLimitContribution()
 
     def processes(self, config: GatewayConfig, config_path: Path) -> Sequence[ManagedProcess]:
-        if rate_limits_of(config) is None:
-            return []  # nothing limited: no filter, no cluster, no process
+        rl = rate_limits_of(config)
+        if rl is None or rl.enforcement == "local":
+            return []  # nothing limited, or counted in Envoy (local_limits.py): no cluster, no process
         return [service_process(SERVICE, "ratelimit_service", settings_of(config), config, config_path,
                                 from_control_plane=config.services.xds.enabled)]
 

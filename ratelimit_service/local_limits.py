@@ -1,0 +1,117 @@
+"""The rate limits compiled into Envoy's own local_ratelimit filter (`rate_limits.enforcement: local`).
+
+One filter in the HTTP chain (where the rate limit filter would be) holds every bucket, so a bucket is shared
+by all routes as the service's counters are; each route's `rate_limits` actions (ratelimit_service/envoy.py,
+the same actions the service path sends) say which buckets a request takes from. Per descriptor:
+
+  [remote_address=*]                              per_ip: a token bucket (burst, refilled at the rate)
+  [tier=<tier>, user_id=*, outrider_window=<unit>] one bucket per user, tier and window of the plan
+  [tier=<UNKNOWN_TIER>, user_id=*, outrider_window=<unit>]  a tier no plan names (unknown_tier's windows)
+  [endpoint=<path, or prefix + '*'>]              one bucket shared by every caller
+
+A wildcard entry (empty value) gives each distinct value its own bucket, at most max_dynamic_descriptors of
+them, least recently used dropped first (Envoy >= 1.34; api/envoy/extensions/common/ratelimit/v3/
+ratelimit.proto LocalRateLimitDescriptor, local_rate_limit.proto max_dynamic_descriptors).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from ratelimit_service.config import UNIT_SECONDS, RateLimitsConfig, WindowLimit
+
+LOCAL_FILTER = "envoy.filters.http.local_ratelimit"
+LOCAL_TYPE = "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit"
+STAT_PREFIX = "outrider_local_ratelimit"
+# The descriptor entry that tells a plan's windows apart (Envoy matches descriptors on their entries, so two
+# windows of one tier need one more entry each).
+WINDOW_KEY = "outrider_window"
+# The descriptor value of a tier no plan names: not a plan name (plan names start with a letter or digit).
+UNKNOWN_TIER = "*unknown"
+# The tier ext_authz (x-user-tier from the verified token) or jwt_authn (claim_to_headers) put on the request;
+# client-sent identity headers are removed on arrival (outrider/envoy_edge.py), so only they set it.
+TIER_HEADER = "x-user-tier"
+# The bucket of a request no descriptor matches: never empty (uint32 max, refilled each second).
+UNLIMITED_BUCKET = {"max_tokens": 4_294_967_295, "tokens_per_fill": 4_294_967_295, "fill_interval": "1s"}
+_PERCENT_ALL = {"default_value": {"numerator": 100, "denominator": "HUNDRED"}}
+
+
+def is_local(rl: RateLimitsConfig | None) -> bool:
+    return rl is not None and rl.enforcement == "local"
+
+
+def bucket(window: WindowLimit) -> dict[str, Any]:
+    """A window as a token bucket: `requests_per_unit` tokens, all refilled over one `unit` (Envoy refills
+    continuously: one token every unit/requests_per_unit); a token_bucket plan keeps its burst."""
+    size = window.burst if window.algorithm == "token_bucket" and window.burst else window.requests_per_unit
+    return {"max_tokens": size, "tokens_per_fill": window.requests_per_unit,
+            "fill_interval": f"{UNIT_SECONDS[str(window.unit)]}s"}
+
+
+def _descriptor(entries: list[tuple[str, str]], window: WindowLimit) -> dict[str, Any]:
+    return {"entries": [{"key": k, "value": v} for k, v in entries], "token_bucket": bucket(window)}
+
+
+def tier_units(rl: RateLimitsConfig) -> list[str]:
+    """Every window unit some plan has, in a stable order (one action list per unit on protected routes)."""
+    units = {str(w.unit) for windows in rl.tiers.values() for w in windows if not w.unlimited}
+    return sorted(units, key=lambda u: UNIT_SECONDS[u])
+
+
+def descriptors(rl: RateLimitsConfig) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    if rl.per_ip is not None and not rl.per_ip.unlimited:
+        out.append(_descriptor([("remote_address", "")], rl.per_ip))
+    plans = [(tier, windows) for tier, windows in rl.tiers.items()]
+    if rl.unknown_tier is not None:
+        plans.append((UNKNOWN_TIER, rl.tiers[rl.unknown_tier]))
+    for tier, windows in plans:
+        for window in windows:
+            if not window.unlimited:
+                out.append(_descriptor([("tier", tier), ("user_id", ""), (WINDOW_KEY, str(window.unit))], window))
+    for endpoint in rl.endpoints:
+        if not endpoint.limit.unlimited:
+            out.append(_descriptor([("endpoint", endpoint.value)], endpoint.limit))
+    return out
+
+
+def http_filter(rl: RateLimitsConfig) -> dict[str, Any]:
+    """The listener's local_ratelimit filter: every bucket, no actions of its own (a route's `rate_limits`
+    give the request's descriptors, stage 0 as the filter's)."""
+    return {
+        "name": LOCAL_FILTER,
+        "typed_config": {
+            "@type": LOCAL_TYPE,
+            "stat_prefix": STAT_PREFIX,
+            "token_bucket": UNLIMITED_BUCKET,
+            "filter_enabled": _PERCENT_ALL,
+            "filter_enforced": _PERCENT_ALL,
+            "descriptors": descriptors(rl),
+            "max_dynamic_descriptors": rl.local_max_dynamic_descriptors,
+            # x-ratelimit-limit / -remaining / -reset of the bucket that decided (draft 03 names).
+            "enable_x_ratelimit_headers": "DRAFT_VERSION_03" if rl.response_headers else "OFF",
+        },
+    }
+
+
+def _window(unit: str) -> dict[str, Any]:
+    return {"generic_key": {"descriptor_key": WINDOW_KEY, "descriptor_value": unit}}
+
+
+def tier_action_lists(rl: RateLimitsConfig, tier: dict[str, Any], user: dict[str, Any]) -> list[dict[str, Any]]:
+    """A protected route's tier descriptors: the service path's (tier, user_id) actions once per window unit,
+    and, with unknown_tier, the same for a tier the request's x-user-tier does not name."""
+    out = [{"actions": [tier, user, _window(unit)]} for unit in tier_units(rl)]
+    if rl.unknown_tier is not None:
+        known = "|".join(re.escape(t) for t in rl.tiers)
+        unknown = {"header_value_match": {
+            "descriptor_key": "tier", "descriptor_value": UNKNOWN_TIER, "expect_match": False,
+            # An absent header is the default tier (the metadata action's default): not unknown.
+            "headers": [{"name": TIER_HEADER, "treat_missing_header_as_empty": True,
+                         "string_match": {"safe_regex": {"regex": f"^({known}|)$"}}}],
+        }}
+        units = sorted({str(w.unit) for w in rl.tiers[rl.unknown_tier] if not w.unlimited},
+                       key=lambda u: UNIT_SECONDS[u])
+        out.extend({"actions": [unknown, user, _window(unit)]} for unit in units)
+    return out
