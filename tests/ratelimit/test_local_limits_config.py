@@ -1,0 +1,102 @@
+"""`rate_limits.enforcement: local`: what `outrider validate` refuses (file, line, field, reason) and what the
+compiled Envoy config holds instead of the rate limit filter (no service: no filter, cluster nor process).
+
+The buckets follow api/envoy/extensions/filters/http/local_ratelimit/v3/local_rate_limit.proto and
+api/envoy/extensions/common/ratelimit/v3/ratelimit.proto (LocalRateLimitDescriptor: entries + token_bucket;
+an empty entry value is a wildcard, one bucket per value, Envoy >= 1.34).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from outrider.config import ConfigError, load_config
+from outrider.envoy_config import compile_bootstrap, compile_route
+from outrider.supervisor import plan_processes
+from ratelimit_service.local_limits import LOCAL_FILTER, UNKNOWN_TIER, WINDOW_KEY
+from tests.harness import example_config_dict, with_free_ports, write_config
+
+
+def _local() -> dict[str, Any]:
+    data = with_free_ports(example_config_dict())
+    rl = data["rate_limits"]
+    rl["enforcement"] = "local"
+    rl["per_ip"].pop("ban")
+    rl["per_ip"].pop("new_connections_per_second")
+    return data
+
+
+# (change to the valid local config, the field reported, a part of its reason)
+REFUSED = [
+    (lambda rl, d: rl.update(redis={"url": "redis://127.0.0.1:1/0"}), "rate_limits.redis", "not in a store"),
+    (lambda rl, d: rl.update(files=["limits.yaml"]), "rate_limits.files", "descriptor files"),
+    (lambda rl, d: rl.update(shadow_mode=True), "rate_limits.shadow_mode", "no shadow answer"),
+    (lambda rl, d: rl["per_ip"].update(ban={"after_requests": 10}), "rate_limits.per_ip.ban", "automatic ban"),
+    (lambda rl, d: rl["per_ip"].update(new_connections_per_second=5),
+     "rate_limits.per_ip.new_connections_per_second", "not per address"),
+    (lambda rl, d: rl["tiers"]["free"][0].update(algorithm="sliding_window"),
+     "rate_limits.tiers.free[0].algorithm", "token buckets"),
+    (lambda rl, d: rl["tiers"]["free"][1].update(shadow_mode=True), "rate_limits.tiers.free[1].shadow_mode",
+     "no shadow answer"),
+    (lambda rl, d: rl["endpoints"][0]["limit"].update(requests_per_unit=0),
+     "rate_limits.endpoints[0].limit.requests_per_unit", "max_tokens > 0"),
+    (lambda rl, d: rl.update(local_cache_size_bytes=1024), "rate_limits.local_cache_size_bytes", "store"),
+    (lambda rl, d: d["routes"][1].update(rate_limit={"failure_mode": "deny"}),
+     "routes[1].rate_limit.failure_mode", "nothing can fail"),
+]
+
+
+@pytest.mark.parametrize(("change", "field", "reason"), REFUSED, ids=[r[1] for r in REFUSED])
+def test_validate_refuses_what_local_cannot_express(change: Any, field: str, reason: str, tmp_path: Path) -> None:
+    data = _local()
+    change(data["rate_limits"], data)
+    path = write_config(data, tmp_path / "gateway.yaml")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    lines = str(caught.value).splitlines()
+    pattern = re.compile(rf"^{re.escape(str(path))}:\d+: {re.escape(field)}: not expressible in enforcement: local")
+    assert any(pattern.match(line) and reason in line for line in lines), lines
+
+
+def test_the_same_keys_pass_in_service_mode(tmp_path: Path) -> None:
+    data = _local()
+    data["rate_limits"]["enforcement"] = "service"
+    data["rate_limits"]["shadow_mode"] = True
+    load_config(write_config(data, tmp_path / "gateway.yaml"))
+
+
+def test_local_mode_compiles_buckets_not_a_service(tmp_path: Path) -> None:
+    path = write_config(_local(), tmp_path / "gateway.yaml")
+    config = load_config(path)
+    bootstrap = compile_bootstrap(config)
+    text = str(bootstrap)
+    assert "envoy.filters.http.ratelimit'" not in text and "outrider_ratelimit" not in text
+    assert "envoy.filters.network.ratelimit" not in text
+    assert all(p.name != "ratelimit" for p in plan_processes(config, path, tmp_path, log_dir=tmp_path))
+    hcm = bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][-1]["typed_config"]
+    names = [f["name"] for f in hcm["http_filters"]]
+    # Where the rate limit filter stands: after ext_authz, so its metadata is there.
+    assert names.index(LOCAL_FILTER) > names.index("envoy.filters.http.ext_authz")
+    local = next(f for f in hcm["http_filters"] if f["name"] == LOCAL_FILTER)["typed_config"]
+    buckets = {tuple((e["key"], e["value"]) for e in d["entries"]): d["token_bucket"] for d in local["descriptors"]}
+    # free: 60/minute, 1000/hour, 10000/day; enterprise: 10000/minute and no other bucket (unlimited).
+    assert buckets[("tier", "free"), ("user_id", ""), (WINDOW_KEY, "minute")] == {
+        "max_tokens": 60, "tokens_per_fill": 60, "fill_interval": "60s"}
+    assert buckets[("tier", "free"), ("user_id", ""), (WINDOW_KEY, "day")]["fill_interval"] == "86400s"
+    assert [k for k in buckets if k[0] == ("tier", "enterprise")] == [
+        (("tier", "enterprise"), ("user_id", ""), (WINDOW_KEY, "minute"))]
+    assert buckets[("tier", UNKNOWN_TIER), ("user_id", ""), (WINDOW_KEY, "hour")]["max_tokens"] == 1000
+    # per_ip: the token bucket as the service counts it (burst 200, 100 a second).
+    assert buckets[(("remote_address", ""),)] == {"max_tokens": 200, "tokens_per_fill": 100, "fill_interval": "1s"}
+    assert buckets[(("endpoint", "/api/v1/search"),)]["max_tokens"] == 50
+    assert local["max_dynamic_descriptors"] == 100_000
+    # A protected route: the service path's (tier, user_id) actions once per window, no failure-mode key.
+    users = next(r for r in config.routes if r.name == "users")
+    limits = compile_route(users, config)["route"]["rate_limits"]
+    windows = [a["actions"][-1]["generic_key"]["descriptor_value"] for a in limits
+               if "generic_key" in a["actions"][-1]]
+    assert sorted(set(windows)) == ["day", "hour", "minute"]
