@@ -82,7 +82,11 @@ def explain_route(config: GatewayConfig, route: RouteConfig, plugins: Iterable[A
         state = hop_state(name, envoy_route)
         hook = getattr(plugin, "explain", None)
         reasons = list(hook(route, config)) if hook is not None else []
-        if name not in in_chain:
+        # Optional hook: a plugin whose work Envoy does itself on this route says so (no hop).
+        own = getattr(plugin, "explain_verdict", lambda _r, _c: None)(route, config)
+        if own is not None:
+            verdict = own
+        elif name not in in_chain:
             verdict = "skipped (its filter is not in Envoy's chain: no route needs it)"
         elif state is None:
             verdict = "skipped"

@@ -27,6 +27,7 @@ from ratelimit_service.config import (
 from ratelimit_service.config_warnings import config_warnings
 from ratelimit_service.envoy import RateLimitContribution
 from ratelimit_service.explain import explain as explain_route
+from ratelimit_service.explain import verdict as explain_verdict
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,10 @@ class RateLimitPlugin:
     def explain(self, route: RouteConfig, config: GatewayConfig) -> list[str]:
         """Why its filter runs on `route`, or not (`outrider explain-route`)."""
         return explain_route(route, config)
+
+    def explain_verdict(self, route: RouteConfig, config: GatewayConfig) -> str | None:
+        """The hop line when limits are counted in Envoy itself (enforcement: local), else None."""
+        return explain_verdict(route, config)
 
     def contribution(self) -> RateLimitContribution:
         return RateLimitContribution()

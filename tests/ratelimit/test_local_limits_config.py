@@ -100,3 +100,16 @@ def test_local_mode_compiles_buckets_not_a_service(tmp_path: Path) -> None:
     windows = [a["actions"][-1]["generic_key"]["descriptor_value"] for a in limits
                if "generic_key" in a["actions"][-1]]
     assert sorted(set(windows)) == ["day", "hour", "minute"]
+
+
+def test_explain_route_says_no_hop(tmp_path: Path) -> None:
+    from outrider.plugins import ordered_plugins
+    from outrider.route_explain import explain_route
+
+    config = load_config(write_config(_local(), tmp_path / "gateway.yaml"))
+    users = next(r for r in config.routes if r.name == "users")
+    lines = explain_route(config, users, ordered_plugins())
+    assert "  ratelimit: no hop (counted in Envoy, local_ratelimit): per user by tier (free, premium, " \
+           "enterprise); endpoint /api/v1/users/profile" in lines
+    # ext_authz and ext_proc remain; the rate limit is not counted as a hop.
+    assert lines[-1] == "  2 service hops per request"
