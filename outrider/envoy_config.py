@@ -160,9 +160,14 @@ def compile_route(route: RouteConfig, config: GatewayConfig) -> dict[str, Any]:
         for route_headers in route_headers_hooks:
             for key, items in route_headers(route, config).items():
                 out.setdefault(key, []).extend(items)
-        # Optional hook: fields of the Route itself (request_body_buffer_limit, ...).
+        # Optional hook: fields of the Route itself (request_body_buffer_limit, ...). Route metadata is
+        # shared: each service adds its own filter_metadata namespace to it.
         for route_options in route_options_hooks:
-            out.update(route_options(route, config))
+            options = route_options(route, config)
+            if "metadata" in options and "metadata" in out:
+                options = {**options, "metadata": {"filter_metadata": {
+                    **out["metadata"]["filter_metadata"], **options["metadata"]["filter_metadata"]}}}
+            out.update(options)
     if per_filter:
         out["typed_per_filter_config"] = per_filter
     return out

@@ -23,13 +23,15 @@ from ratelimit_service.config import (
     CONNECTION_KEY,
     FAILURE_MODE_KEY,
     EndpointLimit,
+    RateLimitsConfig,
     rate_limits_of,
     route_covers,
     route_failure_mode,
     settings_of,
 )
 from ratelimit_service.local_limits import http_filter as local_http_filter
-from ratelimit_service.local_limits import is_local, tier_action_lists
+from ratelimit_service.local_limits import is_local
+from ratelimit_service.local_limits import route_metadata as local_route_metadata
 
 RATELIMIT_CLUSTER = "outrider_ratelimit"
 AUTHZ_NAMESPACE = "envoy.filters.http.ext_authz"
@@ -83,6 +85,45 @@ def _path_regex(endpoint: EndpointLimit) -> str:
     return "^" + re.escape(str(endpoint.prefix)) + ".*$"
 
 
+def _tier_actions(route: RouteConfig, config: GatewayConfig) -> tuple[str, list[dict[str, Any]]]:
+    """The (tier, user_id) actions of a protected route, named by where they read the caller from."""
+    native = native_identity(route, config)
+    if native is None:
+        # ext_authz ran before us on this route and left the caller's tier and id in its metadata.
+        return "tier_authz", [_metadata("tier", "tier"), _metadata("user_id", "user_id")]
+    # The same descriptor from the verified claims jwt_authn left (the default tier as ext_authz's).
+    tier_claim, default_tier = native
+    return "tier_jwt", [_payload("tier", tier_claim, default_tier), _payload("user_id", "sub", ANONYMOUS)]
+
+
+def route_limits(route: RouteConfig, config: GatewayConfig,
+                 rl: RateLimitsConfig) -> list[tuple[str, list[dict[str, Any]]]]:
+    """The limits on a route, each as (its name, the descriptor actions the service path sends for it)."""
+    limits: list[tuple[str, list[dict[str, Any]]]] = []
+    if rl.per_ip is not None and (route.public or rl.per_ip.apply_to == "all"):
+        limits.append(("per_ip", [{"remote_address": {}}]))
+    if route.resource is not None and (rl.tiers or rl.unknown_tier):
+        limits.append(_tier_actions(route, config))
+    for index, endpoint in enumerate(rl.endpoints):
+        if route_covers(route, endpoint):
+            limits.append((f"endpoint_{index}", [{"header_value_match": {
+                "descriptor_key": "endpoint",
+                "descriptor_value": endpoint.value,
+                "headers": [{"name": ":path", "string_match": {"safe_regex": {"regex": _path_regex(endpoint)}}}],
+            }}]))
+    return limits
+
+
+def local_action_lists(config: GatewayConfig, rl: RateLimitsConfig) -> dict[str, list[dict[str, Any]]]:
+    """Every limit's actions, by name, over all routes (the local_ratelimit filter holds them once)."""
+    named: dict[str, list[dict[str, Any]]] = {}
+    for route in config.routes:
+        if route.direct_response is None:
+            for name, actions in route_limits(route, config, rl):
+                named.setdefault(name, actions)
+    return named
+
+
 class RateLimitContribution:
     """The rate limiter's FilterContribution (outrider/envoy_contribution.py)."""
 
@@ -94,7 +135,7 @@ class RateLimitContribution:
             return None
         if is_local(rl):
             # Counted in Envoy: its local_ratelimit filter, at the same place in the chain.
-            return local_http_filter(rl)
+            return local_http_filter(rl, local_action_lists(config, rl))
         service = settings_of(config)
         return {
             "name": self.filter_name,
@@ -142,39 +183,24 @@ class RateLimitContribution:
 
     def route_fields(self, route: RouteConfig, config: GatewayConfig) -> dict[str, Any]:
         rl = rate_limits_of(config)
-        if rl is None:
-            return {}
-        limits: list[dict[str, Any]] = []
-        if rl.per_ip is not None and (route.public or rl.per_ip.apply_to == "all"):
-            limits.append({"actions": [{"remote_address": {}}]})
-        if route.resource is not None and (rl.tiers or rl.unknown_tier):
-            native = native_identity(route, config)
-            if native is None:
-                # ext_authz ran before us on this route and left the caller's tier and id in its metadata.
-                tier, user = _metadata("tier", "tier"), _metadata("user_id", "user_id")
-            else:
-                # The same descriptor from the verified claims jwt_authn left (the default tier as ext_authz's).
-                tier_claim, default_tier = native
-                tier, user = _payload("tier", tier_claim, default_tier), _payload("user_id", "sub", ANONYMOUS)
-            if is_local(rl):
-                # Envoy's buckets are matched on every entry: one descriptor per window of the plans.
-                limits.extend(tier_action_lists(rl, tier, user))
-            else:
-                limits.append({"actions": [tier, user]})
-        for endpoint in rl.endpoints:
-            if route_covers(route, endpoint):
-                limits.append({"actions": [{"header_value_match": {
-                    "descriptor_key": "endpoint",
-                    "descriptor_value": endpoint.value,
-                    "headers": [{"name": ":path",
-                                 "string_match": {"safe_regex": {"regex": _path_regex(endpoint)}}}],
-                }}]})
-        if limits and not is_local(rl) and route_failure_mode(route, rl) != rl.failure_mode:
+        if rl is None or is_local(rl):
+            return {}  # local mode: the actions are the local_ratelimit filter's own (route_options gates them)
+        limits = [{"actions": actions} for _, actions in route_limits(route, config, rl)]
+        if limits and route_failure_mode(route, rl) != rl.failure_mode:
             # Envoy's failure_mode_deny is one per filter: a route that fails otherwise tells the service,
             # which answers this route's undecidable requests (store down, load shed) by its policy.
             limits.append({"actions": [{"generic_key": {
                 "descriptor_key": FAILURE_MODE_KEY, "descriptor_value": route_failure_mode(route, rl)}}]})
         return {"rate_limits": limits} if limits else {}
+
+    def route_options(self, route: RouteConfig, config: GatewayConfig) -> dict[str, Any]:
+        """Local mode: the route's metadata names the limits that apply to it (local_limits.route_gates)."""
+        rl = rate_limits_of(config)
+        if not is_local(rl) or route.direct_response is not None:
+            return {}
+        assert rl is not None
+        gates = [gate for gate, _ in route_limits(route, config, rl)]
+        return local_route_metadata(gates) if gates else {}
 
     def clusters(self, config: GatewayConfig) -> list[dict[str, Any]]:
         rl = rate_limits_of(config)

@@ -1,13 +1,16 @@
 """The rate limits compiled into Envoy's own local_ratelimit filter (`rate_limits.enforcement: local`).
 
-One filter in the HTTP chain (where the rate limit filter would be) holds every bucket, so a bucket is shared
-by all routes as the service's counters are; each route's `rate_limits` actions (ratelimit_service/envoy.py,
-the same actions the service path sends) say which buckets a request takes from. Per descriptor:
+One filter in the HTTP chain (where the rate limit filter would be) holds every bucket and every limit's
+descriptor actions (its embedded `rate_limits`; Envoy deprecates taking them from the route), so a bucket is
+shared by all routes as the service's counters are. Each action list starts with a gate: a `metadata` action on
+the route's own metadata (ROUTE_ENTRY, `skip_if_absent`), which only the routes the limit covers carry
+(route_metadata), so a route takes from the buckets the service path would charge on it. Then come the same
+actions the service path sends (ratelimit_service/envoy.py). Per descriptor:
 
-  [remote_address=*]                              per_ip: a token bucket (burst, refilled at the rate)
-  [tier=<tier>, user_id=*, outrider_window=<unit>] one bucket per user, tier and window of the plan
-  [tier=<UNKNOWN_TIER>, user_id=*, outrider_window=<unit>]  a tier no plan names (unknown_tier's windows)
-  [endpoint=<path, or prefix + '*'>]              one bucket shared by every caller
+  [outrider_limit=per_ip, remote_address=*]                       per_ip: a token bucket (burst, refill rate)
+  [outrider_limit=tier, tier=<tier>, user_id=*, outrider_window=<unit>]  per user, tier and window of a plan
+  [outrider_limit=tier, tier=<UNKNOWN_TIER>, user_id=*, outrider_window=<unit>]  a tier no plan names
+  [outrider_limit=endpoint, endpoint=<path, or prefix + '*'>]      one bucket shared by every caller
 
 A wildcard entry (empty value) gives each distinct value its own bucket, at most max_dynamic_descriptors of
 them, least recently used dropped first (Envoy >= 1.34; api/envoy/extensions/common/ratelimit/v3/
@@ -24,6 +27,9 @@ from ratelimit_service.config import UNIT_SECONDS, RateLimitsConfig, WindowLimit
 LOCAL_FILTER = "envoy.filters.http.local_ratelimit"
 LOCAL_TYPE = "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit"
 STAT_PREFIX = "outrider_local_ratelimit"
+# The route metadata namespace of the gates, and the descriptor entry a gate adds (its kind of limit).
+GATE_NAMESPACE = "outrider.local_ratelimit"
+GATE_KEY = "outrider_limit"
 # The descriptor entry that tells a plan's windows apart (Envoy matches descriptors on their entries, so two
 # windows of one tier need one more entry each).
 WINDOW_KEY = "outrider_window"
@@ -49,8 +55,24 @@ def bucket(window: WindowLimit) -> dict[str, Any]:
             "fill_interval": f"{UNIT_SECONDS[str(window.unit)]}s"}
 
 
-def _descriptor(entries: list[tuple[str, str]], window: WindowLimit) -> dict[str, Any]:
-    return {"entries": [{"key": k, "value": v} for k, v in entries], "token_bucket": bucket(window)}
+def _descriptor(kind: str, entries: list[tuple[str, str]], window: WindowLimit) -> dict[str, Any]:
+    return {"entries": [{"key": k, "value": v} for k, v in [(GATE_KEY, kind), *entries]],
+            "token_bucket": bucket(window)}
+
+
+def _kind(name: str) -> str:
+    """A limit's name (per_ip, tier_authz, tier_jwt, endpoint_<n>) → the gate entry's value."""
+    return name if name == "per_ip" else name.split("_")[0]
+
+
+def route_metadata(names: list[str]) -> dict[str, Any]:
+    """The Route's metadata that opens the gates of the limits on it."""
+    return {"metadata": {"filter_metadata": {GATE_NAMESPACE: {name: _kind(name) for name in names}}}}
+
+
+def _gate(name: str) -> dict[str, Any]:
+    return {"metadata": {"descriptor_key": GATE_KEY, "source": "ROUTE_ENTRY", "skip_if_absent": True,
+                         "metadata_key": {"key": GATE_NAMESPACE, "path": [{"key": name}]}}}
 
 
 def tier_units(rl: RateLimitsConfig) -> list[str]:
@@ -62,23 +84,36 @@ def tier_units(rl: RateLimitsConfig) -> list[str]:
 def descriptors(rl: RateLimitsConfig) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     if rl.per_ip is not None and not rl.per_ip.unlimited:
-        out.append(_descriptor([("remote_address", "")], rl.per_ip))
+        out.append(_descriptor("per_ip", [("remote_address", "")], rl.per_ip))
     plans = [(tier, windows) for tier, windows in rl.tiers.items()]
     if rl.unknown_tier is not None:
         plans.append((UNKNOWN_TIER, rl.tiers[rl.unknown_tier]))
     for tier, windows in plans:
         for window in windows:
             if not window.unlimited:
-                out.append(_descriptor([("tier", tier), ("user_id", ""), (WINDOW_KEY, str(window.unit))], window))
+                entries = [("tier", tier), ("user_id", ""), (WINDOW_KEY, str(window.unit))]
+                out.append(_descriptor("tier", entries, window))
     for endpoint in rl.endpoints:
         if not endpoint.limit.unlimited:
-            out.append(_descriptor([("endpoint", endpoint.value)], endpoint.limit))
+            out.append(_descriptor("endpoint", [("endpoint", endpoint.value)], endpoint.limit))
     return out
 
 
-def http_filter(rl: RateLimitsConfig) -> dict[str, Any]:
-    """The listener's local_ratelimit filter: every bucket, no actions of its own (a route's `rate_limits`
-    give the request's descriptors, stage 0 as the filter's)."""
+def action_lists(rl: RateLimitsConfig, named: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The filter's `rate_limits`: each limit's actions (by name, as route_limits gives them) behind its gate;
+    a tier limit's once per window unit."""
+    out: list[dict[str, Any]] = []
+    for name, actions in named.items():
+        if _kind(name) == "tier":
+            tier, user = actions
+            out.extend({"actions": [_gate(name), *a["actions"]]} for a in tier_action_lists(rl, tier, user))
+        else:
+            out.append({"actions": [_gate(name), *actions]})
+    return out
+
+
+def http_filter(rl: RateLimitsConfig, named: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """The listener's local_ratelimit filter: every bucket and every limit's actions."""
     return {
         "name": LOCAL_FILTER,
         "typed_config": {
@@ -88,6 +123,9 @@ def http_filter(rl: RateLimitsConfig) -> dict[str, Any]:
             "filter_enabled": _PERCENT_ALL,
             "filter_enforced": _PERCENT_ALL,
             "descriptors": descriptors(rl),
+            "rate_limits": action_lists(rl, named),
+            # A request no bucket matches takes nothing (Envoy's default is to take from the default bucket).
+            "always_consume_default_token_bucket": False,
             "max_dynamic_descriptors": rl.local_max_dynamic_descriptors,
             # x-ratelimit-limit / -remaining / -reset of the bucket that decided (draft 03 names).
             "enable_x_ratelimit_headers": "DRAFT_VERSION_03" if rl.response_headers else "OFF",

@@ -17,7 +17,7 @@ import pytest
 from outrider.config import ConfigError, load_config
 from outrider.envoy_config import compile_bootstrap, compile_route
 from outrider.supervisor import plan_processes
-from ratelimit_service.local_limits import LOCAL_FILTER, UNKNOWN_TIER, WINDOW_KEY
+from ratelimit_service.local_limits import GATE_NAMESPACE, LOCAL_FILTER, UNKNOWN_TIER, WINDOW_KEY
 from tests.harness import example_config_dict, with_free_ports, write_config
 
 
@@ -83,23 +83,33 @@ def test_local_mode_compiles_buckets_not_a_service(tmp_path: Path) -> None:
     assert names.index(LOCAL_FILTER) > names.index("envoy.filters.http.ext_authz")
     local = next(f for f in hcm["http_filters"] if f["name"] == LOCAL_FILTER)["typed_config"]
     buckets = {tuple((e["key"], e["value"]) for e in d["entries"]): d["token_bucket"] for d in local["descriptors"]}
+    tier = ("outrider_limit", "tier")
     # free: 60/minute, 1000/hour, 10000/day; enterprise: 10000/minute and no other bucket (unlimited).
-    assert buckets[("tier", "free"), ("user_id", ""), (WINDOW_KEY, "minute")] == {
+    assert buckets[tier, ("tier", "free"), ("user_id", ""), (WINDOW_KEY, "minute")] == {
         "max_tokens": 60, "tokens_per_fill": 60, "fill_interval": "60s"}
-    assert buckets[("tier", "free"), ("user_id", ""), (WINDOW_KEY, "day")]["fill_interval"] == "86400s"
-    assert [k for k in buckets if k[0] == ("tier", "enterprise")] == [
-        (("tier", "enterprise"), ("user_id", ""), (WINDOW_KEY, "minute"))]
-    assert buckets[("tier", UNKNOWN_TIER), ("user_id", ""), (WINDOW_KEY, "hour")]["max_tokens"] == 1000
+    assert buckets[tier, ("tier", "free"), ("user_id", ""), (WINDOW_KEY, "day")]["fill_interval"] == "86400s"
+    assert [k for k in buckets if k[1] == ("tier", "enterprise")] == [
+        (tier, ("tier", "enterprise"), ("user_id", ""), (WINDOW_KEY, "minute"))]
+    assert buckets[tier, ("tier", UNKNOWN_TIER), ("user_id", ""), (WINDOW_KEY, "hour")]["max_tokens"] == 1000
     # per_ip: the token bucket as the service counts it (burst 200, 100 a second).
-    assert buckets[(("remote_address", ""),)] == {"max_tokens": 200, "tokens_per_fill": 100, "fill_interval": "1s"}
-    assert buckets[(("endpoint", "/api/v1/search"),)]["max_tokens"] == 50
+    assert buckets[("outrider_limit", "per_ip"), ("remote_address", "")] == {
+        "max_tokens": 200, "tokens_per_fill": 100, "fill_interval": "1s"}
+    assert buckets[("outrider_limit", "endpoint"), ("endpoint", "/api/v1/search")]["max_tokens"] == 50
     assert local["max_dynamic_descriptors"] == 100_000
-    # A protected route: the service path's (tier, user_id) actions once per window, no failure-mode key.
-    users = next(r for r in config.routes if r.name == "users")
-    limits = compile_route(users, config)["route"]["rate_limits"]
-    windows = [a["actions"][-1]["generic_key"]["descriptor_value"] for a in limits
+    assert local["always_consume_default_token_bucket"] is False
+    # The actions are the filter's own, each behind a gate on the route's metadata: a protected route opens
+    # the tier gate (and its endpoint's), a public one the per-IP gate; the route carries no actions.
+    routes = {r.name: compile_route(r, config) for r in config.routes}
+    assert "rate_limits" not in routes["users"]["route"]
+    gates = {name: r.get("metadata", {}).get("filter_metadata", {}).get(GATE_NAMESPACE) for name, r in routes.items()}
+    assert gates["users"] == {"tier_authz": "tier", "endpoint_1": "endpoint"}
+    assert gates["public"] == {"per_ip": "per_ip"} and gates["health-live"] is None
+    windows = [a["actions"][-1]["generic_key"]["descriptor_value"] for a in local["rate_limits"]
                if "generic_key" in a["actions"][-1]]
     assert sorted(set(windows)) == ["day", "hour", "minute"]
+    # ext_proc's metadata on the same route is kept beside the gates.
+    messages = routes["messages"]["metadata"]["filter_metadata"]
+    assert messages[GATE_NAMESPACE] == {"tier_authz": "tier"} and len(messages) == 2
 
 
 def test_explain_route_says_no_hop(tmp_path: Path) -> None:

@@ -123,6 +123,9 @@ def test_no_rate_limit_service_is_called_or_even_started(local: Stack) -> None:
     # Envoy's own counters: the local filter refused, the rate limit filter (ratelimit.*) never ran.
     assert stats["outrider_local_ratelimit.http_local_rate_limit.rate_limited"] >= 1
     assert not any(k.startswith("cluster.outrider_ratelimit") for k in stats)
+    # The actions are the filter's own: Envoy's warning that route-level ones will be ignored never shows.
+    envoy_log = local.procs["envoy"].log_path
+    assert envoy_log is not None and "'descriptors' is set but only used by route" not in envoy_log.read_text()
 
 
 def _sequence(stack: Stack, users: dict[str, dict[str, str]]) -> list[int]:
