@@ -30,6 +30,7 @@ from ratelimit_service.config import (
     settings_of,
 )
 from ratelimit_service.local_limits import http_filter as local_http_filter
+from ratelimit_service.local_limits import answer_filter as local_answer_filter
 from ratelimit_service.local_limits import is_local
 from ratelimit_service.local_limits import route_metadata as local_route_metadata
 
@@ -154,6 +155,11 @@ class RateLimitContribution:
 
     def per_route(self, route: RouteConfig | None, config: GatewayConfig) -> dict[str, Any] | None:
         return None
+
+    def http_filters_before(self, config: GatewayConfig) -> list[dict[str, Any]]:
+        """Local mode: the Lua filter that gives local_ratelimit's answers the service path's headers and body."""
+        rl = rate_limits_of(config)
+        return [local_answer_filter(rl)] if rl is not None and is_local(rl) else []
 
     def network_filters(self, config: GatewayConfig) -> list[dict[str, Any]]:
         """Envoy's network rate limit filter when new connections are limited per address: it asks the service

@@ -43,6 +43,47 @@ UNLIMITED_BUCKET = {"max_tokens": 4_294_967_295, "tokens_per_fill": 4_294_967_29
 _PERCENT_ALL = {"default_value": {"numerator": 100, "denominator": "HUNDRED"}}
 
 
+# The answer: Envoy's local reply is a text 429 with x-ratelimit-* headers (draft 03 names). A Lua filter right
+# before local_ratelimit (so it sees the response after local_ratelimit added them) gives the service path's
+# answer instead: RateLimit-Limit / -Remaining / -Reset, and on a local 429 (marked by local_ratelimit's
+# response_headers_to_add, which applies to its own 429s only) Retry-After and the JSON body of
+# ratelimit_service/service.py rejection_body. (%RESP()% in a header value is not evaluated on a local reply,
+# and the custom_response filter is a work-in-progress API: Lua is what is left.)
+LUA_FILTER = "outrider.local_ratelimit_answer"
+LUA_TYPE = "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua"
+MARK = "x-outrider-local-ratelimited"
+_ANSWER_LUA = """
+function envoy_on_response(handle)
+  local h = handle:headers()
+  local limit = h:get("x-ratelimit-limit")
+  if limit == nil then return end
+  local remaining = h:get("x-ratelimit-remaining")
+  local reset = h:get("x-ratelimit-reset")
+  h:remove("x-ratelimit-limit")
+  h:remove("x-ratelimit-remaining")
+  h:remove("x-ratelimit-reset")
+  -- No bucket matched (the default one answered): no limit to tell.
+  if SHOW and limit ~= "4294967295" then
+    h:add("ratelimit-limit", limit)
+    h:add("ratelimit-remaining", remaining)
+    h:add("ratelimit-reset", reset)
+  end
+  if h:get("MARK") == nil then return end
+  h:remove("MARK")
+  local retry = math.max(1, tonumber(reset) or 1)
+  h:replace("retry-after", tostring(retry))
+  h:replace("content-type", "application/json")
+  handle:body(true):setBytes('{"error":"rate_limited","message":"Too many requests; retry later.","retry_after":' .. retry .. '}')
+end
+"""
+
+
+def answer_filter(rl: RateLimitsConfig) -> dict[str, Any]:
+    """The Lua filter that shapes local_ratelimit's answers as the service path's (see _ANSWER_LUA)."""
+    code = _ANSWER_LUA.replace("SHOW", "true" if rl.response_headers else "false").replace("MARK", MARK)
+    return {"name": LUA_FILTER, "typed_config": {"@type": LUA_TYPE, "default_source_code": {"inline_string": code}}}
+
+
 def is_local(rl: RateLimitsConfig | None) -> bool:
     return rl is not None and rl.enforcement == "local"
 
@@ -127,8 +168,10 @@ def http_filter(rl: RateLimitsConfig, named: dict[str, list[dict[str, Any]]]) ->
             # A request no bucket matches takes nothing (Envoy's default is to take from the default bucket).
             "always_consume_default_token_bucket": False,
             "max_dynamic_descriptors": rl.local_max_dynamic_descriptors,
-            # x-ratelimit-limit / -remaining / -reset of the bucket that decided (draft 03 names).
-            "enable_x_ratelimit_headers": "DRAFT_VERSION_03" if rl.response_headers else "OFF",
+            # x-ratelimit-limit / -remaining / -reset of the bucket that decided (draft 03 names), renamed by
+            # answer_filter; the mark tells it a 429 is this filter's own.
+            "enable_x_ratelimit_headers": "DRAFT_VERSION_03",
+            "response_headers_to_add": [{"header": {"key": MARK, "value": "1"}}],
         },
     }
 

@@ -60,6 +60,17 @@ def local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     stack.stop()
 
 
+def assert_429(response: httpx.Response) -> None:
+    """The service path's answer (ratelimit_service/service.py: rejection_body, Retry-After, RateLimit-*)."""
+    headers = response.headers
+    assert response.status_code == 429
+    assert headers["content-type"] == "application/json"
+    assert int(headers["retry-after"]) >= 1 and headers["ratelimit-remaining"] == "0"
+    assert response.json() == {"error": "rate_limited", "message": "Too many requests; retry later.",
+                               "retry_after": int(headers["retry-after"])}
+    assert "x-outrider-local-ratelimited" not in headers
+
+
 def _user(stack: Stack, tier: str) -> dict[str, str]:
     token = stack.token(f"{tier}-{uuid.uuid4().hex[:8]}", ("user",), tier)
     return {"authorization": f"Bearer {token}"}
@@ -79,12 +90,14 @@ def test_each_user_has_a_bucket_of_their_tier(local: Stack, route: str) -> None:
     path = f"/{route}/profile"
     enterprise = _burst(local, path, _user(local, "enterprise"), ENTERPRISE + 1)
     assert _codes(enterprise) == [200] * ENTERPRISE + [429]
-    # The bucket that decided: the enterprise minute (its hour is unlimited: no bucket).
-    assert [r.headers["x-ratelimit-limit"] for r in enterprise[:-1]] == [str(ENTERPRISE)] * ENTERPRISE
-    assert [r.headers["x-ratelimit-remaining"] for r in enterprise[:-1]] == [
+    # The bucket that decided: the enterprise minute (its hour is unlimited: no bucket), under the service
+    # path's header names.
+    assert [r.headers["ratelimit-limit"] for r in enterprise[:-1]] == [str(ENTERPRISE)] * ENTERPRISE
+    assert [r.headers["ratelimit-remaining"] for r in enterprise[:-1]] == [
         str(n) for n in range(ENTERPRISE - 1, -1, -1)]
-    assert enterprise[-1].headers["x-ratelimit-remaining"] == "0"
-    assert int(enterprise[-1].headers["x-ratelimit-reset"]) >= 1
+    assert not any(k.startswith("x-ratelimit") or k == "retry-after" for r in enterprise for k in r.headers
+                   if r.status_code == 200)
+    assert_429(enterprise[-1])
     # Another enterprise user: a bucket of their own.
     assert _codes(_burst(local, path, _user(local, "enterprise"), 1)) == [200]
     # The free tier: a smaller bucket.
@@ -100,6 +113,9 @@ def test_a_tier_no_plan_names_gets_the_unknown_tier_plan(local: Stack, route: st
 def test_public_routes_have_a_bucket_per_client_address(local: Stack) -> None:
     responses = _burst(local, "/api/v1/public/x", {}, PER_IP_BURST + 1)
     assert _codes(responses) == [200] * PER_IP_BURST + [429]
+    assert_429(responses[-1])
+    # One token a minute: the next one in 60 s at most.
+    assert int(responses[-1].headers["retry-after"]) <= 60
 
 
 def test_an_endpoint_limit_is_one_bucket_for_every_caller(local: Stack) -> None:
@@ -128,31 +144,44 @@ def test_no_rate_limit_service_is_called_or_even_started(local: Stack) -> None:
     assert envoy_log is not None and "'descriptors' is set but only used by route" not in envoy_log.read_text()
 
 
-def _sequence(stack: Stack, users: dict[str, dict[str, str]]) -> list[int]:
+def _answer(response: httpx.Response) -> tuple[Any, ...]:
+    """What must be the same in both modes: the status, and a 429's body and headers by name."""
+    if response.status_code != 429:
+        return (response.status_code, "ratelimit-limit" in response.headers)
+    return (429, response.headers["content-type"], sorted(response.json()),
+            sorted(k for k in response.headers if k.startswith("ratelimit-") or k == "retry-after"))
+
+
+def _sequence(stack: Stack, users: dict[str, dict[str, str]]) -> list[tuple[Any, ...]]:
     """One fixed sequence: bursts past each bucket on both routes, interleaved users."""
-    codes: list[int] = []
+    answers: list[tuple[Any, ...]] = []
     with stack.client() as client:
         for route in ("py", "nat"):
             for _ in range(ENTERPRISE + 2):
                 for name in ("enterprise", "free", "gold"):
-                    codes.append(client.get(f"/{route}/profile", headers=users[f"{route}-{name}"]).status_code)
+                    answers.append(_answer(client.get(f"/{route}/profile", headers=users[f"{route}-{name}"])))
         for _ in range(SHARED + 1):
-            codes.append(client.get("/nat/shared", headers=users["nat-enterprise"]).status_code)
-    return codes
+            answers.append(_answer(client.get("/nat/shared", headers=users["shared"])))
+    return answers
 
 
-def test_the_same_429_points_as_the_rate_limit_service(local: Stack,
-                                                       tmp_path_factory: pytest.TempPathFactory) -> None:
-    service = start_stack(tmp_path_factory.mktemp("service-limits"), _config("service"))
+def test_the_same_429_points_as_the_rate_limit_service(tmp_path_factory: pytest.TempPathFactory) -> None:
+    # Both from fresh buckets and counters (the endpoint's is shared by every caller).
+    stacks: list[Stack] = []
     try:
+        for mode in ("local", "service"):
+            stacks.append(start_stack(tmp_path_factory.mktemp(f"{mode}-limits"), _config(mode)))
         # The service counts in fixed minutes: run both sequences well inside one.
         while time.time() % 60 > 40:
             time.sleep(0.2)
         results = []
-        for stack in (local, service):
+        for stack in stacks:
             users = {f"{r}-{t}": _user(stack, t) for r in ("py", "nat") for t in ("enterprise", "free", "gold")}
+            users["shared"] = _user(stack, "enterprise")
             results.append(_sequence(stack, users))
     finally:
-        service.stop()
+        for stack in stacks:
+            stack.stop()
     assert results[0] == results[1]
-    assert results[0].count(429) > 0
+    # Per route: enterprise 2 over, free and gold (unknown: free's plan) 4 each; the endpoint 1.
+    assert sum(answer[0] == 429 for answer in results[0]) == 2 * (2 + 2 * (ENTERPRISE + 2 - FREE)) + 1
