@@ -29,8 +29,8 @@ from ratelimit_service.config import (
     route_failure_mode,
     settings_of,
 )
-from ratelimit_service.local_limits import http_filter as local_http_filter
 from ratelimit_service.local_limits import answer_filter as local_answer_filter
+from ratelimit_service.local_limits import http_filter as local_http_filter
 from ratelimit_service.local_limits import is_local
 from ratelimit_service.local_limits import route_metadata as local_route_metadata
 

@@ -73,7 +73,8 @@ function envoy_on_response(handle)
   local retry = math.max(1, tonumber(reset) or 1)
   h:replace("retry-after", tostring(retry))
   h:replace("content-type", "application/json")
-  handle:body(true):setBytes('{"error":"rate_limited","message":"Too many requests; retry later.","retry_after":' .. retry .. '}')
+  handle:body(true):setBytes('{"error":"rate_limited","message":"Too many requests; retry later.",'
+    .. '"retry_after":' .. retry .. '}')
 end
 """
 
