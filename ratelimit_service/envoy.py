@@ -32,6 +32,7 @@ from ratelimit_service.config import (
 from ratelimit_service.local_limits import answer_filter as local_answer_filter
 from ratelimit_service.local_limits import http_filter as local_http_filter
 from ratelimit_service.local_limits import is_local
+from ratelimit_service.local_limits import off_on_route as local_off_on_route
 from ratelimit_service.local_limits import route_metadata as local_route_metadata
 
 RATELIMIT_CLUSTER = "outrider_ratelimit"
@@ -198,6 +199,15 @@ class RateLimitContribution:
             limits.append({"actions": [{"generic_key": {
                 "descriptor_key": FAILURE_MODE_KEY, "descriptor_value": route_failure_mode(route, rl)}}]})
         return {"rate_limits": limits} if limits else {}
+
+    def companion_per_route(self, route: RouteConfig, config: GatewayConfig) -> dict[str, Any]:
+        """Local mode: local_ratelimit and its answer filter are off on a route no limit covers."""
+        rl = rate_limits_of(config)
+        if not is_local(rl):
+            return {}
+        assert rl is not None
+        covered = route.direct_response is None and route_limits(route, config, rl)
+        return {} if covered else local_off_on_route()
 
     def route_options(self, route: RouteConfig, config: GatewayConfig) -> dict[str, Any]:
         """Local mode: the route's metadata names the limits that apply to it (local_limits.route_gates)."""

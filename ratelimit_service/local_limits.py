@@ -85,6 +85,16 @@ def answer_filter(rl: RateLimitsConfig) -> dict[str, Any]:
     return {"name": LUA_FILTER, "typed_config": {"@type": LUA_TYPE, "default_source_code": {"inline_string": code}}}
 
 
+def off_on_route() -> dict[str, Any]:
+    """typed_per_filter_config of a route no limit covers: neither filter runs there. (A per-route
+    local_ratelimit config needs a token bucket; disabled, it never takes from it.)"""
+    return {
+        LOCAL_FILTER: {"@type": LOCAL_TYPE, "stat_prefix": STAT_PREFIX, "token_bucket": UNLIMITED_BUCKET,
+                       "filter_enabled": {"default_value": {"numerator": 0, "denominator": "HUNDRED"}}},
+        LUA_FILTER: {"@type": LUA_TYPE.replace(".Lua", ".LuaPerRoute"), "disabled": True},
+    }
+
+
 def is_local(rl: RateLimitsConfig | None) -> bool:
     return rl is not None and rl.enforcement == "local"
 

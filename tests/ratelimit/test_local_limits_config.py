@@ -17,7 +17,7 @@ import pytest
 from outrider.config import ConfigError, load_config
 from outrider.envoy_config import compile_bootstrap, compile_route
 from outrider.supervisor import plan_processes
-from ratelimit_service.local_limits import GATE_NAMESPACE, LOCAL_FILTER, UNKNOWN_TIER, WINDOW_KEY
+from ratelimit_service.local_limits import GATE_NAMESPACE, LOCAL_FILTER, LUA_FILTER, UNKNOWN_TIER, WINDOW_KEY
 from tests.harness import example_config_dict, with_free_ports, write_config
 
 
@@ -104,6 +104,11 @@ def test_local_mode_compiles_buckets_not_a_service(tmp_path: Path) -> None:
     gates = {name: r.get("metadata", {}).get("filter_metadata", {}).get(GATE_NAMESPACE) for name, r in routes.items()}
     assert gates["users"] == {"tier_authz": "tier", "endpoint_1": "endpoint"}
     assert gates["public"] == {"per_ip": "per_ip"} and gates["health-live"] is None
+    # Where no limit applies, neither the filter nor its Lua answer runs.
+    off = routes["health-live"]["typed_per_filter_config"]
+    assert off[LUA_FILTER]["disabled"] is True
+    assert off[LOCAL_FILTER]["filter_enabled"]["default_value"]["numerator"] == 0
+    assert LUA_FILTER not in routes["users"].get("typed_per_filter_config", {})
     windows = [a["actions"][-1]["generic_key"]["descriptor_value"] for a in local["rate_limits"]
                if "generic_key" in a["actions"][-1]]
     assert sorted(set(windows)) == ["day", "hour", "minute"]

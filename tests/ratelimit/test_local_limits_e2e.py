@@ -32,6 +32,7 @@ def _config(enforcement: str) -> dict[str, Any]:
     for key in ("transformations", "cache", "validation"):
         data.pop(key, None)
     data["routes"] = [
+        {"name": "live", "match": {"path": "/live"}, "direct_response": {"status": 200, "body": "{}"}},
         {"name": "public", "match": {"prefix": "/api/v1/public/"}, "upstream": "demo", "public": True},
         {"name": "py", "match": {"prefix": "/py/"}, "upstream": "demo", "resource": "profile"},
         {"name": "nat", "match": {"prefix": "/nat/"}, "upstream": "demo", "resource": "profile",
@@ -118,6 +119,12 @@ def test_public_routes_have_a_bucket_per_client_address(local: Stack) -> None:
     assert int(responses[-1].headers["retry-after"]) <= 60
 
 
+def test_a_route_no_limit_covers_is_not_limited_and_says_nothing(local: Stack) -> None:
+    responses = _burst(local, "/live", {}, PER_IP_BURST + 2)
+    assert _codes(responses) == [200] * (PER_IP_BURST + 2)
+    assert not any(k.startswith(("ratelimit", "x-ratelimit")) for r in responses for k in r.headers)
+
+
 def test_an_endpoint_limit_is_one_bucket_for_every_caller(local: Stack) -> None:
     callers = [_user(local, "enterprise") for _ in range(SHARED + 1)]
     with local.client() as client:
@@ -172,7 +179,7 @@ def test_the_same_429_points_as_the_rate_limit_service(tmp_path_factory: pytest.
         for mode in ("local", "service"):
             stacks.append(start_stack(tmp_path_factory.mktemp(f"{mode}-limits"), _config(mode)))
         # The service counts in fixed minutes: run both sequences well inside one.
-        while time.time() % 60 > 40:
+        while time.time() % 60 > 50:
             time.sleep(0.2)
         results = []
         for stack in stacks:
