@@ -2,7 +2,8 @@
 
 Whether a hop runs is read from the compiled Envoy route (its per-filter config and rate limit actions),
 never decided a second time here, so the explanation cannot disagree with what Envoy does. The reasons
-come from each service plugin's optional `explain(route, config) -> list[str]` hook.
+come from each service plugin's optional `explain(route, config) -> list[str]` hook; its optional
+`explain_verdict(route, config) -> str | None` replaces the hop line where Envoy does the service's work itself.
 """
 
 from __future__ import annotations
