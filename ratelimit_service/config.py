@@ -560,6 +560,10 @@ def check_local_mode(rl: RateLimitsConfig, config: GatewayConfig) -> Iterator[Pr
         yield (*base, "mesh"), f"{why}: a mesh's descriptors are answered by ratelimit_service only"
     if rl.shadow_mode:
         yield (*base, "shadow_mode"), f"{why}: local_ratelimit has no shadow answer"
+    if rl.stop_increment_when_over_limit:
+        yield ((*base, "stop_increment_when_over_limit"),
+               f"{why}: Envoy takes a request's buckets one by one, so a refused request stays charged to "
+               "those taken before the empty one")
     if rl.local_cache_size_bytes:
         yield (*base, "local_cache_size_bytes"), f"{why}: a cache of the service's store"
     if rl.per_ip is not None:

@@ -45,6 +45,8 @@ REFUSED = [
     (lambda rl, d: rl["endpoints"][0]["limit"].update(requests_per_unit=0),
      "rate_limits.endpoints[0].limit.requests_per_unit", "max_tokens > 0"),
     (lambda rl, d: rl.update(local_cache_size_bytes=1024), "rate_limits.local_cache_size_bytes", "store"),
+    (lambda rl, d: rl.update(stop_increment_when_over_limit=True), "rate_limits.stop_increment_when_over_limit",
+     "stays charged"),
     (lambda rl, d: d["routes"][1].update(rate_limit={"failure_mode": "deny"}),
      "routes[1].rate_limit.failure_mode", "nothing can fail"),
 ]
