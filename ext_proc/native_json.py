@@ -1,0 +1,84 @@
+"""The response JSON policy done in Envoy's Lua (ext_proc/lua/json_policy.lua): its source, and a route's params."""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from importlib.resources import files
+from typing import Any
+
+from ext_proc.config import RESPONSE_VARS, RouteSettings, parse_template, processor_header_adds
+from outrider.config.model import GatewayConfig
+
+# Where the request side (nreq's script) records, per request, what the response side reads: the request's
+# x-request-id as ext_proc would have seen it (ext_proc/session.py error_response puts it in the 502 body).
+NAMESPACE = "outrider.native_policy"
+REQUEST_ID_KEY = "request_id"
+# The only template variable the Lua renders: `${now()}` (ext_proc/templates.py iso_time, from the
+# handle's clock). The others need the request (client_ip, request_id, response_time_ms) or a generator
+# (uuid()): such a route stays with ext_proc.
+_LUA_VARS = frozenset({"now()"})
+
+
+@cache
+def json_policy_lua() -> str:
+    """Lua source defining `outrider_json_response(handle, p)` (and `outrider_json_transform`), no global."""
+    return files("ext_proc").joinpath("lua/json_policy.lua").read_text(encoding="utf-8")
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _field_value(value: Any) -> dict[str, Any] | None:
+    """One add_json_fields value as the Lua renders it (transforms._field_rules), None if it cannot."""
+    if isinstance(value, str):
+        if value.startswith("$") and not value.startswith("${"):
+            return None  # a JSONPath selection of the original document: not ported
+        parts = []
+        for kind, part in parse_template(value, RESPONSE_VARS):
+            if kind == "var" and part not in _LUA_VARS:
+                return None
+            if kind == "text" and not _utf8(part):
+                return None  # utf8_text would rewrite it; never in a config that loaded from YAML/JSON
+            parts.append({"text": part} if kind == "text" else {"var": part})
+        return {"parts": parts}
+    # int/float/bool/None: the text json.dumps writes (the Lua keeps integers as text, floats by repr)
+    return {"json": json.dumps(value)}
+
+
+def response_params(settings: RouteSettings, config: GatewayConfig) -> dict[str, Any] | None:
+    """The route's response params for the Lua (filter_metadata["outrider.native_policy"]["response"]),
+    or None when some of its response work is not done natively exactly as ext_proc does it."""
+    if settings.cache is not None:
+        return None  # the cache stores what ext_proc transformed: ext_proc's job
+    t = settings.transformations
+    if t is None:
+        return {"remove": [], "add": [], "max_body_bytes": 0, "hold_bytes": 0, "oversize_reject": False,
+                "namespace": NAMESPACE}
+    resp = t.response
+    if processor_header_adds(resp.add_headers, RESPONSE_VARS):
+        return None  # a response header only ext_proc renders
+    if any(name.startswith("$") for name in resp.remove_json_fields):
+        return None  # JSONPath removal: not ported
+    add = []
+    for target, value in resp.add_json_fields.items():
+        rendered = _field_value(value)
+        if rendered is None:
+            return None
+        add.append({"path": target.split("."), **rendered})
+    return {
+        # A plain name is removed at any depth (jsonbody.remove_names); duplicates mean nothing in a set.
+        "remove": list(dict.fromkeys(resp.remove_json_fields)),
+        "add": add,
+        "max_body_bytes": t.max_body_bytes,
+        # What Envoy can hold of a response (ext_proc/envoy.py route_options: the hold of body-only routes):
+        # a larger one reaches Python cut short, so it is never transformed there either.
+        "hold_bytes": min(t.max_body_bytes, config.edge.connection_buffer_bytes),
+        "oversize_reject": t.oversize_body == "reject",
+        "namespace": NAMESPACE,
+    }
