@@ -133,6 +133,16 @@ do
     local text = sub(S, i, j - 1)
     if is_float then
       local x = tonumber(text)
+      if not x then
+        -- LuaJIT's scanner gives up on an exponent of too many digits; Python's float() reads it as
+        -- inf (refused) or as a signed zero.
+        local negative = byte(text, 1) == 45
+        if find(text, "[eE]%-") or not find(text, "^-?[0.]*[1-9]") then
+          x = negative and -0.0 or 0.0
+        else
+          bad("number_out_of_range")
+        end
+      end
       if x == 1 / 0 or x == -1 / 0 then bad("number_out_of_range") end
       return { t = FLT, x = x, s = text }, j
     end
@@ -297,6 +307,13 @@ do
     return '"' .. s .. '"'
   end
 
+  local function incr(digits)  -- a decimal digit string plus one; true if it grew a digit
+    local i = #digits
+    while i > 0 and byte(digits, i) == 57 do i = i - 1 end
+    if i == 0 then return "1" .. string.rep("0", #digits), true end
+    return sub(digits, 1, i - 1) .. char(byte(digits, i) + 1) .. string.rep("0", #digits - i), false
+  end
+
   -- repr(float): the shortest digits that read back as the same double, Python's layout.
   local function float_digits(x, text)
     -- A literal of at most 15 significant digits of a normal double is its own shortest form: two decimals
@@ -312,23 +329,23 @@ do
         return digits, #int - lead + (tonumber(exp) or 0)
       end
     end
-    local s
     for n = 0, 16 do
-      s = format("%." .. n .. "e", x)
-      if tonumber(s) == x then break end
+      local s = format("%." .. n .. "e", x)
+      local d, e = s:match("^-?(%d[.%d]*)e([-+]%d+)$")
+      d, e = gsub(d, "%.", ""), tonumber(e)
+      if tonumber(s) == x then return (gsub(d, "0+$", "")), e + 1 end
       -- Next to a power of two the interval below x is half the one above: the nearest n-digit decimal
-      -- may miss while its upper neighbour reads back (Python's shortest form is that one).
+      -- may miss while its upper neighbour reads back, and that one is Python's shortest form.
       if math.frexp(ax) == 0.5 then
-        local d, e = s:match("^-?(%d[.%d]*)e([-+]%d+)$")
-        local up = format("%." .. n .. "e", (tonumber((d:gsub("%.", ""))) + 1) * 10 ^ (tonumber(e) - n))
-        up = (x < 0 and "-" or "") .. up:gsub("^-", "")
-        local dig, ex = up:match("^-?(%d[.%d]*)e([-+]%d+)$")
-        if #dig:gsub("%.", "") == n + 1 and tonumber(up) == x then s = up; break end
+        local up, carry = incr(d)
+        if tonumber((x < 0 and "-" or "") .. up .. "e" .. (e - n)) == x then
+          return (gsub(up, "0+$", "")), e + 1 + (carry and 1 or 0)
+        end
       end
     end
+    local s = format("%.16e", x)  -- 17 digits always read back
     local d, e = s:match("^-?(%d[.%d]*)e([-+]%d+)$")
-    d = d:gsub("%.", ""):gsub("0+$", "")
-    return d, tonumber(e) + 1
+    return (gsub(gsub(d, "%.", ""), "0+$", "")), tonumber(e) + 1
   end
 
   local function float_repr(node)
