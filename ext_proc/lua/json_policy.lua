@@ -539,6 +539,8 @@ do
     end
     local body = handle:body()
     if not body then return end
+    -- A wrapper from before the script yielded (body() does) is stale: "object used outside of proper scope".
+    headers = handle:headers()
     local size = body:length()
     if size == 0 then return end
     if size > p.max_body_bytes then
