@@ -7,7 +7,14 @@ from functools import cache
 from importlib.resources import files
 from typing import Any
 
-from ext_proc.config import RESPONSE_VARS, RouteSettings, parse_template, processor_header_adds
+from ext_proc.config import (
+    RESPONSE_VARS,
+    RouteSettings,
+    cache_of,
+    native_headers,
+    parse_template,
+    processor_header_adds,
+)
 from outrider.config.model import GatewayConfig
 
 # Where the request side (nreq's script) records, per request, what the response side reads: the request's
@@ -59,7 +66,7 @@ def response_params(settings: RouteSettings, config: GatewayConfig) -> dict[str,
     t = settings.transformations
     if t is None:
         return {"remove": [], "add": [], "max_body_bytes": 0, "hold_bytes": 0, "oversize_reject": False,
-                "namespace": NAMESPACE}
+                "namespace": NAMESPACE, "keep_headers": []}
     resp = t.response
     if processor_header_adds(resp.add_headers, RESPONSE_VARS):
         return None  # a response header only ext_proc renders
@@ -81,4 +88,15 @@ def response_params(settings: RouteSettings, config: GatewayConfig) -> dict[str,
         "hold_bytes": min(t.max_body_bytes, config.edge.connection_buffer_bytes),
         "oversize_reject": t.oversize_body == "reject",
         "namespace": NAMESPACE,
+        "keep_headers": _route_response_headers(settings, config),
     }
+
+
+def _route_response_headers(settings: RouteSettings, config: GatewayConfig) -> list[str]:
+    """The headers the route itself adds to responses (ext_proc/envoy.py route_headers): Envoy adds them to
+    ext_proc's 502 (a local reply) too, so the Lua's refusal keeps them and drops the upstream's others."""
+    names = [name for name, _, _ in native_headers(settings.transformations).response_add]
+    cache = cache_of(config)
+    if cache is not None and cache.enabled and settings.cache is None:
+        names.append("x-cache-status")  # BYPASS: the gateway caches, no rule covers this route
+    return list(dict.fromkeys(names))

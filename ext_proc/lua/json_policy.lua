@@ -501,13 +501,16 @@ do
     return base == "application/json" or (sub(base, 1, 12) == "application/" and sub(base, -5) == "+json")
   end
 
-  local function refuse(handle, headers, body_buffer, request_id)
-    -- session.error_response(502, "bad_gateway", ...): json.dumps with ASCII escapes, content-type only.
+  local function refuse(headers, body_buffer, request_id, keep)
+    -- session.error_response(502, "bad_gateway", ...): json.dumps with ASCII escapes, content-type only,
+    -- plus what Envoy adds to its local reply (the route's response_headers_to_add: `keep`).
     local body = '{"error":"bad_gateway","request_id":' .. quote(request_id, true) .. "}"
+    local kept = {}
+    for k = 1, keep and #keep or 0 do kept[keep[k]] = true end
     local names = {}
     for name, _ in pairs(headers) do names[#names + 1] = name end
     for k = 1, #names do
-      if sub(names[k], 1, 1) ~= ":" then headers:remove(names[k]) end
+      if sub(names[k], 1, 1) ~= ":" and not kept[names[k]] then headers:remove(names[k]) end
     end
     headers:replace(":status", "502")
     headers:replace("content-type", "application/json")
@@ -530,7 +533,7 @@ do
       if p.oversize_reject then
         -- The headers go out with the first chunk: turned into the error's first, then every chunk of the
         -- upstream's body is cleared and the last one carries the error body.
-        local error_body = refuse(handle, headers, nil, request_id)
+        local error_body = refuse(headers, nil, request_id, p.keep_headers)
         local last
         for chunk in handle:bodyChunks() do chunk:setBytes(""); last = chunk end
         if last then last:setBytes(error_body) end
@@ -544,13 +547,13 @@ do
     local size = body:length()
     if size == 0 then return end
     if size > p.max_body_bytes then
-      if p.oversize_reject then refuse(handle, headers, body, request_id) end
+      if p.oversize_reject then refuse(headers, body, request_id, p.keep_headers) end
       return
     end
     local ok, out = outrider_json_transform(body:getBytes(0, size), p, handle:timestamp())
     if not ok then
       handle:logWarn("outrider: response_json_" .. out)
-      refuse(handle, headers, body, request_id)
+      refuse(headers, body, request_id, p.keep_headers)
       return
     end
     body:setBytes(out)

@@ -199,7 +199,7 @@ def test_response_params_of_the_example_route() -> None:
         "add": [{"path": ["api_version"], "parts": [{"text": "v1"}]},
                 {"path": ["timestamp"], "parts": [{"var": "now()"}]}],
         "max_body_bytes": 1048576, "hold_bytes": 1048576, "oversize_reject": False,
-        "namespace": "outrider.native_policy",
+        "namespace": "outrider.native_policy", "keep_headers": ["x-response-time", "x-cache-status"],
     }
     json.dumps(params)  # route metadata is a JSON-able Struct
 

@@ -16,14 +16,13 @@ import httpx
 import pytest
 import yaml
 
-from ext_proc.config import ResponseTransforms, RouteSettings, TransformationsConfig
+from ext_proc.config import route_settings
+from ext_proc.envoy import ExtProcContribution
 from ext_proc.native_json import NAMESPACE, REQUEST_ID_KEY, json_policy_lua, response_params
-from outrider.config.loader import load_config
 from outrider.process import ManagedProcess, free_port, http_ready
 from outrider.supervisor import envoy_argv
 from tests.conftest import start_stack
-from tests.ext_proc.conftest import ext_proc_config_dict
-from tests.ext_proc.native_json_harness import EXAMPLE_CONFIG
+from tests.ext_proc.conftest import config_from, ext_proc_config_dict
 from tests.ext_proc.raw_upstream import Canned, RawUpstream
 from tests.harness import Stack
 
@@ -80,17 +79,22 @@ def raw_upstream() -> Iterator[RawUpstream]:
     upstream.stop()
 
 
+def gateway_data(upstream_port: int) -> dict[str, Any]:
+    data = ext_proc_config_dict()
+    data["upstreams"].append({"name": "raw", "endpoints": [{"address": "127.0.0.1", "port": upstream_port}]})
+    data["routes"] = [copy.deepcopy(ROUTE), *data["routes"]]
+    return data
+
+
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory, raw_upstream: RawUpstream) -> Iterator[Stack]:
-    data = ext_proc_config_dict()
-    data["upstreams"].append({"name": "raw", "endpoints": [{"address": "127.0.0.1", "port": raw_upstream.port}]})
-    data["routes"] = [copy.deepcopy(ROUTE), *data["routes"]]
-    running = start_stack(tmp_path_factory.mktemp("njson-gw"), data)
+    running = start_stack(tmp_path_factory.mktemp("njson-gw"), gateway_data(raw_upstream.port))
     yield running
     running.stop()
 
 
-def lua_bootstrap(port: int, admin: int, upstream: int, params: dict[str, Any]) -> dict[str, Any]:
+def lua_bootstrap(port: int, admin: int, upstream: int, params: dict[str, Any],
+                  route_headers: dict[str, Any]) -> dict[str, Any]:
     # Lua filter API (docs/root/configuration/http/http_filters/lua_filter.rst, envoyproxy/envoy): body()
     # "suspend[s] execution of the script until the entire body has been received in a buffer", headers
     # "can be modified ... after a body() call returns", metadata() is the route's filter_metadata under
@@ -100,7 +104,7 @@ def lua_bootstrap(port: int, admin: int, upstream: int, params: dict[str, Any]) 
                  "HttpConnectionManager",
         "stat_prefix": "lua", "preserve_external_request_id": True,
         "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [{
-            "match": {"prefix": "/"}, "route": {"cluster": "raw"},
+            "match": {"prefix": "/"}, "route": {"cluster": "raw"}, **route_headers,
             "metadata": {"filter_metadata": {FILTER: {"response": params}}}}]}]},
         "http_filters": [
             {"name": FILTER, "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
@@ -124,14 +128,17 @@ def lua_bootstrap(port: int, admin: int, upstream: int, params: dict[str, Any]) 
 
 @pytest.fixture(scope="module")
 def lua_envoy(tmp_path_factory: pytest.TempPathFactory, raw_upstream: RawUpstream) -> Iterator[str]:
-    config = load_config(EXAMPLE_CONFIG)
-    params = response_params(RouteSettings(TransformationsConfig(response=ResponseTransforms(**POLICY)), None, None),
-                             config)
+    # The gateway route's own settings and header edits (x-response-time, x-cache-status: BYPASS), as the
+    # native path gets them on that route.
+    config = config_from(gateway_data(raw_upstream.port))
+    route = next(r for r in config.routes if r.name == ROUTE["name"])
+    params = response_params(route_settings(route, config), config)
     assert params is not None
+    route_headers = ExtProcContribution().route_headers(route, config)
     workdir: Path = tmp_path_factory.mktemp("njson-lua")
     port, admin = free_port(), free_port()
     bootstrap = workdir / "envoy.yaml"
-    bootstrap.write_text(yaml.safe_dump(lua_bootstrap(port, admin, raw_upstream.port, params)))
+    bootstrap.write_text(yaml.safe_dump(lua_bootstrap(port, admin, raw_upstream.port, params, route_headers)))
     envoy = ManagedProcess("envoy-lua", envoy_argv(bootstrap), http_ready(f"http://127.0.0.1:{admin}/ready"),
                            log_path=workdir / "envoy.log")
     envoy.start()
@@ -153,6 +160,8 @@ def test_lua_answers_as_ext_proc(name: str, gateway: Stack, lua_envoy: str) -> N
     assert (lua.status_code, STAMP.sub(b"<now>", lua.content)) == (
         python.status_code, STAMP.sub(b"<now>", python.content))
     assert lua.headers.get("content-type") == python.headers.get("content-type")
+    if python.status_code == 502:  # the whole local reply: the route's headers, none of the upstream's
+        assert set(lua.headers) == set(python.headers)
     if name in REFUSED:
         assert lua.status_code == 502
         assert lua.content == b'{"error":"bad_gateway","request_id":"njson-%s"}' % name.encode()
