@@ -28,8 +28,12 @@ from tests.harness import Stack
 
 POLICY: dict[str, Any] = {"remove_json_fields": ["password", "internal_id", "secret_key"],
                           "add_json_fields": {"api_version": "v1", "meta.gw": 1.5, "timestamp": "${now()}"}}
-ROUTE = {"name": "lab-njson", "match": {"prefix": "/api/v1/lab/njson/"}, "upstream": "raw", "public": True,
-         "validation": {"enabled": False}, "transformations": {"response": POLICY}}
+SMALL = 1024  # max_body_bytes of the oversize routes
+ROUTES: list[dict[str, Any]] = [
+    {"name": f"lab-njson{suffix}", "match": {"prefix": f"/api/v1/lab/njson{suffix}/"}, "upstream": "raw",
+     "public": True, "validation": {"enabled": False}, "transformations": {"response": POLICY, **limits}}
+    for suffix, limits in (("", {}), ("-pass", {"max_body_bytes": SMALL}),
+                           ("-reject", {"max_body_bytes": SMALL, "oversize_body": "reject"}))]
 FILTER = "outrider.native_json_test"
 # The request side of the native path records the request id for the response side (nreq's script does it
 # in the gateway): the 502 body names it as ext_proc's error_response does.
@@ -82,7 +86,7 @@ def raw_upstream() -> Iterator[RawUpstream]:
 def gateway_data(upstream_port: int) -> dict[str, Any]:
     data = ext_proc_config_dict()
     data["upstreams"].append({"name": "raw", "endpoints": [{"address": "127.0.0.1", "port": upstream_port}]})
-    data["routes"] = [copy.deepcopy(ROUTE), *data["routes"]]
+    data["routes"] = [*copy.deepcopy(ROUTES), *data["routes"]]
     return data
 
 
@@ -93,8 +97,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory, raw_upstream: RawUpstream)
     running.stop()
 
 
-def lua_bootstrap(port: int, admin: int, upstream: int, params: dict[str, Any],
-                  route_headers: dict[str, Any]) -> dict[str, Any]:
+def lua_bootstrap(port: int, admin: int, upstream: int, routes: list[dict[str, Any]]) -> dict[str, Any]:
     # Lua filter API (docs/root/configuration/http/http_filters/lua_filter.rst, envoyproxy/envoy): body()
     # "suspend[s] execution of the script until the entire body has been received in a buffer", headers
     # "can be modified ... after a body() call returns", metadata() is the route's filter_metadata under
@@ -103,9 +106,7 @@ def lua_bootstrap(port: int, admin: int, upstream: int, params: dict[str, Any],
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
                  "HttpConnectionManager",
         "stat_prefix": "lua", "preserve_external_request_id": True,
-        "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [{
-            "match": {"prefix": "/"}, "route": {"cluster": "raw"}, **route_headers,
-            "metadata": {"filter_metadata": {FILTER: {"response": params}}}}]}]},
+        "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": routes}]},
         "http_filters": [
             {"name": FILTER, "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
                                               "default_source_code": {"inline_string": SCRIPT}}},
@@ -131,14 +132,18 @@ def lua_envoy(tmp_path_factory: pytest.TempPathFactory, raw_upstream: RawUpstrea
     # The gateway route's own settings and header edits (x-response-time, x-cache-status: BYPASS), as the
     # native path gets them on that route.
     config = config_from(gateway_data(raw_upstream.port))
-    route = next(r for r in config.routes if r.name == ROUTE["name"])
-    params = response_params(route_settings(route, config), config)
-    assert params is not None
-    route_headers = ExtProcContribution().route_headers(route, config)
+    routes = []
+    for route in config.routes:
+        if route.name.startswith("lab-njson"):
+            params = response_params(route_settings(route, config), config)
+            assert params is not None
+            routes.append({"match": {"prefix": f"/{route.name}/"}, "route": {"cluster": "raw"},
+                           **ExtProcContribution().route_headers(route, config),
+                           "metadata": {"filter_metadata": {FILTER: {"response": params}}}})
     workdir: Path = tmp_path_factory.mktemp("njson-lua")
     port, admin = free_port(), free_port()
     bootstrap = workdir / "envoy.yaml"
-    bootstrap.write_text(yaml.safe_dump(lua_bootstrap(port, admin, raw_upstream.port, params, route_headers)))
+    bootstrap.write_text(yaml.safe_dump(lua_bootstrap(port, admin, raw_upstream.port, routes)))
     envoy = ManagedProcess("envoy-lua", envoy_argv(bootstrap), http_ready(f"http://127.0.0.1:{admin}/ready"),
                            log_path=workdir / "envoy.log")
     envoy.start()
@@ -153,10 +158,33 @@ def _get(url: str, name: str) -> httpx.Response:
     return httpx.get(url, headers={"x-request-id": f"njson-{name}"}, timeout=10)
 
 
+def _both(gateway: Stack, lua_envoy: str, route: str, name: str) -> tuple[httpx.Response, httpx.Response]:
+    python = _get(f"{gateway.url}/api/v1/lab/{route.removeprefix('lab-')}/{name}", name)
+    lua = _get(f"{lua_envoy}/{route}/{name}", name)
+    return python, lua
+
+
+@pytest.mark.parametrize(("route", "name", "status"), [
+    ("lab-njson-pass", "plain", 200), ("lab-njson-pass", "big", 200), ("lab-njson-pass", "chunked", 200),
+    ("lab-njson-reject", "plain", 200), ("lab-njson-reject", "big", 502), ("lab-njson-reject", "chunked", 502),
+    ("lab-njson-reject", "nan", 502), ("lab-njson-reject", "not-json-type", 200),
+])
+def test_oversize_bodies_as_ext_proc(route: str, name: str, status: int, gateway: Stack, lua_envoy: str) -> None:
+    """max_body_bytes and oversize_body: a larger JSON body passes untouched or is refused whole (502), by a
+    declared length (before any of it is read) or by its size once read (chunked)."""
+    python, lua = _both(gateway, lua_envoy, route, name)
+    assert (lua.status_code, STAMP.sub(b"<now>", lua.content)) == (
+        python.status_code, STAMP.sub(b"<now>", python.content))
+    assert lua.status_code == status
+    if status == 502:
+        assert set(lua.headers) == set(python.headers)
+    elif len(BODIES[name].body) > SMALL:
+        assert lua.content == BODIES[name].body
+
+
 @pytest.mark.parametrize("name", sorted(BODIES))
 def test_lua_answers_as_ext_proc(name: str, gateway: Stack, lua_envoy: str) -> None:
-    python = _get(f"{gateway.url}/api/v1/lab/njson/{name}", name)
-    lua = _get(f"{lua_envoy}/{name}", name)
+    python, lua = _both(gateway, lua_envoy, "lab-njson", name)
     assert (lua.status_code, STAMP.sub(b"<now>", lua.content)) == (
         python.status_code, STAMP.sub(b"<now>", python.content))
     assert lua.headers.get("content-type") == python.headers.get("content-type")
