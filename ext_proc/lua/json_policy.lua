@@ -24,11 +24,17 @@ do
   local function bad(reason) error({ reason = reason }, 0) end
 
   -- ---- UTF-8, as Python's strict decoder takes it ----
+  -- Byte loops rather than string.find with a pattern: LuaJIT compiles byte() and sub(), not pattern
+  -- matching, and leaving a compiled trace for every token made the parse 3-4 times slower.
   local function check_utf8(s)
-    local i = find(s, "[\128-\255]")
-    local n = #s
-    while i do
+    local i, n = 1, #s
+    while i <= n do
       local c = byte(s, i)
+      while c < 128 do
+        i = i + 1
+        if i > n then return end
+        c = byte(s, i)
+      end
       local need, lo, hi = 0, 128, 191
       if c >= 194 and c <= 223 then need = 1
       elseif c == 224 then need, lo = 2, 160
@@ -45,7 +51,7 @@ do
         local ck = byte(s, k)
         if ck < 128 or ck > 191 then bad("invalid_utf8") end
       end
-      i = find(s, "[\128-\255]", i + need + 1)
+      i = i + need + 1
     end
   end
 
@@ -63,8 +69,31 @@ do
     [116] = "\t" }
   local value
 
-  local function skip(i)
-    return find(S, "[^ \t\n\r]", i) or #S + 1
+  local function skip(i)  -- past JSON whitespace; #S + 1 at the end
+    local c = byte(S, i)
+    while c == 32 or c == 10 or c == 13 or c == 9 do
+      i = i + 1
+      c = byte(S, i)
+    end
+    return i
+  end
+
+  local function special(j)  -- the next quote, backslash or raw control character from j, and its byte
+    local c = byte(S, j)
+    while c and c ~= 34 and c ~= 92 and c >= 32 do
+      j = j + 1
+      c = byte(S, j)
+    end
+    return j, c
+  end
+
+  local function digits_end(j)  -- the first position from j that is not an ASCII digit
+    local c = byte(S, j)
+    while c and c >= 48 and c <= 57 do
+      j = j + 1
+      c = byte(S, j)
+    end
+    return j
   end
 
   local function hex4(i)
@@ -73,9 +102,8 @@ do
   end
 
   local function str(i)  -- i: the opening quote; returns the text and the position after the closing quote
-    local j = find(S, '["\\%z\1-\31]', i + 1)
-    if not j then bad("invalid_json") end
-    local c = byte(S, j)
+    local j, c = special(i + 1)
+    if not c then bad("invalid_json") end
     if c == 34 then return sub(S, i + 1, j - 1), j + 1 end
     local parts, n, start = {}, 0, i + 1
     while true do
@@ -105,9 +133,8 @@ do
       else
         bad("invalid_json")
       end
-      j = find(S, '["\\%z\1-\31]', start)
-      if not j then bad("invalid_json") end
-      c = byte(S, j)
+      j, c = special(start)
+      if not c then bad("invalid_json") end
     end
   end
 
@@ -115,20 +142,20 @@ do
     local j, c = i, byte(S, i)
     if c == 45 then j = j + 1; c = byte(S, j) end
     if c == 48 then j = j + 1
-    elseif c and c >= 49 and c <= 57 then j = select(2, find(S, "^%d+", j)) + 1
+    elseif c and c >= 49 and c <= 57 then j = digits_end(j)
     else bad("invalid_json") end
     local int_end, is_float = j - 1, false
-    if byte(S, j) == 46 and find(S, "^%d", j + 1) then
-      j = select(2, find(S, "^%d+", j + 1)) + 1
-      is_float = true
+    if byte(S, j) == 46 then
+      local e = digits_end(j + 1)
+      if e > j + 1 then j, is_float = e, true end
     end
     c = byte(S, j)
     if c == 101 or c == 69 then
       local k = j + 1
       c = byte(S, k)
       if c == 43 or c == 45 then k = k + 1 end
-      local _, e = find(S, "^%d+", k)
-      if e then j = e + 1; is_float = true end
+      local e = digits_end(k)
+      if e > k then j, is_float = e, true end
     end
     local text = sub(S, i, j - 1)
     if is_float then
@@ -303,7 +330,12 @@ do
       s = gsub(s, '[%z\1-\31"\\\127]', ESC)
       return '"' .. gsub(s, "[\192-\247][\128-\191]*", u_escape) .. '"'
     end
-    if find(s, '["\\%z\1-\31]') then s = gsub(s, '["\\%z\1-\31]', ESC) end
+    for k = 1, #s do
+      local c = byte(s, k)
+      if c == 34 or c == 92 or c < 32 then
+        return '"' .. gsub(s, '["\\%z\1-\31]', ESC) .. '"'
+      end
+    end
     return '"' .. s .. '"'
   end
 

@@ -28,11 +28,15 @@ NESTED = ResponseTransforms(
                      "meta.z": None, "x.y": -0.0, "password": "ü\n\"", "a.b.c": 1e16, "list": 7})
 POLICIES = {"example": EXAMPLE, "nested": NESTED}
 NOW_MS = 1_767_225_600_123  # a fixed clock: 2026-01-01T00:00:00.123Z
+_TRANSFORMERS: dict[int, tuple[ResponseTransforms, ResponseTransformer]] = {}
 
 
 def python_answer(raw: bytes, policy: ResponseTransforms, now_ms: int = NOW_MS) -> tuple[bool, bytes | str]:
     """What ext_proc makes of a response body: (True, bytes) or (False, refusal reason)."""
-    transformer = ResponseTransformer(policy)
+    known = _TRANSFORMERS.get(id(policy))  # compiled once per policy, as ext_proc compiles a route's plan once
+    if known is None or known[0] is not policy:
+        known = _TRANSFORMERS[id(policy)] = (policy, ResponseTransformer(policy))  # holds the policy: no id reuse
+    transformer = known[1]
     try:
         doc: Any = jsonbody.parse(raw, RESPONSE_MAX_DEPTH, strict=False)
     except jsonbody.BadJson as exc:
