@@ -175,8 +175,8 @@ def test_deep_documents_around_python_recursion_limit() -> None:
     params = LUA.table(params_for(POLICIES["example"]))
     limit = sys.getrecursionlimit()
     for depth in (300, 800, 900, limit + 10, 3000):
-        raw = b"[" * depth + b"x"
-        assert LUA.answer(raw, params) == python_answer(raw, POLICIES["example"]), depth
+        for raw in (b"[" * depth + b"x", b'{"a":' * depth + b"x", b'[{"a":' * (depth // 2) + b"x"):
+            assert LUA.answer(raw, params) == python_answer(raw, POLICIES["example"]), (depth, raw[:10])
 
 
 def test_the_clock_renders_as_iso_time() -> None:

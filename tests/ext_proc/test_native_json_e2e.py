@@ -62,6 +62,8 @@ BODIES: dict[str, Canned] = {
     "json-suffix": Canned(b'{"password":1}', content_type="application/problem+json; charset=utf-8"),
     "chunked": Canned(json.dumps({"password": "p", "pad": "x" * 150_000}).encode(), chunked=True),
     "big": Canned(b'{"pad":"' + b"y" * 300_000 + b'","password":"p"}'),
+    # above Envoy's 1 MiB connection buffer: neither path can hold it
+    "huge": Canned(b'{"pad":"' + b"z" * (2 << 20) + b'","password":"p"}'),
     # refused: the same 502 as ext_proc's error_response
     "nan": Canned(b'{"a":NaN}'),
     "utf8": Canned(b'{"a":"\xff"}'),
@@ -168,6 +170,7 @@ def _both(gateway: Stack, lua_envoy: str, route: str, name: str) -> tuple[httpx.
     ("lab-njson-pass", "plain", 200), ("lab-njson-pass", "big", 200), ("lab-njson-pass", "chunked", 200),
     ("lab-njson-reject", "plain", 200), ("lab-njson-reject", "big", 502), ("lab-njson-reject", "chunked", 502),
     ("lab-njson-reject", "nan", 502), ("lab-njson-reject", "not-json-type", 200),
+    ("lab-njson", "huge", 200), ("lab-njson-pass", "huge", 200), ("lab-njson-reject", "huge", 502),
 ])
 def test_oversize_bodies_as_ext_proc(route: str, name: str, status: int, gateway: Stack, lua_envoy: str) -> None:
     """max_body_bytes and oversize_body: a larger JSON body passes untouched or is refused whole (502), by a
@@ -182,7 +185,7 @@ def test_oversize_bodies_as_ext_proc(route: str, name: str, status: int, gateway
         assert lua.content == BODIES[name].body
 
 
-@pytest.mark.parametrize("name", sorted(BODIES))
+@pytest.mark.parametrize("name", sorted(set(BODIES) - {"huge"}))
 def test_lua_answers_as_ext_proc(name: str, gateway: Stack, lua_envoy: str) -> None:
     python, lua = _both(gateway, lua_envoy, "lab-njson", name)
     assert (lua.status_code, STAMP.sub(b"<now>", lua.content)) == (
