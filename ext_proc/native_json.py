@@ -26,6 +26,29 @@ REQUEST_ID_KEY = "request_id"
 # (uuid()): such a route stays with ext_proc.
 _LUA_VARS = frozenset({"now()"})
 
+# ext_proc/session.py's branches for a response whose only work is the JSON body policy, and the Lua's
+# (outrider_json_response) for each; tests/ext_proc/test_native_json_e2e.py compares both through Envoy.
+# - local reply of an earlier filter (ext_authz, rate limit): untouched / the Lua never runs (the request
+#   never reached it, so it was never marked native).
+# - no body (headers end the stream, HEAD, 204): untouched / body() gives nil.
+# - content type not JSON (jsonbody.is_json; missing counts as not JSON): untouched / the same test on the
+#   response's content-type header.
+# - declared length above max_body_bytes (or above what Envoy can hold: BUFFERED_PARTIAL gives Python a
+#   cut body): oversize_body pass → untouched, reject → 502 / decided from content-length before reading.
+# - body of unknown length (chunked) above max_body_bytes: the same / read with body(), then decided.
+# - empty body: untouched / the same.
+# - a body jsonbody.parse(strict=False) refuses: 502 {"error":"bad_gateway","request_id":...} (content-type
+#   only, plus the route's own response headers Envoy adds to a local reply) / the same status, headers and
+#   bytes (the upstream's other headers removed; respond() is "only valid in the request flow").
+# - transformed: remove_names, set_field per added field, dump() / the same bytes (the corpus test).
+# - the cache (lookup, store, invalidate, x-cache-status MISS/HIT): routes with a cache rule are not native.
+# Known differences: framing (the native answer has a content-length; ext_proc's goes out chunked, Envoy
+# drops content-length in BUFFERED_PARTIAL); a chunked JSON body larger than Envoy's buffer (the Lua's
+# body() cannot hold it: Envoy's own error, where Python passes it untouched or answers 502); a refused
+# chunked body (the Lua answers a clean 502, ext_proc can only reset a response already begun); documents
+# nested deeper than ~960 with a syntax error after that depth (Python's recursion limit depends on its
+# stack depth); multiple content-type headers (joined with "," by both, but header_to_metadata takes one).
+
 
 @cache
 def json_policy_lua() -> str:
