@@ -35,19 +35,22 @@ _LUA_VARS = frozenset({"now()"})
 #   response's content-type header.
 # - declared length above max_body_bytes (or above what Envoy can hold: BUFFERED_PARTIAL gives Python a
 #   cut body): oversize_body pass → untouched, reject → 502 / decided from content-length before reading.
-# - body of unknown length (chunked) above max_body_bytes: the same / read with body(), then decided.
+# - body of unknown length (chunked): transformed when it fits, else (cut at Envoy's buffer, or above
+#   max_body_bytes) untouched with pass / 502 with reject / pass: chunks collected and cleared as they go
+#   by, let through past the limit (outrider_json_stream); reject: read with body(), then decided.
 # - empty body: untouched / the same.
 # - a body jsonbody.parse(strict=False) refuses: 502 {"error":"bad_gateway","request_id":...} (content-type
 #   only, plus the route's own response headers Envoy adds to a local reply) / the same status, headers and
 #   bytes (the upstream's other headers removed; respond() is "only valid in the request flow").
 # - transformed: remove_names, set_field per added field, dump() / the same bytes (the corpus test).
 # - the cache (lookup, store, invalidate, x-cache-status MISS/HIT): routes with a cache rule are not native.
-# Known differences: framing (the native answer has a content-length; ext_proc's goes out chunked, Envoy
-# drops content-length in BUFFERED_PARTIAL); a chunked JSON body larger than Envoy's buffer (the Lua's
-# body() cannot hold it: Envoy's own error, where Python passes it untouched or answers 502); a refused
-# chunked body (the Lua answers a clean 502, ext_proc can only reset a response already begun); documents
-# nested deeper than ~960 with a syntax error after that depth (Python's recursion limit depends on its
-# stack depth); multiple content-type headers (joined with "," by both, but header_to_metadata takes one).
+# Known differences: framing (a declared-length answer keeps a content-length on the native path;
+# ext_proc's goes out chunked: Envoy drops content-length in BUFFERED_PARTIAL); on a reject route, a chunked
+# JSON body larger than Envoy's buffer is Envoy's own 500 (body() cannot hold it) where ext_proc answers 502;
+# a refused chunked body on a pass route is a 200 with an empty body (the headers went out first; ext_proc
+# resets the stream then); a refused declared-length body is a clean 502 on both; documents nested deeper
+# than ~960 with a syntax error after that depth (Python's recursion limit depends on its stack depth);
+# several content-type headers (header_to_metadata takes one, the Lua reads them joined with ",").
 
 
 @cache

@@ -551,6 +551,40 @@ do
     return body
   end
 
+  -- A body of unknown length (chunked) on an oversize_body: pass route. body() would make Envoy answer 500
+  -- past its buffer (the response is not streaming while a script holds it), where ext_proc, which gets
+  -- such a body cut at that buffer (BUFFERED_PARTIAL), passes it on untouched. So the chunks are collected
+  -- and cleared as they go by (the headers are on their way, as they are without a response headers
+  -- message to ext_proc): past the limit all that was collected goes out in the current chunk and the rest
+  -- streams untouched; at the end the last chunk carries the transformed document. A refusal cannot be a
+  -- 502 any more: the body stays empty (ext_proc can only reset the stream then; neither passes a byte).
+  local function outrider_json_stream(handle, p, request_id)
+    local parts, n, size, last = {}, 0, 0, nil
+    local limit = p.max_body_bytes < p.hold_bytes and p.max_body_bytes or p.hold_bytes
+    for chunk in handle:bodyChunks() do
+      if parts then
+        local length = chunk:length()
+        size = size + length
+        if length > 0 then n = n + 1; parts[n] = chunk:getBytes(0, length) end
+        if size > limit then
+          chunk:setBytes(concat(parts, "", 1, n))
+          parts = nil
+        else
+          chunk:setBytes("")
+        end
+      end
+      last = chunk
+    end
+    if not parts or size == 0 or not last then return end
+    local ok, out = outrider_json_transform(concat(parts, "", 1, n), p, handle:timestamp())
+    if not ok then
+      handle:logWarn("outrider: response_json_" .. out .. " (response begun: body dropped, request " ..
+        request_id .. ")")
+      return
+    end
+    last:setBytes(out)
+  end
+
   outrider_json_response = function(handle, p)
     local remove, add = p.remove, p.add
     if not ((remove and #remove > 0) or (add and #add > 0)) then return end
@@ -571,6 +605,9 @@ do
         if last then last:setBytes(error_body) end
       end
       return
+    end
+    if not declared and not p.oversize_reject then
+      return outrider_json_stream(handle, p, request_id)
     end
     local body = handle:body()
     if not body then return end
