@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from ext_proc.config import ResponseTransforms, RouteSettings, TransformationsConfig, route_settings
-from ext_proc.native_json import response_params
+from ext_proc.native_json import json_policy_lua, response_params
 from outrider.config.loader import load_config
 from tests.ext_proc.native_json_harness import (
     EXAMPLE_CONFIG,
@@ -217,3 +217,25 @@ def test_routes_the_lua_cannot_do_exactly_stay_with_ext_proc(response: dict[str,
     config = load_config(EXAMPLE_CONFIG)
     settings = RouteSettings(TransformationsConfig(response=ResponseTransforms(**response)), None, None)
     assert response_params(settings, config) is None
+
+
+def test_the_source_defines_no_global() -> None:
+    """nreq concatenates the source into its own filter script: it must set no global (Envoy's Lua state is
+    shared by every stream of a worker) and read none but Lua's own."""
+    runtime = LuaPolicy().runtime
+    answer = runtime.execute(b"""
+        local source = ...
+        local env = setmetatable({}, {
+          __index = function(_, name)
+            local known = _G[name]
+            if known == nil then error("reads global " .. tostring(name)) end
+            return known
+          end,
+          __newindex = function(_, name) error("sets global " .. tostring(name)) end,
+        })
+        local chunk = assert(loadstring(source .. "\\nreturn outrider_json_response, outrider_json_transform"))
+        setfenv(chunk, env)
+        local response, transform = chunk()
+        return type(response) == "function" and type(transform) == "function" and select(2, transform("{}", {}, 0))
+    """, json_policy_lua().encode())
+    assert answer == b"{}"

@@ -213,3 +213,12 @@ def test_a_refused_chunked_body_never_passes(lua_envoy: str) -> None:
     Lua drops the body, not one byte of it passes."""
     lua = _get(f"{lua_envoy}/lab-njson/broken-chunked", "broken-chunked")
     assert (lua.status_code, lua.content) == (200, b"")
+
+
+def test_the_502_names_the_request_id_as_ext_proc_writes_it(gateway: Stack, lua_envoy: str) -> None:
+    """error_response: json.dumps (ASCII escapes) of the request's x-request-id, quotes and backslashes too."""
+    rid = {"x-request-id": 'id "quoted" \\ back'}
+    python = httpx.get(f"{gateway.url}/api/v1/lab/njson/nan", headers=rid, timeout=10)
+    lua = httpx.get(f"{lua_envoy}/lab-njson/nan", headers=rid, timeout=10)
+    assert (lua.status_code, lua.content) == (python.status_code, python.content)
+    assert lua.content == b'{"error":"bad_gateway","request_id":"id \\"quoted\\" \\\\ back"}'
