@@ -593,6 +593,8 @@ do
     if not ct or not is_json(ct) then return end
     local marks = handle:streamInfo():dynamicMetadata():get(p.namespace or "outrider.native_policy")
     local request_id = (marks and marks.request_id) or ""
+    local status = headers:get(":status")
+    if status == "204" or status == "304" then return end  -- no body, whatever content-length says
     local declared = tonumber(headers:get("content-length") or "")
     if declared and declared > 0 and (declared > p.max_body_bytes or declared > p.hold_bytes) then
       -- More than the route transforms, or than Envoy could hold for Python: never buffered here.

@@ -239,3 +239,44 @@ def test_the_source_defines_no_global() -> None:
         return type(response) == "function" and type(transform) == "function" and select(2, transform("{}", {}, 0))
     """, json_policy_lua().encode())
     assert answer == b"{}"
+
+
+FAKE_HANDLE = b"""
+local response, headers_in, chunks = ...
+local headers = {}
+for k, v in pairs(headers_in) do headers[k] = v end
+local H = {}
+function H:get(k) return headers[k] end
+function H:replace(k, v) headers[k] = v end
+function H:remove(k) headers[k] = nil end
+setmetatable(H, {__pairs = function() return pairs(headers) end})
+local touched = false
+local handle = {}
+function handle:headers() return H end
+function handle:body() touched = true; return nil end
+function handle:bodyChunks() touched = true; return function() return nil end end
+function handle:streamInfo()
+  return {dynamicMetadata = function() return {get = function() return {request_id = "r"} end} end}
+end
+function handle:timestamp() return 0 end
+function handle:logWarn() end
+return function(p)
+  response(handle, p)
+  return headers[":status"], touched
+end
+"""
+
+
+@pytest.mark.parametrize(("status", "touched"), [("204", False), ("304", False), ("200", True)])
+def test_statuses_without_a_body_are_left_alone(status: str, touched: bool) -> None:
+    """A 204 or 304 has no body whatever its content-length says (RFC 9110 §6.4.1): ext_proc sees its headers
+    end the stream and leaves it; the Lua must not refuse it as oversize (pure: a fake Envoy handle)."""
+    runtime = LuaPolicy().runtime
+    response = runtime.execute(json_policy_lua().encode() + b"\nreturn outrider_json_response")
+    lua = LuaPolicy()
+    lua.runtime = runtime
+    headers = lua.table({":status": status, "content-type": "application/json", "content-length": "999999999"})
+    run = runtime.execute(FAKE_HANDLE, response, headers, None)
+    params = lua.table({**params_for(POLICIES["example"]), "oversize_reject": True})
+    got_status, got_touched = run(params)
+    assert (got_status.decode(), bool(got_touched)) == (status if not touched else "502", touched)
