@@ -325,18 +325,20 @@ do
     return format("\\u%04x", cp)
   end
 
-  local function quote(s, ascii)
+  local function escaped(s, ascii)  -- a string's JSON text without its quotes
     if ascii then
       s = gsub(s, '[%z\1-\31"\\\127]', ESC)
-      return '"' .. gsub(s, "[\192-\247][\128-\191]*", u_escape) .. '"'
+      return (gsub(s, "[\192-\247][\128-\191]*", u_escape))
     end
     for k = 1, #s do
       local c = byte(s, k)
-      if c == 34 or c == 92 or c < 32 then
-        return '"' .. gsub(s, '["\\%z\1-\31]', ESC) .. '"'
-      end
+      if c == 34 or c == 92 or c < 32 then return (gsub(s, '["\\%z\1-\31]', ESC)) end
     end
-    return '"' .. s .. '"'
+    return s
+  end
+
+  local function quote(s, ascii)
+    return '"' .. escaped(s, ascii) .. '"'
   end
 
   local function incr(digits)  -- a decimal digit string plus one; true if it grew a digit
@@ -400,7 +402,8 @@ do
   write = function(node, out, n, ascii)
     local kind = type(node)
     if kind == "string" then
-      n = n + 1; out[n] = quote(node, ascii); return n
+      out[n + 1] = '"'; out[n + 2] = escaped(node, ascii); out[n + 3] = '"'
+      return n + 3
     end
     if kind == "number" then
       n = n + 1; out[n] = format("%d", node); return n
@@ -416,8 +419,8 @@ do
       for k = 1, node.n or 0 do
         local key = keys[k]
         if key then
-          n = n + 1; out[n] = first and quote(key, ascii) or ("," .. quote(key, ascii))
-          n = n + 1; out[n] = ":"
+          out[n + 1] = first and '"' or ',"'; out[n + 2] = escaped(key, ascii); out[n + 3] = '":'
+          n = n + 3
           first = false
           n = write(vals[k], out, n, ascii)
         end
