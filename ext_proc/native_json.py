@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from functools import cache
 from importlib.resources import files
 from typing import Any
@@ -80,6 +81,8 @@ def _field_value(value: Any) -> dict[str, Any] | None:
                 return None  # utf8_text would rewrite it; never in a config that loaded from YAML/JSON
             parts.append({"text": part} if kind == "text" else {"var": part})
         return {"parts": parts}
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # json.dumps writes NaN/Infinity, which is no JSON: left to ext_proc as it is
     # int/float/bool/None: the text json.dumps writes (the Lua keeps integers as text, floats by repr)
     return {"json": json.dumps(value)}
 

@@ -212,6 +212,8 @@ def test_response_params_of_the_example_route() -> None:
     {"add_json_fields": {"copy": "$.user.id"}},
     {"remove_json_fields": ["$.items[*].secret"]},
     {"add_headers": {"X-At": "${now()}"}},
+    {"add_json_fields": {"x": float("nan")}},
+    {"add_json_fields": {"x": float("-inf")}},
 ])
 def test_routes_the_lua_cannot_do_exactly_stay_with_ext_proc(response: dict[str, Any]) -> None:
     config = load_config(EXAMPLE_CONFIG)
