@@ -60,14 +60,6 @@ def json_policy_lua() -> str:
     return files("ext_proc").joinpath("lua/json_policy.lua").read_text(encoding="utf-8")
 
 
-def _utf8(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 def _field_value(value: Any) -> dict[str, Any] | None:
     """One add_json_fields value as the Lua renders it (transforms._field_rules), None if it cannot."""
     if isinstance(value, str):
@@ -77,8 +69,6 @@ def _field_value(value: Any) -> dict[str, Any] | None:
         for kind, part in parse_template(value, RESPONSE_VARS):
             if kind == "var" and part not in _LUA_VARS:
                 return None
-            if kind == "text" and not _utf8(part):
-                return None  # utf8_text would rewrite it; never in a config that loaded from YAML/JSON
             parts.append({"text": part} if kind == "text" else {"var": part})
         return {"parts": parts}
     if isinstance(value, float) and not math.isfinite(value):
