@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,6 +79,20 @@ MIN_CLIENTS, MAX_CLIENTS = 10, 256
 def clients_for(rate: float) -> int:
     """h2load connections for an open-loop run at `rate` req/s in total."""
     return max(MIN_CLIENTS, min(MAX_CLIENTS, math.ceil(rate / PER_CLIENT_RPS)))
+
+
+def warm_up(url: str, headers: dict[str, str], body: str | None, workdir: Path, requests: int = 320,
+            clients: int = 32) -> None:
+    """A fixed number of requests on as many connections as the saturation run (h2load -n; a second of wrk
+    did the same work in a fixed second): Envoy's connections to every worker, caches, Redis scripts."""
+    argv = ["h2load", "--h1", "-t", "1", "-c", str(clients), "-n", str(requests)]
+    if body is not None:
+        data = workdir / "warm-body.json"
+        data.write_text(body)
+        argv.append(f"--data={data}")
+    for key, value in headers.items():
+        argv += ["-H", f"{key}: {value}"]
+    subprocess.run([*argv, url], capture_output=True, text=True, check=True, timeout=60)
 
 
 def fixed_rate(url: str, headers: dict[str, str], body: str | None, rate: float, seconds: int,
