@@ -83,20 +83,25 @@ class Report:
     def floor(self, scenario: Scenario, variant: str) -> list[Sample] | None:
         return self.samples.get((scenario.name, "floor")) if variant not in ("floor", "-") else None
 
-    def baseline_rps(self) -> float | None:
+    def to_baseline(self, samples: list[Sample]) -> float:
+        """Issue 15's ratio: req/s ÷ Envoy → origin's req/s, each round's to the baseline measured in that variant
+        round (`pair_rps`), median over the rounds; without it, to the median of the Envoy-only baseline rows."""
+        paired = [s["rps"] / s["pair_rps"] for s in samples if s.get("pair_rps", 0) > 0]
+        if paired:
+            return statistics.median(paired)
         proxied = self.samples.get((BASELINE, "-"))
-        return med(proxied, "rps") if proxied else None
+        return med(samples, "rps") / med(proxied, "rps") if proxied else math.nan
 
     def throughput(self) -> str:
-        proxy_rps, rows = self.baseline_rps(), []
+        rows = []
         for scenario, variant, samples in self.rows():
             floor, rps = self.floor(scenario, variant), med(samples, "rps")
             rows.append([scenario.name, label(scenario, variant),
                          f"{rps:,.0f}{ratio(rps, med(floor, 'rps') if floor else None)}",
-                         f"{rps / proxy_rps:.3f}" if proxy_rps else "—",
+                         fmt(med(samples, "pair_rps"), ",.0f"), fmt(self.to_baseline(samples), ".3f"),
                          f"{sum(s['non2xx'] for s in samples):.0f}"])
         return print_table("Throughput", ["scenario", "gRPC servers", "req/s at saturation (× floor)",
-                                          "× Envoy → origin", "non-2xx"], rows)
+                                          "Envoy → origin req/s, same round", "× Envoy → origin", "non-2xx"], rows)
 
     def latency(self) -> str:
         rows = []
@@ -166,7 +171,7 @@ class Report:
             ["scenario", "gRPC servers", "req/s", *(PROCESS_LABEL[p] for p in PROCESSES), "sum"], rows)
 
     def targets(self) -> str:
-        proxy_rps, rows = self.baseline_rps(), []
+        rows = []
         by_issue = {s.issue: s for s in SCENARIOS if s.issue}
         for target in TARGETS:
             scenario = by_issue[target.issue]
@@ -176,7 +181,7 @@ class Report:
                     continue
                 non_2xx = sum(s["non2xx"] for s in samples)
                 if target.measure == "ratio":
-                    value = med(samples, "rps") / proxy_rps if proxy_rps else math.nan
+                    value = self.to_baseline(samples)
                     shown = f"{fmt(value, '.3f')} ({non_2xx:.0f} non-2xx)"
                 else:
                     value = med(samples, "added_p99")
