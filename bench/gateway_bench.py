@@ -155,16 +155,17 @@ class Bench:
             return load
 
         sat = counted("sat", lambda: saturate(url, headers, scenario.body, self.seconds, self.workdir))
-        rate = sat.rps * LOAD_FRACTION
-        nan = float("nan")
-        half = Load(0, 0.0, nan, nan, nan, 0)
-        if latency and rate >= 1:  # h2load refuses --rps below 1 per client; nothing answered means nothing to time
+        rate, nan = sat.rps * LOAD_FRACTION, float("nan")
+        # h2load refuses --rps below 1 per client; nothing answered means nothing to time
+        timed = latency and rate >= 1
+        half = Load(0, nan, nan, nan, nan, 0)
+        if timed:
             half = counted("half", lambda: fixed_rate(url, headers, scenario.body, rate, self.seconds,
                                                       self.workdir))
-        sample.update({"rps": sat.rps, "half_rate": rate, "half_rps": half.rps, "p50": half.p50_ms,
-                       "p90": half.p90_ms, "p99": half.p99_ms, "non2xx": sat.non_2xx + half.non_2xx,
-                       "base_p99": nan, "added_p99": nan})
-        if scenario.services and rate >= 1:
+        sample.update({"rps": sat.rps, "half_rate": rate if timed else nan, "half_rps": half.rps,
+                       "p50": half.p50_ms, "p90": half.p90_ms, "p99": half.p99_ms,
+                       "non2xx": sat.non_2xx + half.non_2xx, "base_p99": nan, "added_p99": nan})
+        if scenario.services and timed:
             # The same Envoy proxying to the same origin with no filter, at the same rate with the same clients,
             # right after: what the filters and services add to p99, with this round's load on the box.
             base = fixed_rate(self.base(variant) + BASELINE_PATH, {}, None, rate, self.seconds, self.workdir)
@@ -195,7 +196,7 @@ class Bench:
                     # Issue 15's ratios are to Envoy → origin: measured again here, on this variant's Envoy, next
                     # to the issue's scenarios, so that load from outside the bench moves both sides of the ratio.
                     paired = saturate(self.base(variant) + BASELINE_PATH, {}, None, self.seconds, self.workdir).rps
-                    print(f"  {variant:5} {BASELINE + ', paired':60} {paired:8,.0f} req/s", file=sys.stderr)
+                    print(f"  {variant:5} {BASELINE + ', paired':60} {paired:8,.0f} req/s", file=sys.stderr, flush=True)
                 taken.append(self.measure(scenario, variant, pids))
             for sample in taken:
                 sample["pair_rps"] = paired

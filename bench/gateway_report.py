@@ -107,7 +107,7 @@ class Report:
         rows = []
         for scenario, variant, samples in self.rows():
             rows.append([scenario.name, label(scenario, variant),
-                         f"{med(samples, 'half_rate'):,.0f} ({med(samples, 'half_rps'):,.0f})",
+                         f"{fmt(med(samples, 'half_rate'), ',.0f')} ({fmt(med(samples, 'half_rps'), ',.0f')})",
                          fmt(med(samples, "p50")), fmt(med(samples, "p90")), fmt(med(samples, "p99")),
                          fmt(med(samples, "base_p99")), fmt(med(samples, "added_p99"))])
         return print_table(
