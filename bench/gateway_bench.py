@@ -98,8 +98,10 @@ def wait_ok(url: str, headers: dict[str, str], body: str | None, timeout_s: floa
 class Bench:
     """Owns Envoy, Redis and the per-variant servers, and the samples taken through them."""
 
-    def __init__(self, workdir: Path, seconds: int, variants: Sequence[str]) -> None:
-        self.workdir, self.seconds = workdir, seconds
+    def __init__(self, workdir: Path, seconds: int, variants: Sequence[str], rate: float | None = None) -> None:
+        # rate: the open loop at this fixed req/s instead of at LOAD_FRACTION of each scenario's saturation
+        # (bench/transport_bench.py compares two ways of running the services at one rate).
+        self.workdir, self.seconds, self.rate = workdir, seconds, rate
         self.ports: Ports = free_ports()
         self.configs = write_configs(workdir, self.ports)
         # One Envoy per worker count the variants use, idle while another is measured: Envoy's settings for
@@ -153,7 +155,7 @@ class Bench:
             return load
 
         sat = counted("sat", lambda: saturate(url, headers, scenario.body, self.seconds, self.workdir))
-        rate, nan = sat.rps * LOAD_FRACTION, float("nan")
+        rate, nan = self.rate or sat.rps * LOAD_FRACTION, float("nan")
         # h2load refuses --rps below 1 per client; nothing answered means nothing to time
         timed = latency and rate >= 1
         half = Load(0, nan, nan, nan, nan, 0)
