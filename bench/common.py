@@ -66,7 +66,7 @@ class FixedRate:
     non_2xx: int
 
 
-def h2load_fixed_rate(url: str, headers: dict[str, str], rate: int, seconds: int, clients: int = 10,
+def h2load_fixed_rate(url: str, headers: dict[str, str], rate: float, seconds: int, clients: int = 10,
                       body: str | None = None, workdir: Path | None = None) -> FixedRate:
     """Open-loop load at a fixed total rate (h2load --rps per client, HTTP/1.1), latencies from its log file.
 

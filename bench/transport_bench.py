@@ -80,7 +80,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--rate", type=int, default=300, help="fixed rate for the latency run, req/s")
     args = parser.parse_args()
-    bench = TransportBench(Path(tempfile.mkdtemp(prefix="transport-bench-")), args.seconds, args.rate)
+    bench = TransportBench(Path(tempfile.mkdtemp(prefix="transport-bench-")), args.seconds, ["w1"], args.rate)
     bench.redis.start().wait_ready(20)
     try:
         bench.envoys[1].start().wait_ready(30)
